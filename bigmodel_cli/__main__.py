@@ -1,0 +1,3 @@
+from bigmodel_cli.cli import main
+
+main()

@@ -1,0 +1,42 @@
+"""The `bigmodel` command. Importing this module must stay fast: heavy libraries (torch,
+gensim, jieba) are imported inside the commands that need them."""
+
+from __future__ import annotations
+
+import typer
+
+from bigmodel_cli import __version__
+from bigmodel_cli.cli._util import app, console
+
+# Each import registers its commands on `app`.
+from bigmodel_cli.cli import init as _init  # noqa: E402,F401
+from bigmodel_cli.cli import preprocess as _preprocess  # noqa: E402,F401
+from bigmodel_cli.cli import segment as _segment  # noqa: E402,F401
+from bigmodel_cli.cli import status as _status  # noqa: E402,F401
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"bigmodel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                           help="Show the version and exit."),
+) -> None:
+    """Raw Chinese or English text to a pretrained, fine-tuned and explained Transformer,
+    with every step recorded in one workspace.
+
+    [b]Pipeline[/b]: init -> preprocess -> embed -> pretrain -> finetune -> evaluate -> explain
+
+    [b]Example[/b]:
+      bigmodel init reviews --lang zh
+      cd reviews && bigmodel preprocess ~/reviews.csv --text-field review --label-field stars
+      bigmodel status
+    """
+
+
+def main() -> None:
+    app()

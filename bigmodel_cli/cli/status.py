@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors, open_workspace
+
+
+@app.command("status")
+@handle_errors
+def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Show every stage: its last run, key metrics, and whether it is stale.
+
+    A stage is stale when one of its inputs (an upstream output too) or its section of
+    bigmodel.toml changed since its last successful run, or an output was changed.
+    """
+    from bigmodel_cli.workspace import stage_status
+
+    ws = open_workspace(workspace)
+    table = Table(title=f"workspace {ws.root}", title_justify="left")
+    for column in ("stage", "last run", "status", "key figures", "state"):
+        table.add_column(column)
+    for row in stage_status(ws):
+        state = row["state"]
+        style = {"up to date": "green", "stale": "yellow", "never run": "dim", "failed": "red"}[state]
+        detail = f"[{style}]{state}[/]" + (": " + "; ".join(row["reasons"]) if row["reasons"] else "")
+        table.add_row(row["stage"], row["when"] or "-", row["status"] or "-", row["metrics"] or "-", detail)
+    console.print(table)

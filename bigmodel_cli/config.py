@@ -1,0 +1,137 @@
+"""The workspace config file: every stage's defaults, with comments.
+
+Values resolve in this order: command-line option > `bigmodel.toml` > the defaults here.
+Each stage owns one dataclass; its field comments become the comments in the TOML file
+that `bigmodel init` writes, so the file and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from bigmodel_cli.errors import UserError
+
+CONFIG_NAME = "bigmodel.toml"
+LANGS = ("zh", "en", "auto")
+
+
+def doc(text: str, default: Any) -> Any:
+    """A dataclass field whose help text is written into the config file."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class ProjectConfig:
+    lang: str = doc("Language of the corpus: zh, en, or auto (decided per document).", "auto")
+    seed: int = doc("Seed for every random choice (splits, initialisation, sampling).", 42)
+
+
+@dataclass
+class PreprocessConfig:
+    text_field: str = doc("Field (JSONL) or column (CSV/TSV) that holds the text.", "text")
+    label_field: str = doc("Field or column with the label; used when present.", "label")
+    split: str = doc("train,dev,test fractions when one input is split (stratified when labelled).", "0.8,0.1,0.1")
+    encoding: str = doc("Input encoding, or auto (UTF-8/UTF-16 BOM, else GB18030, Big5 detected).", "auto")
+    nfkc: bool = doc("Unicode NFKC normalisation (full-width letters and digits to half-width).", True)
+    strip_html: bool = doc("Remove HTML tags and decode entities.", True)
+    urls: str = doc("URLs: replace (by [URL]), remove, or keep.", "replace")
+    emails: str = doc("E-mail addresses: replace (by [EMAIL]), remove, or keep.", "replace")
+    lowercase: bool = doc("Lower-case English words.", False)
+    stem: bool = doc("Porter-stem English words.", False)
+    min_chars: int = doc("Drop documents shorter than this many characters after cleaning.", 1)
+    max_chars: int = doc("Drop documents longer than this (0: no limit).", 0)
+    dedupe: bool = doc("Drop exact duplicates (after normalisation); label conflicts are reported.", True)
+    segmenter: str = doc("Chinese segmenter: auto (jieba_next if installed, else jieba), jieba, jieba_next.", "auto")
+    hmm: bool = doc("jieba's HMM for words not in its dictionary.", True)
+    user_dict: str = doc("jieba user dictionary file (one word [freq] [tag] per line); empty for none.", "")
+    stopwords: str = doc("Stopword list: builtin, none, or a file with one word per line. Applied by the stages that want it (embeddings, TF-IDF baseline), never to Transformer inputs.", "builtin")
+    min_count: int = doc("Vocabulary: minimum count in the training split.", 2)
+    max_vocab: int = doc("Vocabulary: maximum size, special tokens included (0: no limit).", 30000)
+    workers: int = doc("Worker processes (0: one per core).", 0)
+    on_error: str = doc("Bad records: skip (write them to rejects.jsonl and go on) or fail.", "skip")
+
+
+SECTIONS: dict[str, type] = {
+    "project": ProjectConfig,
+    "preprocess": PreprocessConfig,
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def render_config(lang: str = "auto") -> str:
+    """The text of a fresh `bigmodel.toml`, every option with its default and a comment."""
+    lines = [
+        "# bigmodel workspace configuration.",
+        "# Command-line options override these values; `bigmodel <command> --help` explains each.",
+        "",
+    ]
+    for name, cls in SECTIONS.items():
+        defaults = cls(lang=lang) if name == "project" else cls()
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            lines.append(f"# {f.metadata.get('doc', '')}")
+            lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})", hint="fix the file or delete it and run `bigmodel init` again") from None
+    for section, values in data.items():
+        cls = SECTIONS.get(section)
+        if cls is None or not isinstance(values, dict):
+            continue  # sections of later stages or the user's own notes
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise UserError(
+                    f"{path}: unknown option '{key}' in [{section}]",
+                    hint=f"known options are: {', '.join(sorted(known))}",
+                )
+    return data
+
+
+def resolve(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any]) -> Any:
+    """Defaults < config section < command-line overrides (None means 'not given')."""
+    values: dict[str, Any] = {}
+    types = {f.name: type(getattr(cls(), f.name)) for f in dataclasses.fields(cls)}
+    for key, value in (section or {}).items():
+        if key in types:
+            values[key] = value
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = value
+    for key, value in values.items():
+        expected = types[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise UserError(f"option '{key}' must be {expected.__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)

@@ -1,0 +1,582 @@
+"""`bigmodel preprocess`: raw files in, clean segmented splits and a vocabulary out.
+
+The pipeline streams: files are read line by line, documents go to worker processes in
+chunks of a bounded number at a time, results come back in order and are written at
+once. Memory holds only the vocabulary counters and the de-duplication map.
+
+    read (main) -> clean + segment (workers) -> de-duplicate, split, count, write (main)
+
+Everything is written into a staging folder that replaces `data/processed/` only when the
+run succeeds, so an interrupted or failed run leaves the previous output untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator
+
+from bigmodel_cli.config import LANGS, PreprocessConfig
+from bigmodel_cli.errors import InputError, UserError
+from bigmodel_cli.fileio import atomic_write, replace_dir, sha256_file, write_json
+from bigmodel_cli.segment import SegmentOptions, Segmenter, resolve_backend
+from bigmodel_cli.stopwords import load_stopwords
+from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
+from bigmodel_cli.textio import Doc, Reader, Reject, check_encoding, detect_encoding, discover, file_format, read_sample
+from bigmodel_cli.vocab import Vocab
+
+SPLITS = ("train", "dev", "test")
+CHUNK_DOCS = 256
+# Above this share of records lacking a label, the corpus is "labelled in only some
+# records": an error, not a handful of bad lines to skip.
+MAX_MISSING_LABEL_SHARE = 0.10
+
+
+# -- options --------------------------------------------------------------------------
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6 or parts[0] <= 0:
+        raise UserError(f"--split must be three non-negative fractions train,dev,test that sum to 1 (train > 0), got '{text}'",
+                        hint="for example --split 0.8,0.1,0.1")
+    return parts[0], parts[1], parts[2]
+
+
+def validate(cfg: PreprocessConfig, lang: str, inputs: list[Path], split_files: dict[str, Path | None]) -> list[str]:
+    """Every problem with the options, so that the user fixes them all at once."""
+    problems = []
+    if lang not in LANGS:
+        problems.append(f"--lang must be one of {', '.join(LANGS)}, got '{lang}'")
+    for name in ("urls", "emails"):
+        if getattr(cfg, name) not in URL_CHOICES:
+            problems.append(f"--{name} must be one of {', '.join(URL_CHOICES)}, got '{getattr(cfg, name)}'")
+    if cfg.on_error not in ("skip", "fail"):
+        problems.append(f"--on-error must be skip or fail, got '{cfg.on_error}'")
+    for name in ("min_chars", "max_chars", "max_vocab", "workers"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.max_chars and cfg.max_chars < cfg.min_chars:
+        problems.append(f"--max-chars ({cfg.max_chars}) is below --min-chars ({cfg.min_chars})")
+    if cfg.min_count < 1:
+        problems.append(f"--min-count must be 1 or more, got {cfg.min_count}")
+    if 0 < cfg.max_vocab <= 5:
+        problems.append(f"--max-vocab must leave room beyond the 5 special tokens (or be 0 for no limit), got {cfg.max_vocab}")
+    if cfg.user_dict and not Path(cfg.user_dict).is_file():
+        problems.append(f"--user-dict {cfg.user_dict}: no such file")
+    if cfg.stopwords not in ("builtin", "none") and not Path(cfg.stopwords).is_file():
+        problems.append(f"--stopwords {cfg.stopwords}: no such file (or use builtin|none)")
+    try:
+        resolve_backend(cfg.segmenter)
+    except UserError as exc:
+        problems.append(exc.one_line())
+    given = {k: v for k, v in split_files.items() if v is not None}
+    if given and inputs:
+        problems.append("give either input paths (split by --split) or --train/--dev/--test files, not both")
+    if given and "train" not in given:
+        problems.append("--dev/--test need --train as well")
+    if not given:
+        try:
+            parse_split(cfg.split)
+        except UserError as exc:
+            problems.append(exc.one_line())
+    return problems
+
+
+# -- per-document work (runs in the workers) -----------------------------------------
+@dataclass
+class DocProcessor:
+    clean: CleanOptions
+    segment: SegmentOptions
+    min_chars: int
+    max_chars: int
+    _segmenter: Segmenter | None = field(default=None, repr=False)
+
+    def load(self) -> "DocProcessor":
+        self._segmenter = Segmenter(self.segment)
+        return self
+
+    def process(self, text: str) -> tuple:
+        """(clean text, tokens, lang), or (None, drop reason, None)."""
+        clean = clean_text(text, self.clean)
+        if not clean:
+            return None, "empty after cleaning", None
+        if len(clean) < self.min_chars:
+            return None, "shorter than --min-chars", None
+        if self.max_chars and len(clean) > self.max_chars:
+            return None, "longer than --max-chars", None
+        tokens, lang = self._segmenter.tokenize(clean)
+        if not tokens:
+            return None, "no tokens", None
+        return clean, tokens, lang
+
+
+_WORKER: DocProcessor | None = None
+
+
+def _init_worker(processor: DocProcessor | None) -> None:
+    global _WORKER
+    if processor is not None:  # spawn: build the segmenter in this process
+        _WORKER = processor.load()
+
+
+def _process_chunk(texts: list[str]) -> list[tuple]:
+    return [_WORKER.process(t) for t in texts]
+
+
+class ChunkRunner:
+    """Ordered map over chunks, in-process or on a pool, with a bounded number in flight
+    (Pool.imap would read the whole corpus ahead and hold it in memory)."""
+
+    def __init__(self, processor: DocProcessor, workers: int):
+        global _WORKER
+        self.workers = workers
+        self.pool = None
+        if workers > 1:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            ctx = mp.get_context(method)
+            if method == "fork":
+                _WORKER = processor  # dictionaries already loaded; children inherit them
+                self.pool = ctx.Pool(workers)
+            else:  # pragma: no cover - macOS/Windows
+                self.pool = ctx.Pool(workers, initializer=_init_worker,
+                                     initargs=(dataclasses.replace(processor, _segmenter=None),))
+        else:
+            _WORKER = processor
+
+    def map(self, chunks: Iterator[tuple[Any, list[str]]]) -> Iterator[tuple[Any, list[tuple]]]:
+        if self.pool is None:
+            for meta, texts in chunks:
+                yield meta, _process_chunk(texts)
+            return
+        pending: deque = deque()
+        window = 2 * self.workers + 2
+        for meta, texts in chunks:
+            pending.append((meta, self.pool.apply_async(_process_chunk, (texts,))))
+            if len(pending) >= window:
+                meta0, result = pending.popleft()
+                yield meta0, result.get()
+        while pending:
+            meta0, result = pending.popleft()
+            yield meta0, result.get()
+
+    def close(self, abort: bool = False) -> None:
+        if self.pool is not None:
+            if abort:
+                self.pool.terminate()
+            else:
+                self.pool.close()
+            self.pool.join()
+
+
+# -- splitting --------------------------------------------------------------------
+class Splitter:
+    """Seeded, stratified, streaming assignment to train/dev/test.
+
+    For each label, documents fill shuffled blocks whose make-up matches the fractions
+    exactly (0.8,0.1,0.1 gives blocks of 10 holding 8/1/1), so every label is split in
+    proportion however the file is ordered, without holding the corpus in memory.
+    """
+
+    def __init__(self, fractions: tuple[float, float, float], seed: int):
+        fracs = [Fraction(f).limit_denominator(1000) for f in fractions]
+        size = 1
+        for f in fracs:
+            size = size * f.denominator // _gcd(size, f.denominator)
+        counts = [int(f * size) for f in fracs]
+        counts[0] += size - sum(counts)
+        self.block = [s for s, n in zip(SPLITS, counts) for _ in range(n)]
+        self.rng = random.Random(seed)
+        self.queues: dict[Any, list[str]] = {}
+
+    def assign(self, label: Any) -> str:
+        queue = self.queues.get(label)
+        if not queue:
+            queue = self.block[:]
+            self.rng.shuffle(queue)
+            self.queues[label] = queue
+        return queue.pop()
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+# -- statistics ------------------------------------------------------------------
+def _percentiles(hist: Counter, qs=(50, 90, 95, 99)) -> dict[str, float]:
+    total = sum(hist.values())
+    if not total:
+        return {}
+    out: dict[str, float] = {}
+    items = sorted(hist.items())
+    for q in qs:
+        need, seen = q / 100 * total, 0
+        for value, count in items:
+            seen += count
+            if seen >= need:
+                out[f"p{q}"] = value
+                break
+    out["max"] = items[-1][0]
+    out["mean"] = round(sum(v * c for v, c in items) / total, 2)
+    return out
+
+
+@dataclass
+class Stats:
+    read: int = 0
+    kept: int = 0
+    rejected: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    duplicates: int = 0
+    conflicts: int = 0
+    conflict_examples: list = field(default_factory=list)
+    overlap: Counter = field(default_factory=Counter)  # dev/test docs also in train
+    missing_labels: int = 0
+    reject_examples: list = field(default_factory=list)
+    split_docs: Counter = field(default_factory=Counter)
+    split_tokens: Counter = field(default_factory=Counter)
+    labels: dict = field(default_factory=lambda: {s: Counter() for s in SPLITS})
+    langs: Counter = field(default_factory=Counter)
+    char_hist: Counter = field(default_factory=Counter)
+    token_hist: Counter = field(default_factory=Counter)
+    train_counts: Counter = field(default_factory=Counter)
+    dev_counts: Counter = field(default_factory=Counter)
+    chars: int = 0
+
+
+# -- the stage ------------------------------------------------------------------
+@dataclass
+class PreprocessResult:
+    skipped: bool
+    report: dict[str, Any]
+    record: dict[str, Any] | None
+    out_dir: Path
+
+
+def preprocess(
+    ws,
+    inputs: list[Path] | None = None,
+    *,
+    train: Path | None = None,
+    dev: Path | None = None,
+    test: Path | None = None,
+    config: PreprocessConfig | None = None,
+    lang: str = "auto",
+    seed: int = 42,
+    fmt: str | None = None,
+    label_required: bool = False,
+    force: bool = False,
+    show_progress: bool = False,
+    console=None,
+) -> PreprocessResult:
+    """Run the preprocess stage in workspace `ws` (a `Workspace`). See the module docstring."""
+    cfg = config or PreprocessConfig()
+    inputs = [Path(p) for p in (inputs or [])]
+    split_files = {"train": train, "dev": dev, "test": test}
+    if not inputs and not any(split_files.values()):
+        if ws.raw.is_dir() and any(p for p in ws.raw.iterdir() if not p.name.startswith(".")):
+            inputs = [ws.raw]
+        else:
+            raise UserError("no input given", hint=f"pass a file or folder (bigmodel preprocess corpus.txt), or put files in {ws.raw}")
+    problems = validate(cfg, lang, inputs, split_files)
+    if problems:
+        raise UserError("; ".join(problems))
+
+    # Sources in split order; every file is checked (exists, not empty, not binary,
+    # decodable, known format) before anything is written.
+    if any(split_files.values()):
+        sources = [(s, discover([Path(p)], fmt)) for s, p in split_files.items() if p is not None]
+    else:
+        sources = [(None, discover(inputs, fmt))]
+    plan = []
+    for split, files in sources:
+        for path in files:
+            sample = read_sample(path)
+            if cfg.encoding == "auto":
+                encoding = detect_encoding(path, sample)
+            else:
+                if not sample:
+                    raise InputError(path, "file is empty")
+                encoding = check_encoding(path, cfg.encoding)
+            plan.append((split, path, file_format(path, fmt), encoding))
+
+    backend = resolve_backend(cfg.segmenter)
+    params = {**dataclasses.asdict(cfg), "lang": lang, "seed": seed, "format": fmt, "label_required": label_required,
+              "segmenter_resolved": backend,
+              "sources": [{"split": s, "path": ws.relative(p), "format": f, "encoding": e} for s, p, f, e in plan]}
+    extra_inputs = [Path(p) for p in (cfg.user_dict, cfg.stopwords if cfg.stopwords not in ("builtin", "none") else "") if p]
+    input_hashes = ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)
+
+    from bigmodel_cli.workspace import StageRun, stale_reasons
+
+    last = ws.last_record("preprocess")
+    if not force and last and last["params"] == params and last["inputs"] == input_hashes and not stale_reasons(ws, last):
+        report_path = ws.processed / "report.json"
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
+        return PreprocessResult(True, report, last, ws.processed)
+
+    with ws.lock("preprocess"):
+        run = StageRun(ws, "preprocess", params, input_hashes, config_section=ws.config().get("preprocess", {}))
+        staging = ws.processed.with_name(f".processed.staging-{os.getpid()}")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        try:
+            report = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress, console)
+            replace_dir(staging, ws.processed)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, UserError):
+                run.finish([], {}, status="failed", extra={"error": exc.one_line()})
+            raise
+        outputs = sorted(p for p in ws.processed.iterdir() if p.is_file())
+        record = run.finish(outputs, _headline(report))
+        return PreprocessResult(False, report, record, ws.processed)
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "documents_kept": report["documents"]["kept"],
+        "duplicates": report["duplicates"],
+        "rejected": report["documents"]["rejected"],
+        "vocab_size": report["vocab_size"],
+        "oov_rate_dev": report["oov_dev"].get("token_rate"),
+        "docs_per_s": report["throughput"]["docs_per_s"],
+    }
+
+
+def _doc_stream(plan, cfg: PreprocessConfig, label_required: bool, progress) -> Iterator[tuple[str | None, Doc | Reject]]:
+    done_bytes = 0
+    for split, path, fmt, encoding in plan:
+        reader = Reader(path, fmt, encoding, cfg.text_field, cfg.label_field, label_required)
+        try:
+            for i, item in enumerate(reader):
+                if i % 512 == 0:
+                    progress(done_bytes + reader.position())
+                yield split, item
+        finally:
+            reader.close()
+        done_bytes += path.stat().st_size
+        progress(done_bytes)
+
+
+def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show_progress, console) -> dict[str, Any]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    started = time.perf_counter()
+    user_dict = None
+    if cfg.user_dict:
+        user_dict = staging / "user_dict.txt"
+        shutil.copyfile(cfg.user_dict, user_dict)  # kept so that predict replays the same segmentation
+    segment_opts = SegmentOptions(lang=lang, backend=backend, hmm=cfg.hmm, user_dict=str(user_dict) if user_dict else None,
+                                  lowercase=cfg.lowercase, stem=cfg.stem)
+    clean_opts = CleanOptions(nfkc=cfg.nfkc, strip_html=cfg.strip_html, urls=cfg.urls, emails=cfg.emails)
+    processor = DocProcessor(clean_opts, segment_opts, cfg.min_chars, cfg.max_chars).load()
+    workers = cfg.workers or os.cpu_count() or 1
+    strict = cfg.on_error == "fail"
+    given_splits = plan[0][0] is not None
+    splitter = None if given_splits else Splitter(parse_split(cfg.split), seed)
+
+    stats = Stats()
+    seen: dict[int, tuple[str | None, str]] = {}  # hash of clean text -> (label, split)
+    raw_seen: dict[int, tuple[str | None, str | None]] = {}
+    total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
+    progress = Progress(TextColumn("[bold]preprocess"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[docs]:,} docs"),
+                        TextColumn("{task.fields[rate]:,.0f} docs/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, disable=not show_progress, transient=False)
+    task = progress.add_task("preprocess", total=total_bytes, docs=0, rate=0.0)
+
+    def on_bytes(done: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        progress.update(task, completed=done, docs=stats.read, rate=stats.read / elapsed)
+
+    files = {s: open(staging / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
+    rejects = open(staging / "rejects.jsonl", "w", encoding="utf-8")
+
+    def reject(item: Reject, split: str | None) -> None:
+        if strict:
+            raise UserError(f"{item.source}: {item.reason}", hint="fix the record, or drop --strict to skip bad records into rejects.jsonl")
+        stats.rejected += 1
+        if item.missing_label:
+            stats.missing_labels += 1
+        if len(stats.reject_examples) < 5:
+            stats.reject_examples.append(f"{item.source}: {item.reason}")
+        rejects.write(json.dumps({"source": item.source, "reason": item.reason, "split": split, "raw": item.raw}, ensure_ascii=False) + "\n")
+
+    def chunks() -> Iterator[tuple[list, list[str]]]:
+        metas, texts = [], []
+        for split, item in _doc_stream(plan, cfg, label_required, on_bytes):
+            if isinstance(item, Reject):
+                reject(item, split)
+                continue
+            stats.read += 1
+            if cfg.dedupe:
+                # Identical raw text gives identical clean text: skip it before the
+                # expensive segmentation (duplicates are common in scraped corpora).
+                key = hash((item.text, split if given_splits else None))
+                first = raw_seen.get(key)
+                if first is not None:
+                    _duplicate(stats, first, item)
+                    continue
+                raw_seen[key] = (item.label, item.source)
+            metas.append((split, item))
+            texts.append(item.text)
+            if len(texts) >= CHUNK_DOCS:
+                yield metas, texts
+                metas, texts = [], []
+        if texts:
+            yield metas, texts
+
+    runner = ChunkRunner(processor, workers)
+    doc_id = 0
+    try:
+        with progress:
+            for metas, results in runner.map(chunks()):
+                for (split, doc), (clean, tokens, doc_lang) in zip(metas, results):
+                    if clean is None:
+                        stats.dropped[tokens] += 1
+                        continue
+                    if cfg.dedupe:
+                        key = hash(clean)
+                        first = seen.get(key)
+                        if first is not None:
+                            if not given_splits or first[2] == split:
+                                _duplicate(stats, first, doc)
+                                continue
+                            if first[2] == "train":
+                                stats.overlap[split] += 1
+                        else:
+                            seen[key] = (doc.label, doc.source, split)
+                    if split is None:
+                        split = splitter.assign(doc.label)
+                    record = {"id": doc_id, "text": clean, "tokens": tokens, "lang": doc_lang, "source": ws.relative(doc.source.rsplit(":", 1)[0]) + ":" + doc.source.rsplit(":", 1)[1]}
+                    if doc.label is not None:
+                        record["label"] = doc.label
+                        stats.labels[split][doc.label] += 1
+                    files[split].write(json.dumps(record, ensure_ascii=False) + "\n")
+                    doc_id += 1
+                    stats.kept += 1
+                    stats.split_docs[split] += 1
+                    stats.split_tokens[split] += len(tokens)
+                    stats.langs[doc_lang] += 1
+                    stats.char_hist[len(clean)] += 1
+                    stats.token_hist[len(tokens)] += 1
+                    stats.chars += len(clean)
+                    if split == "train":
+                        stats.train_counts.update(tokens)
+                    elif split == "dev":
+                        stats.dev_counts.update(tokens)
+                on_bytes(progress.tasks[0].completed)
+    except BaseException:
+        runner.close(abort=True)
+        raise
+    finally:
+        for handle in (*files.values(), rejects):
+            handle.close()
+    runner.close()
+    elapsed = time.perf_counter() - started
+
+    _check_outcome(stats, plan)
+    vocab = Vocab.build(stats.train_counts, cfg.min_count, cfg.max_vocab)
+    with atomic_write(staging / "vocab.txt") as handle:
+        vocab.save(handle)
+    stop = load_stopwords(cfg.stopwords, lang)
+    with atomic_write(staging / "stopwords.txt") as handle:
+        handle.writelines(f"{w}\n" for w in sorted(stop))
+    labels = sorted(set().union(*[set(c) for c in stats.labels.values()]))
+    meta = {
+        "clean": dataclasses.asdict(clean_opts),
+        "segment": {**dataclasses.asdict(segment_opts), "user_dict": "user_dict.txt" if user_dict else None},
+        "segmenter": processor._segmenter.describe(),
+        "stopwords": cfg.stopwords if cfg.stopwords in ("builtin", "none") else f"file:{cfg.stopwords}",
+        "stopword_count": len(stop),
+        "labels": labels,
+        "vocab": {"min_count": cfg.min_count, "max_vocab": cfg.max_vocab, "size": len(vocab)},
+        "splits": {s: stats.split_docs[s] for s in SPLITS},
+    }
+    write_json(staging / "meta.json", meta)
+    report = _report(stats, vocab, meta, elapsed, workers, plan, given_splits)
+    write_json(staging / "report.json", report)
+    return report
+
+
+def _duplicate(stats: Stats, first: tuple, doc: Doc) -> None:
+    stats.duplicates += 1
+    stats.dropped["duplicate"] += 1
+    if first[0] != doc.label:
+        stats.conflicts += 1
+        if len(stats.conflict_examples) < 5:
+            stats.conflict_examples.append({"kept": first[1], "kept_label": first[0], "dropped": doc.source, "dropped_label": doc.label})
+
+
+def _check_outcome(stats: Stats, plan) -> None:
+    files = ", ".join(str(p) for _, p, _, _ in plan[:3]) + (" ..." if len(plan) > 3 else "")
+    labelled = sum(sum(c.values()) for c in stats.labels.values())
+    total = labelled + stats.missing_labels
+    if stats.missing_labels and labelled and stats.missing_labels > MAX_MISSING_LABEL_SHARE * total:
+        first = stats.reject_examples[0] if stats.reject_examples else ""
+        raise UserError(
+            f"labels in only some records: {stats.missing_labels:,} of {total:,} records have no label (first: {first})",
+            hint="give every record a label, or none (then the corpus is used unlabelled)")
+    if stats.rejected and stats.read == 0:
+        raise UserError(f"every record was rejected ({stats.rejected:,}); first: {stats.reject_examples[0]}",
+                        hint="check --format, --text-field and --encoding")
+    if stats.kept == 0:
+        reasons = ", ".join(f"{n:,} {r}" for r, n in stats.dropped.most_common()) or "no documents"
+        raise UserError(f"no documents kept from {files} ({reasons})", hint="check the input and --min-chars/--max-chars")
+    if stats.split_docs["train"] == 0:
+        raise UserError("the training split is empty", hint="give more documents or a larger train fraction in --split")
+
+
+def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int, plan, given_splits: bool) -> dict[str, Any]:
+    dev_tokens = sum(stats.dev_counts.values())
+    dev_oov = sum(c for t, c in stats.dev_counts.items() if t not in vocab)
+    warnings = []
+    if stats.conflicts:
+        warnings.append(f"{stats.conflicts:,} duplicates carried a different label from the copy kept (see label_conflicts)")
+    if stats.overlap:
+        warnings.append("documents also in train (possible leakage): " + ", ".join(f"{s} {n:,}" for s, n in stats.overlap.items()))
+    n_labels = len(meta["labels"])
+    if n_labels == 1:
+        warnings.append(f"only one label ('{meta['labels'][0]}'): a classifier needs at least two")
+    if stats.rejected:
+        warnings.append(f"{stats.rejected:,} bad records skipped, written to rejects.jsonl")
+    return {
+        "documents": {"read": stats.read + stats.rejected, "kept": stats.kept, "rejected": stats.rejected,
+                      "dropped": dict(stats.dropped)},
+        "duplicates": stats.duplicates,
+        "label_conflicts": {"count": stats.conflicts, "examples": stats.conflict_examples},
+        "splits": {s: stats.split_docs[s] for s in SPLITS},
+        "splits_given": given_splits,
+        "overlap_with_train": dict(stats.overlap),
+        "tokens": {s: stats.split_tokens[s] for s in SPLITS},
+        "types_train": len(stats.train_counts),
+        "vocab_size": len(vocab),
+        "oov_dev": {"token_rate": round(dev_oov / dev_tokens, 4) if dev_tokens else None,
+                    "type_rate": round(sum(1 for t in stats.dev_counts if t not in vocab) / len(stats.dev_counts), 4) if stats.dev_counts else None},
+        "lengths": {"chars": _percentiles(stats.char_hist), "tokens": _percentiles(stats.token_hist)},
+        "top_tokens": stats.train_counts.most_common(20),
+        "labels": {s: dict(sorted(c.items())) for s, c in stats.labels.items() if c},
+        "langs": dict(stats.langs),
+        "rejects": {"count": stats.rejected, "first": stats.reject_examples},
+        "segmenter": meta["segmenter"],
+        "stopwords": meta["stopwords"],
+        "files": [{"path": str(p), "format": f, "encoding": e, "split": s} for s, p, f, e in plan],
+        "workers": workers,
+        "seconds": round(elapsed, 3),
+        "throughput": {"docs_per_s": round((stats.read + stats.rejected) / elapsed, 1) if elapsed else None,
+                       "chars_per_s": round(stats.chars / elapsed, 1) if elapsed else None},
+        "warnings": warnings,
+    }

@@ -1,0 +1,280 @@
+"""Word segmentation: jieba (or its Rust-accelerated fork) for Chinese, NLTK for English.
+
+`jieba_next` speeds up the two hot loops of jieba (the dictionary DAG route and the HMM
+Viterbi) in Rust, but its top-level splitting differs from jieba's in two places, so we
+keep jieba's own splitting and call jieba_next per block:
+  * its block regex lacks `-`, so `1917--1960` splits differently: we split with jieba's;
+  * its Viterbi breaks ties differently on Han characters that jieba's HMM has never
+    seen (all emission scores equal): blocks holding such a character go to plain jieba.
+The result is identical to jieba's on every line of a 17,000-review corpus (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from bigmodel_cli.errors import InputError, UserError
+from bigmodel_cli.text import PLACEHOLDER_RE, detect_lang
+
+SEGMENTERS = ("auto", "jieba", "jieba_next")
+
+
+def jieba_next_available() -> bool:
+    try:
+        import jieba_next  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(name: str) -> str:
+    if name not in SEGMENTERS:
+        raise UserError(f"--segmenter must be one of {', '.join(SEGMENTERS)}, got '{name}'")
+    if name == "auto":
+        return "jieba_next" if jieba_next_available() else "jieba"
+    if name == "jieba_next" and not jieba_next_available():
+        raise UserError("--segmenter jieba_next: the package is not installed", hint="pip install 'bigmodel-cli[fast]', or use --segmenter jieba")
+    return name
+
+
+class ChineseSegmenter:
+    """jieba's precise mode; `backend='jieba_next'` gives the same words, faster."""
+
+    def __init__(self, backend: str = "jieba", hmm: bool = True, user_dict: str | Path | None = None):
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        self.backend, self.hmm = backend, hmm
+        self._jieba = jieba
+        # Dictionaries load here, before any worker process starts, so that every worker
+        # inherits the same dictionary (jieba's enable_parallel ignores later ones).
+        if user_dict:
+            jieba.load_userdict(str(user_dict))
+        if backend == "jieba_next":
+            import jieba_next
+            from jieba import finalseg
+
+            jieba_next.setLogLevel(logging.WARNING)
+            jieba_next.initialize()
+            if user_dict:
+                jieba_next.load_userdict(str(user_dict))
+            self._fast_dag = jieba_next.dt._cut_dag if hmm else jieba_next.dt._cut_dag_no_hmm
+            seen = set().union(*finalseg.emit_P.values())
+            unseen = "".join(chr(c) for c in range(0x4E00, 0x9FD6) if chr(c) not in seen)
+            self._unseen_re = re.compile(f"[{unseen}]") if unseen else None
+        self._slow_dag = jieba.dt._Tokenizer__cut_DAG if hmm else jieba.dt._Tokenizer__cut_DAG_NO_HMM
+        self._han = jieba.re_han_default
+        self._skip = jieba.re_skip_default
+
+    def cut(self, text: str) -> list[str]:
+        if self.backend == "jieba":
+            return self._jieba.lcut(text, HMM=self.hmm)
+        return self._cut_fast(text)
+
+    def _cut_fast(self, text: str) -> list[str]:
+        # Mirrors jieba.Tokenizer.cut(cut_all=False) block by block.
+        out: list[str] = []
+        han, skip, unseen = self._han, self._skip, self._unseen_re
+        for block in han.split(text):
+            if not block:
+                continue
+            if han.match(block):
+                if self.hmm and unseen is not None and unseen.search(block):
+                    out.extend(self._slow_dag(block))
+                else:
+                    out.extend(self._fast_dag(block))
+            else:
+                for piece in skip.split(block):
+                    if skip.match(piece):
+                        out.append(piece)
+                    else:
+                        out.extend(piece)
+        return out
+
+    def version(self) -> str:
+        package = "jieba_next" if self.backend == "jieba_next" else "jieba"
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            return "unknown"
+
+
+# Abbreviations whose final period stays on the word when we split sentence-final periods.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc inc ltd co corp jan feb mar apr jun jul aug sep sept oct nov dec "
+    "no fig e.g i.e a.m p.m u.s u.k".split()
+)
+
+
+class EnglishTokenizer:
+    """NLTK's Treebank-style word tokenizer; needs no downloaded nltk_data.
+
+    `word_tokenize` would need the punkt_tab model for sentence splitting, which may not
+    be downloaded here, so we split sentence-final periods ourselves ("world." becomes
+    "world" "."), keeping them on abbreviations and dotted words such as "U.S.".
+    """
+
+    def __init__(self) -> None:
+        from nltk.tokenize import NLTKWordTokenizer
+
+        self._tokenize = NLTKWordTokenizer().tokenize
+
+    def cut(self, text: str) -> list[str]:
+        out = []
+        for token in self._tokenize(text):
+            if len(token) > 1 and token.endswith(".") and "." not in token[:-1] and token[:-1].isalpha() \
+                    and token[:-1].lower() not in _ABBREVIATIONS:
+                out.extend((token[:-1], "."))
+            else:
+                out.append(token)
+        return out
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    from nltk.stem import PorterStemmer
+
+    return PorterStemmer()
+
+
+@dataclass
+class SegmentOptions:
+    lang: str = "auto"
+    backend: str = "jieba"
+    hmm: bool = True
+    user_dict: str | None = None
+    lowercase: bool = False
+    stem: bool = False
+
+
+class Segmenter:
+    """Text in, tokens out, for zh, en or auto (decided per document)."""
+
+    def __init__(self, opts: SegmentOptions):
+        self.opts = opts
+        self._zh = ChineseSegmenter(opts.backend, opts.hmm, opts.user_dict) if opts.lang in ("zh", "auto") else None
+        self._en = EnglishTokenizer() if opts.lang in ("en", "auto") else None
+
+    def tokenize(self, text: str) -> tuple[list[str], str]:
+        lang = detect_lang(text) if self.opts.lang == "auto" else self.opts.lang
+        cut = self._zh.cut if lang == "zh" else self._en.cut
+        if "[" in text and PLACEHOLDER_RE.search(text):
+            tokens = []
+            for i, piece in enumerate(PLACEHOLDER_RE.split(text)):
+                tokens.extend([piece] if i % 2 else cut(piece))
+        else:
+            tokens = cut(text)
+        tokens = [t for t in tokens if not t.isspace()]
+        if self.opts.lowercase or self.opts.stem:
+            tokens = [self._english_form(t) for t in tokens]
+        return tokens, lang
+
+    def _english_form(self, token: str) -> str:
+        if not (token.isascii() and token.isalpha()):
+            return token
+        if self.opts.stem:
+            return _stemmer().stem(token, to_lowercase=self.opts.lowercase)
+        return token.lower()
+
+    def describe(self) -> dict[str, object]:
+        info: dict[str, object] = {"lang": self.opts.lang, "lowercase": self.opts.lowercase, "stem": self.opts.stem}
+        if self._zh is not None:
+            info.update(zh=self._zh.backend, zh_version=self._zh.version(), hmm=self.opts.hmm)
+        if self._en is not None:
+            info.update(en="nltk.NLTKWordTokenizer", nltk_version=metadata.version("nltk"))
+        return info
+
+
+def word_spans(words: list[str]) -> set[tuple[int, int]]:
+    spans, start = set(), 0
+    for word in words:
+        spans.add((start, start + len(word)))
+        start += len(word)
+    return spans
+
+
+def score_segmentation(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
+    """Word precision, recall and F1 over character spans (the SIGHAN bakeoff scoring)."""
+    correct = n_pred = n_gold = 0
+    for pred, ref in zip(predicted, gold, strict=True):
+        pred_spans, gold_spans = word_spans(pred), word_spans(ref)
+        correct += len(pred_spans & gold_spans)
+        n_pred += len(pred_spans)
+        n_gold += len(gold_spans)
+    precision = correct / n_pred if n_pred else 0.0
+    recall = correct / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "words_predicted": n_pred, "words_gold": n_gold, "sentences": len(gold)}
+
+
+def run_segment(*, text: str | None = None, input: Path | None = None, gold: Path | None = None, lang: str | None = None,
+                segmenter: str | None = None, user_dict: Path | None = None, hmm: bool | None = None,
+                workspace: Path | None = None) -> dict[str, object]:
+    """The `segment` command as a function: segment texts, or score against a gold file.
+
+    Settings come from the arguments, else from the workspace (if there is one), else the
+    defaults. Shown segmentations are of cleaned text, as preprocess would see it; scoring
+    segments the raw lines, so that the characters match the gold words exactly.
+    """
+    from bigmodel_cli.config import PreprocessConfig, ProjectConfig, resolve
+    from bigmodel_cli.text import CleanOptions, clean_text
+
+    config: dict = {}
+    if workspace is not None or _inside_workspace():
+        from bigmodel_cli.workspace import Workspace
+
+        config = Workspace.find(workspace).config()
+    project = resolve(ProjectConfig, config.get("project"), {"lang": lang})
+    cfg = resolve(PreprocessConfig, config.get("preprocess"),
+                  {"segmenter": segmenter, "hmm": hmm, "user_dict": str(user_dict) if user_dict else None})
+    if cfg.user_dict and not Path(cfg.user_dict).is_file():
+        raise UserError(f"--user-dict {cfg.user_dict}: no such file")
+    if text is None and input is None and gold is None:
+        raise UserError("nothing to segment", hint="give TEXT, --input FILE or --gold FILE")
+    backend = resolve_backend(cfg.segmenter)
+    seg = Segmenter(SegmentOptions(lang=project.lang, backend=backend, hmm=cfg.hmm, user_dict=cfg.user_dict or None,
+                                   lowercase=False, stem=False))
+    raw_lines = [text] if text is not None else (_read_lines(input) if input is not None else None)
+    if gold is None:
+        clean = CleanOptions(nfkc=cfg.nfkc, strip_html=cfg.strip_html, urls=cfg.urls, emails=cfg.emails)
+        return {"segmented": [seg.tokenize(clean_text(line, clean))[0] for line in raw_lines], "scores": None,
+                "backend": backend, "user_dict": cfg.user_dict}
+    gold_words = [line.split() for line in _read_lines(gold)]
+    if raw_lines is None:
+        raw_lines = ["".join(words) for words in gold_words]
+    if len(raw_lines) != len(gold_words):
+        raise UserError(f"{input} has {len(raw_lines):,} lines but {gold} has {len(gold_words):,}", hint="give files with one sentence per line, in the same order")
+    predicted = []
+    for number, (line, words) in enumerate(zip(raw_lines, gold_words), 1):
+        tokens = seg.tokenize(line)[0]
+        if "".join(tokens) != "".join(words):
+            raise InputError(gold, "the gold words do not spell the same characters as the input line", line=number,
+                             hint="the gold file must hold the input text with spaces between words")
+        predicted.append(tokens)
+    return {"segmented": predicted, "scores": score_segmentation(predicted, gold_words), "backend": backend,
+            "user_dict": cfg.user_dict}
+
+
+def _inside_workspace() -> bool:
+    from bigmodel_cli.config import CONFIG_NAME
+
+    here = Path.cwd().resolve()
+    return any((folder / CONFIG_NAME).is_file() for folder in (here, *here.parents))
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(path, "no such file", hint="check the path")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(path, "not UTF-8", offset=exc.start, hint="save it as UTF-8") from None
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines:
+        raise InputError(path, "file is empty")
+    return lines

@@ -1,0 +1,75 @@
+"""Text normalisation and cleaning, applied the same way at training and prediction time.
+
+Order matters: HTML first (so an escaped `&lt;b&gt;` stays text), then NFKC (full-width
+letters and digits become half-width, which jieba segments far better), then control
+characters, URLs and e-mails, then whitespace.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+
+URL_TOKEN = "[URL]"
+EMAIL_TOKEN = "[EMAIL]"
+PLACEHOLDER_RE = re.compile(r"(\[URL\]|\[EMAIL\])")
+
+_TAG_RE = re.compile(r"<!--.*?-->|<script\b.*?</script>|<style\b.*?</style>|</?[a-zA-Z][^<>]*>", re.S | re.I)
+# C0/C1 controls (tab and newline become spaces later), zero-width and bidi marks, BOM.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\ufeff]")
+_URL_RE = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"'\u3000-\u303f\uff00-\uffef\u4e00-\u9fff]+", re.I)
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_TRAILING_PUNCT = ".,;:!?)]}'\""
+
+URL_CHOICES = ("replace", "remove", "keep")
+
+
+@dataclass(frozen=True)
+class CleanOptions:
+    nfkc: bool = True
+    strip_html: bool = True
+    urls: str = "replace"
+    emails: str = "replace"
+
+
+def _sub_urls(text: str, how: str) -> str:
+    def repl(match: re.Match) -> str:
+        url = match.group(0)
+        # A URL at the end of a sentence keeps the sentence's punctuation outside it.
+        stripped = url.rstrip(_TRAILING_PUNCT)
+        tail = url[len(stripped):]
+        return (f" {URL_TOKEN} " if how == "replace" else " ") + tail
+
+    return _URL_RE.sub(repl, text)
+
+
+def clean_text(text: str, opts: CleanOptions) -> str:
+    """Normalise one document; returns the cleaned text ('' if nothing is left)."""
+    if opts.strip_html:
+        if "<" in text:
+            text = _TAG_RE.sub(" ", text)
+        if "&" in text:
+            text = html.unescape(text)
+    if opts.nfkc and not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL_RE.sub(" ", text)
+    if opts.emails != "keep" and "@" in text:
+        text = _EMAIL_RE.sub(f" {EMAIL_TOKEN} " if opts.emails == "replace" else " ", text)
+    if opts.urls != "keep" and ("://" in text or "www." in text or "WWW." in text):
+        text = _sub_urls(text, opts.urls)
+    return " ".join(text.split())
+
+
+_CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_RE = re.compile("[A-Za-z]")
+
+
+def detect_lang(text: str) -> str:
+    """zh when CJK characters make up at least a tenth of the letters, else en."""
+    cjk = len(_CJK_RE.findall(text))
+    if cjk == 0:
+        return "en"
+    latin = len(_LATIN_RE.findall(text))
+    return "zh" if cjk * 10 >= cjk + latin else "en"

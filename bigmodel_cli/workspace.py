@@ -1,0 +1,284 @@
+"""The project workspace: folder layout, config, lock, and the record of every stage run.
+
+    bigmodel.toml            config (every stage's defaults, commented)
+    data/raw/                inputs you drop in (preprocess reads it when given no path)
+    data/processed/          train/dev/test.jsonl, vocab.txt, report.json, rejects.jsonl
+    embeddings/ runs/ reports/ explanations/
+    .bigmodel/records/STAGE/RUN_ID.json   one record per stage run
+    .bigmodel/lock           held while a stage writes
+
+A record holds the stage's inputs and outputs with content hashes, the resolved
+parameters, metrics, timings, library versions and status. `status` compares them with
+the disk to say what is stale; a stage whose inputs and parameters match its last
+successful record is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from bigmodel_cli import __version__
+from bigmodel_cli.config import CONFIG_NAME, LANGS, load_config, render_config
+from bigmodel_cli.errors import UserError, WorkspaceBusy
+from bigmodel_cli.fileio import read_json, recover_dir, sha256_path, write_json
+
+LAYOUT = ("data/raw", "data/processed", "embeddings", "runs", "reports", "explanations", ".bigmodel/records")
+STAGES = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")
+
+
+class Workspace:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    # -- layout -------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / ".bigmodel"
+
+    def config(self) -> dict[str, dict[str, Any]]:
+        return load_config(self.config_path)
+
+    def relative(self, path: Path | str) -> str:
+        """A path as recorded: relative to the workspace when inside it."""
+        path = Path(path).resolve()
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def absolute(self, recorded: str) -> Path:
+        path = Path(recorded)
+        return path if path.is_absolute() else self.root / path
+
+    # -- finding and creating ---------------------------------------------------
+    @classmethod
+    def find(cls, start: Path | str | None = None) -> "Workspace":
+        """The workspace given by `-w`, or the nearest folder upward holding bigmodel.toml."""
+        if start is not None:
+            root = Path(start)
+            if not (root / CONFIG_NAME).is_file():
+                raise UserError(f"{root} is not a bigmodel workspace (no {CONFIG_NAME})", hint=f"run `bigmodel init {root}` first")
+            return cls(root)
+        here = Path.cwd().resolve()
+        for folder in (here, *here.parents):
+            if (folder / CONFIG_NAME).is_file():
+                return cls(folder)
+        raise UserError(
+            f"no bigmodel workspace in {here} or any folder above it",
+            hint="run `bigmodel init DIR` and work inside DIR, or pass --workspace DIR",
+        )
+
+    @classmethod
+    def init(cls, root: Path | str, lang: str = "auto", exist_ok: bool = False) -> tuple["Workspace", bool]:
+        """Create the layout and config. Returns (workspace, created)."""
+        if lang not in LANGS:
+            raise UserError(f"--lang must be one of {', '.join(LANGS)}, got '{lang}'")
+        ws = cls(Path(root))
+        if ws.root.exists() and not ws.root.is_dir():
+            raise UserError(f"{ws.root} exists and is not a folder", hint="choose another path")
+        created = not ws.config_path.exists()
+        for sub in LAYOUT:
+            (ws.root / sub).mkdir(parents=True, exist_ok=True)
+        if created:
+            from bigmodel_cli.fileio import atomic_write
+
+            with atomic_write(ws.config_path) as handle:
+                handle.write(render_config(lang))
+        return ws, created
+
+    # -- lock ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the workspace for writing; a second writer gets a clear error at once."""
+        self.meta.mkdir(parents=True, exist_ok=True)
+        path = self.meta / "lock"
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            try:
+                _try_lock(handle)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise WorkspaceBusy(
+                    f"workspace {self.root} is busy: {holder}",
+                    hint="wait for it to finish (or stop it) and run this command again",
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            started = dt.datetime.now().isoformat(timespec="seconds")
+            handle.write(f"pid {os.getpid()} is running `bigmodel {command}` since {started}")
+            handle.flush()
+            recover_dir(self.processed)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                handle.seek(0)
+                handle.truncate()
+            handle.close()  # closing releases the lock
+
+    # -- records ------------------------------------------------------------------
+    def records_dir(self, stage: str) -> Path:
+        return self.meta / "records" / stage.replace(":", "/")
+
+    def records(self, stage: str) -> list[dict[str, Any]]:
+        folder = self.records_dir(stage)
+        if not folder.is_dir():
+            return []
+        return [read_json(p) for p in sorted(folder.glob("*.json"))]
+
+    def last_record(self, stage: str, status: str | None = "ok") -> dict[str, Any] | None:
+        for record in reversed(self.records(stage)):
+            if status is None or record.get("status") == status:
+                return record
+        return None
+
+    def stage_keys(self) -> list[str]:
+        """Stages that have records, in pipeline order (named runs such as embed:w2v too)."""
+        root = self.meta / "records"
+        keys = []
+        for stage in STAGES:
+            folder = root / stage
+            if not folder.is_dir():
+                continue
+            if any(folder.glob("*.json")):
+                keys.append(stage)
+            keys += [f"{stage}:{sub.name}" for sub in sorted(folder.iterdir()) if sub.is_dir()]
+        return keys
+
+    def hash_paths(self, paths: list[Path]) -> list[dict[str, str]]:
+        return [{"path": self.relative(p), "sha256": sha256_path(p)} for p in paths]
+
+
+def _try_lock(handle) -> None:
+    if sys.platform == "win32":  # pragma: no cover
+        import msvcrt
+
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@dataclass
+class StageRun:
+    """Collects one stage run's record; `finish` writes it atomically."""
+
+    ws: Workspace
+    stage: str
+    params: dict[str, Any]
+    inputs: list[dict[str, str]]
+    run_id: str = field(default_factory=lambda: dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3))
+    started: float = field(default_factory=time.time)
+    config_section: dict[str, Any] | None = None
+
+    def finish(self, outputs: list[Path], metrics: dict[str, Any], status: str = "ok",
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        ended = time.time()
+        record = {
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "status": status,
+            "started": dt.datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
+            "seconds": round(ended - self.started, 3),
+            "inputs": self.inputs,
+            "params": self.params,
+            "config_section": self.config_section,
+            "outputs": self.ws.hash_paths(outputs) if status == "ok" else [],
+            "metrics": metrics,
+            "versions": library_versions(),
+            "command": " ".join(["bigmodel", *sys.argv[1:]]) if sys.argv and "bigmodel" in sys.argv[0] else None,
+        }
+        if extra:
+            record.update(extra)
+        write_json(self.ws.records_dir(self.stage) / f"{self.run_id}.json", record)
+        return record
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "bigmodel": __version__}
+    for name in ("torch", "jieba", "jieba_next", "nltk", "gensim", "scikit-learn", "numpy", "charset-normalizer"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def stale_reasons(ws: Workspace, record: dict[str, Any]) -> list[str]:
+    """Why a stage's last successful run no longer matches the disk (empty: up to date)."""
+    reasons = []
+    for item in record.get("inputs", []):
+        path = ws.absolute(item["path"])
+        if not path.exists():
+            reasons.append(f"input {item['path']} is gone")
+        elif sha256_path(path) != item["sha256"]:
+            reasons.append(f"input {item['path']} changed")
+    for item in record.get("outputs", []):
+        path = ws.absolute(item["path"])
+        if not path.exists():
+            reasons.append(f"output {item['path']} is missing")
+        elif sha256_path(path) != item["sha256"]:
+            reasons.append(f"output {item['path']} was changed or rewritten")
+    section = record.get("config_section")
+    if section is not None:
+        name = record["stage"].split(":")[0]
+        current = ws.config().get(name, {})
+        if json.dumps(current, sort_keys=True) != json.dumps(section, sort_keys=True):
+            reasons.append(f"[{name}] in {CONFIG_NAME} changed")
+    return reasons
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, value in list(metrics.items())[:4]:
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def stage_status(ws: Workspace) -> list[dict[str, Any]]:
+    """One row per pipeline stage (and per named run such as embed:w2v)."""
+    keys = ws.stage_keys()
+    rows = []
+    for stage in STAGES:
+        own = [k for k in keys if k == stage or k.startswith(stage + ":")]
+        for key in own or [stage]:
+            latest = ws.last_record(key, status=None)
+            ok = ws.last_record(key)
+            row = {"stage": key, "when": None, "status": None, "metrics": "", "state": "never run", "reasons": []}
+            if latest is not None:
+                row.update(when=latest["started"].replace("T", " "), status=latest["status"])
+            if latest is not None and latest["status"] != "ok":
+                row.update(state="failed", reasons=[latest.get("error", "")])
+            elif ok is not None:
+                reasons = stale_reasons(ws, ok)
+                row.update(metrics=_format_metrics(ok.get("metrics", {})),
+                           state="stale" if reasons else "up to date", reasons=reasons)
+            rows.append(row)
+    return rows
