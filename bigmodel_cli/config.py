@@ -119,19 +119,26 @@ def load_config(path: Path) -> dict[str, dict[str, Any]]:
 
 def resolve(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any]) -> Any:
     """Defaults < config section < command-line overrides (None means 'not given')."""
-    values: dict[str, Any] = {}
+    name = next((n for n, c in SECTIONS.items() if c is cls), cls.__name__)
     types = {f.name: type(getattr(cls(), f.name)) for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for key, value in (section or {}).items():
         if key in types:
-            values[key] = value
+            values[key], origin[key] = value, f"{CONFIG_NAME} [{name}] {key}"
     for key, value in overrides.items():
         if value is not None:
-            values[key] = value
+            values[key], origin[key] = value, f"--{key.replace('_', '-')}"
     for key, value in values.items():
         expected = types[key]
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"option '{key}' must be {expected.__name__}, got {value!r}")
+            raise UserError(f"{origin[key]} must be {_type_word(expected)}, got {value!r}",
+                            hint=f"the default is {getattr(cls(), key)!r}")
         values[key] = value
     return cls(**values)
+
+
+def _type_word(kind: type) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(kind, kind.__name__)

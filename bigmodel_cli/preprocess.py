@@ -39,6 +39,9 @@ CHUNK_DOCS = 256
 # Above this share of records lacking a label, the corpus is "labelled in only some
 # records": an error, not a handful of bad lines to skip.
 MAX_MISSING_LABEL_SHARE = 0.10
+# One encoder for every line: json.dumps(..., ensure_ascii=False) builds a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+_json_str = json.encoder.encode_basestring  # C-accelerated, keeps non-ASCII as is
 
 
 # -- options --------------------------------------------------------------------------
@@ -107,18 +110,20 @@ class DocProcessor:
         return self
 
     def process(self, text: str) -> tuple:
-        """(clean text, tokens, lang), or (None, drop reason, None)."""
+        """(clean text, tokens, lang, JSON fragment), or (None, drop reason, None, None)."""
         clean = clean_text(text, self.clean)
         if not clean:
-            return None, "empty after cleaning", None
+            return None, "empty after cleaning", None, None
         if len(clean) < self.min_chars:
-            return None, "shorter than --min-chars", None
+            return None, "shorter than --min-chars", None, None
         if self.max_chars and len(clean) > self.max_chars:
-            return None, "longer than --max-chars", None
+            return None, "longer than --max-chars", None, None
         tokens, lang = self._segmenter.tokenize(clean)
         if not tokens:
-            return None, "no tokens", None
-        return clean, tokens, lang
+            return None, "no tokens", None, None
+        # The JSON of the two big fields is made here, in the worker, to keep the main
+        # process (which must write every line) light.
+        return clean, tokens, lang, f'"text": {_json_str(clean)}, "tokens": {_encode(tokens)}'
 
 
 _WORKER: DocProcessor | None = None
@@ -244,6 +249,8 @@ class Stats:
     conflict_examples: list = field(default_factory=list)
     overlap: Counter = field(default_factory=Counter)  # dev/test docs also in train
     missing_labels: int = 0
+    unlabelled: int = 0  # kept documents without a label (from files that have none)
+    first_unlabelled: str | None = None
     reject_examples: list = field(default_factory=list)
     split_docs: Counter = field(default_factory=Counter)
     split_tokens: Counter = field(default_factory=Counter)
@@ -328,7 +335,7 @@ def preprocess(
         return PreprocessResult(True, report, last, ws.processed)
 
     with ws.lock("preprocess"):
-        run = StageRun(ws, "preprocess", params, input_hashes, config_section=ws.config().get("preprocess", {}))
+        run = StageRun(ws, "preprocess", params, input_hashes, config=ws.config_sections("project", "preprocess"))
         staging = ws.processed.with_name(f".processed.staging-{os.getpid()}")
         if staging.exists():
             shutil.rmtree(staging)
@@ -357,10 +364,10 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _doc_stream(plan, cfg: PreprocessConfig, label_required: bool, progress) -> Iterator[tuple[str | None, Doc | Reject]]:
+def _doc_stream(ws, plan, cfg: PreprocessConfig, label_required: bool, progress) -> Iterator[tuple[str | None, Doc | Reject]]:
     done_bytes = 0
     for split, path, fmt, encoding in plan:
-        reader = Reader(path, fmt, encoding, cfg.text_field, cfg.label_field, label_required)
+        reader = Reader(path, fmt, encoding, cfg.text_field, cfg.label_field, label_required, name=ws.relative(path))
         try:
             for i, item in enumerate(reader):
                 if i % 512 == 0:
@@ -395,7 +402,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
     progress = Progress(TextColumn("[bold]preprocess"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[docs]:,} docs"),
                         TextColumn("{task.fields[rate]:,.0f} docs/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, disable=not show_progress, transient=False)
+                        console=console, disable=not _show_bar(show_progress, console), transient=False)
     task = progress.add_task("preprocess", total=total_bytes, docs=0, rate=0.0)
 
     def on_bytes(done: int) -> None:
@@ -413,11 +420,11 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
             stats.missing_labels += 1
         if len(stats.reject_examples) < 5:
             stats.reject_examples.append(f"{item.source}: {item.reason}")
-        rejects.write(json.dumps({"source": item.source, "reason": item.reason, "split": split, "raw": item.raw}, ensure_ascii=False) + "\n")
+        rejects.write(_encode({"source": item.source, "reason": item.reason, "split": split, "raw": item.raw}) + "\n")
 
     def chunks() -> Iterator[tuple[list, list[str]]]:
         metas, texts = [], []
-        for split, item in _doc_stream(plan, cfg, label_required, on_bytes):
+        for split, item in _doc_stream(ws, plan, cfg, label_required, on_bytes):
             if isinstance(item, Reject):
                 reject(item, split)
                 continue
@@ -444,7 +451,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     try:
         with progress:
             for metas, results in runner.map(chunks()):
-                for (split, doc), (clean, tokens, doc_lang) in zip(metas, results):
+                for (split, doc), (clean, tokens, doc_lang, fragment) in zip(metas, results):
                     if clean is None:
                         stats.dropped[tokens] += 1
                         continue
@@ -461,11 +468,14 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
                             seen[key] = (doc.label, doc.source, split)
                     if split is None:
                         split = splitter.assign(doc.label)
-                    record = {"id": doc_id, "text": clean, "tokens": tokens, "lang": doc_lang, "source": ws.relative(doc.source.rsplit(":", 1)[0]) + ":" + doc.source.rsplit(":", 1)[1]}
+                    line = f'{{"id": {doc_id}, {fragment}, "lang": "{doc_lang}", "source": {_json_str(doc.source)}'
                     if doc.label is not None:
-                        record["label"] = doc.label
+                        line += f', "label": {_json_str(doc.label)}'
                         stats.labels[split][doc.label] += 1
-                    files[split].write(json.dumps(record, ensure_ascii=False) + "\n")
+                    else:
+                        stats.unlabelled += 1
+                        stats.first_unlabelled = stats.first_unlabelled or doc.source
+                    files[split].write(line + "}\n")
                     doc_id += 1
                     stats.kept += 1
                     stats.split_docs[split] += 1
@@ -512,6 +522,12 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     return report
 
 
+def _show_bar(show_progress: bool, console) -> bool:
+    # A bar only on a terminal: in a log or a pipe it would print a line of its own
+    # around the summary or the one-line error.
+    return show_progress and (console is None or console.is_terminal)
+
+
 def _duplicate(stats: Stats, first: tuple, doc: Doc) -> None:
     stats.duplicates += 1
     stats.dropped["duplicate"] += 1
@@ -529,6 +545,14 @@ def _check_outcome(stats: Stats, plan) -> None:
         first = stats.reject_examples[0] if stats.reject_examples else ""
         raise UserError(
             f"labels in only some records: {stats.missing_labels:,} of {total:,} records have no label (first: {first})",
+            hint="give every record a label, or none (then the corpus is used unlabelled)")
+    if stats.unlabelled and labelled:
+        # Labelled and unlabelled files mixed: the unlabelled documents are already in the
+        # splits, so they cannot be skipped like a few bad records; the run fails.
+        total = labelled + stats.unlabelled
+        raise UserError(
+            f"labels in only some records: {stats.unlabelled:,} of {total:,} records have no label "
+            f"(first: {stats.first_unlabelled})",
             hint="give every record a label, or none (then the corpus is used unlabelled)")
     if stats.rejected and stats.read == 0:
         raise UserError(f"every record was rejected ({stats.rejected:,}); first: {stats.reject_examples[0]}",

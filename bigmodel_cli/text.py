@@ -17,8 +17,11 @@ EMAIL_TOKEN = "[EMAIL]"
 PLACEHOLDER_RE = re.compile(r"(\[URL\]|\[EMAIL\])")
 
 _TAG_RE = re.compile(r"<!--.*?-->|<script\b.*?</script>|<style\b.*?</style>|</?[a-zA-Z][^<>]*>", re.S | re.I)
-# C0/C1 controls (tab and newline become spaces later), zero-width and bidi marks, BOM.
-_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\ufeff]")
+# C0/C1 controls, zero-width and bidi marks, BOM: deleted, not replaced by a space, since
+# they are invisible ("好\u200b吃" reads, and must segment, as "好吃"). The controls that
+# are whitespace (tab, newline, \x0b \x0c \x1c-\x1f \x85, line/paragraph separators)
+# are left out here and become single spaces with the rest of the whitespace.
+_CONTROL_RE = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 _URL_RE = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"'\u3000-\u303f\uff00-\uffef\u4e00-\u9fff]+", re.I)
 _EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _TRAILING_PUNCT = ".,;:!?)]}'\""
@@ -54,7 +57,7 @@ def clean_text(text: str, opts: CleanOptions) -> str:
             text = html.unescape(text)
     if opts.nfkc and not text.isascii():
         text = unicodedata.normalize("NFKC", text)
-    text = _CONTROL_RE.sub(" ", text)
+    text = _CONTROL_RE.sub("", text)
     if opts.emails != "keep" and "@" in text:
         text = _EMAIL_RE.sub(f" {EMAIL_TOKEN} " if opts.emails == "replace" else " ", text)
     if opts.urls != "keep" and ("://" in text or "www." in text or "WWW." in text):

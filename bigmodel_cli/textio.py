@@ -13,6 +13,7 @@ import codecs
 import csv
 import gzip
 import io
+import itertools
 import json
 import lzma
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ _EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jso
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 SAMPLE_BYTES = 1 << 20
 FASTTEXT_LABEL = "__label__"
+# A file is labelled when any of its first records carries a label: deciding on the first
+# record alone would silently drop every label of a file whose first record lacks one.
+LABEL_LOOKAHEAD = 1000
 
 
 @dataclass(slots=True)
@@ -124,10 +128,28 @@ def detect_encoding(path: Path, sample: bytes) -> str:
     from charset_normalizer import from_bytes
 
     best = from_bytes(sample, cp_isolation=["gb18030", "big5"]).best()
+    if best is None and _mostly_utf8(sample):
+        # A UTF-8 file with a few corrupt lines: read as UTF-8, those lines are bad records
+        # (skipped into rejects with their byte offsets, or fatal under --strict).
+        return "utf-8"
     if best is None:
         raise InputError(path, "bytes are not UTF-8, UTF-16, GB18030/GBK or Big5", offset=first_bad,
                          hint="convert the file to UTF-8, or pass --encoding NAME if you know it")
     return best.encoding
+
+
+def _mostly_utf8(sample: bytes, max_bad_share: float = 0.1) -> bool:
+    lines = sample.split(b"\n")
+    if len(sample) >= SAMPLE_BYTES:
+        lines.pop()  # cut off mid-line by the sample size
+    lines = [line for line in lines if line.strip()]
+    bad = 0
+    for line in lines:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+    return bool(lines) and bad <= max_bad_share * len(lines)
 
 
 def read_sample(path: Path) -> bytes:
@@ -152,8 +174,9 @@ class Reader:
     """Yields `Doc` and `Reject` objects from one file; `position()` is the raw byte offset."""
 
     def __init__(self, path: Path, fmt: str, encoding: str, text_field: str, label_field: str,
-                 label_required: bool = False):
+                 label_required: bool = False, name: str | None = None):
         self.path, self.fmt, self.encoding = path, fmt, encoding
+        self.name = name or str(path)  # how records name their file: "name:line"
         self.text_field, self.label_field, self.label_required = text_field, label_field, label_required
         self.labelled = False
         self._stream, self._raw = open_binary(path)
@@ -187,7 +210,7 @@ class Reader:
                 try:
                     line = decode(raw)[0]
                 except UnicodeDecodeError as exc:
-                    yield number, Reject(f"{self.path}:{number}",
+                    yield number, Reject(f"{self.name}:{number}",
                                          f"bytes not valid {self.encoding} at byte {offset + exc.start}",
                                          raw.decode(self.encoding, errors="replace").rstrip("\r\n"))
                 else:
@@ -207,47 +230,50 @@ class Reader:
         return self._table()
 
     def _txt(self) -> Iterator[Doc | Reject]:
-        first = True
-        for number, line in self.lines():
+        lines = ((n, line) for n, line in self.lines() if isinstance(line, Reject) or line.strip())
+        # fastText's format: "__label__pos some text" marks a labelled file.
+        head, lines = _lookahead(lines)
+        self.labelled = any(isinstance(line, str) and line.startswith(FASTTEXT_LABEL) for _, line in head)
+        for number, line in lines:
             if isinstance(line, Reject):
                 yield line
                 continue
-            if not line.strip():
-                continue
-            if first:
-                # fastText's format: "__label__pos some text" marks a labelled file.
-                self.labelled = line.startswith(FASTTEXT_LABEL)
-                first = False
             label = None
             if self.labelled:
                 if line.startswith(FASTTEXT_LABEL):
-                    head, _, line = line.partition(" ")
-                    label = head[len(FASTTEXT_LABEL):]
+                    tag, _, line = line.partition(" ")
+                    label = tag[len(FASTTEXT_LABEL):]
                 else:
-                    yield Reject(f"{self.path}:{number}", f"no {FASTTEXT_LABEL} prefix in a labelled file", line, True)
+                    yield Reject(f"{self.name}:{number}", f"no {FASTTEXT_LABEL} prefix in a labelled file", line, True)
                     continue
-            yield Doc(line, label, f"{self.path}:{number}")
+            yield Doc(line, label, f"{self.name}:{number}")
 
-    def _jsonl(self) -> Iterator[Doc | Reject]:
-        first = True
+    def _json_records(self) -> Iterator[tuple[str, str, dict | Reject]]:
+        """(location, line, parsed object or a Reject) for each non-blank line."""
         for number, line in self.lines():
             if isinstance(line, Reject):
-                yield line
+                yield line.source, "", line
                 continue
             if not line.strip():
                 continue
-            where = f"{self.path}:{number}"
+            where = f"{self.name}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Reject(where, f"not valid JSON ({exc.msg} at column {exc.colno})", line)
+                yield where, line, Reject(where, f"not valid JSON ({exc.msg} at column {exc.colno})", line)
                 continue
             if not isinstance(record, dict):
-                yield Reject(where, f"a JSON {type(record).__name__}, not an object", line)
+                yield where, line, Reject(where, f"a JSON {type(record).__name__}, not an object", line)
                 continue
-            if first:
-                self.labelled = self.label_field in record or self.label_required
-                first = False
+            yield where, line, record
+
+    def _jsonl(self) -> Iterator[Doc | Reject]:
+        head, records = _lookahead(self._json_records())
+        self.labelled = self.label_required or any(isinstance(r, dict) and self.label_field in r for _, _, r in head)
+        for where, line, record in records:
+            if isinstance(record, Reject):
+                yield record
+                continue
             text = record.get(self.text_field)
             if not isinstance(text, str):
                 problem = (f"no field '{self.text_field}' (fields: {', '.join(record) or 'none'}); pass --text-field"
@@ -294,7 +320,7 @@ class Reader:
                     yield decoded.pop(0)
                 if not row or not any(cell.strip() for cell in row):
                     continue
-                where = f"{self.path}:{reader.line_num}"
+                where = f"{self.name}:{reader.line_num}"
                 if len(row) != len(header):
                     yield Reject(where, f"{len(row)} fields where the header has {len(header)}", delimiter.join(row))
                     continue
@@ -308,6 +334,12 @@ class Reader:
                              hint="check the quoting on that line") from None
         while decoded:
             yield decoded.pop(0)
+
+
+def _lookahead(items: Iterator, n: int = LABEL_LOOKAHEAD) -> tuple[list, Iterator]:
+    """The first `n` items, and an iterator over all of them (those first `n` included)."""
+    head = list(itertools.islice(items, n))
+    return head, itertools.chain(head, items)
 
 
 def _label(value: object) -> str | None:

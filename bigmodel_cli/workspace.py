@@ -60,6 +60,10 @@ class Workspace:
     def config(self) -> dict[str, dict[str, Any]]:
         return load_config(self.config_path)
 
+    def config_sections(self, *names: str) -> dict[str, Any]:
+        config = self.config()
+        return {name: config.get(name, {}) for name in names}
+
     def relative(self, path: Path | str) -> str:
         """A path as recorded: relative to the workspace when inside it."""
         path = Path(path).resolve()
@@ -190,9 +194,12 @@ class StageRun:
     stage: str
     params: dict[str, Any]
     inputs: list[dict[str, str]]
-    run_id: str = field(default_factory=lambda: dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3))
+    # Microseconds keep ids (and so record files) in run order when runs start in the same second.
+    run_id: str = field(default_factory=lambda: dt.datetime.now().strftime("%Y%m%dT%H%M%S-%f") + "-" + secrets.token_hex(3))
     started: float = field(default_factory=time.time)
-    config_section: dict[str, Any] | None = None
+    # The sections of bigmodel.toml that shape this stage (its own and [project]), as
+    # they were: `status` reports the stage stale when they change.
+    config: dict[str, Any] | None = None
 
     def finish(self, outputs: list[Path], metrics: dict[str, Any], status: str = "ok",
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -205,7 +212,7 @@ class StageRun:
             "seconds": round(ended - self.started, 3),
             "inputs": self.inputs,
             "params": self.params,
-            "config_section": self.config_section,
+            "config": self.config,
             "outputs": self.ws.hash_paths(outputs) if status == "ok" else [],
             "metrics": metrics,
             "versions": library_versions(),
@@ -242,11 +249,9 @@ def stale_reasons(ws: Workspace, record: dict[str, Any]) -> list[str]:
             reasons.append(f"output {item['path']} is missing")
         elif sha256_path(path) != item["sha256"]:
             reasons.append(f"output {item['path']} was changed or rewritten")
-    section = record.get("config_section")
-    if section is not None:
-        name = record["stage"].split(":")[0]
-        current = ws.config().get(name, {})
-        if json.dumps(current, sort_keys=True) != json.dumps(section, sort_keys=True):
+    config = ws.config()
+    for name, section in (record.get("config") or {}).items():
+        if json.dumps(config.get(name, {}), sort_keys=True) != json.dumps(section, sort_keys=True):
             reasons.append(f"[{name}] in {CONFIG_NAME} changed")
     return reasons
 
@@ -264,6 +269,7 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 def stage_status(ws: Workspace) -> list[dict[str, Any]]:
     """One row per pipeline stage (and per named run such as embed:w2v)."""
+    ws.config()  # a broken bigmodel.toml is reported here too, not only by the next stage
     keys = ws.stage_keys()
     rows = []
     for stage in STAGES:

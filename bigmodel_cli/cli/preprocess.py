@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
@@ -84,7 +85,7 @@ def print_report(report: dict, out_dir: str) -> None:
     table.add_column()
     table.add_row("documents", f"{docs['read']:,} read, {docs['kept']:,} kept, {docs['rejected']:,} rejected")
     if docs["dropped"]:
-        table.add_row("dropped", ", ".join(f"{n:,} {r}" for r, n in docs["dropped"].items()))
+        table.add_row("dropped", escape(", ".join(f"{n:,} {r}" for r, n in docs["dropped"].items())))
     table.add_row("duplicates", f"{report['duplicates']:,} (label conflicts: {report['label_conflicts']['count']:,})")
     table.add_row("splits", "  ".join(f"{s} {n:,}" for s, n in report["splits"].items())
                   + ("  (as given)" if report["splits_given"] else ""))
@@ -97,16 +98,16 @@ def print_report(report: dict, out_dir: str) -> None:
         if p:
             table.add_row(f"length ({kind})", f"median {p['p50']:,}  p90 {p['p90']:,}  p99 {p['p99']:,}  max {p['max']:,}")
     for split, counts in report["labels"].items():
-        table.add_row(f"labels ({split})", "  ".join(f"{k} {v:,}" for k, v in counts.items()))
-    table.add_row("top tokens", " ".join(t for t, _ in report["top_tokens"][:12]))
+        table.add_row(f"labels ({split})", escape("  ".join(f"{k} {v:,}" for k, v in counts.items())))
+    table.add_row("top tokens", escape(" ".join(t for t, _ in report["top_tokens"][:12])))
     seg = report["segmenter"]
     table.add_row("segmenter", ", ".join(f"{k}={v}" for k, v in seg.items()))
     table.add_row("speed", f"{report['throughput']['docs_per_s']:,.0f} docs/s, {report['seconds']:.1f} s, "
                   f"{report['workers']} worker(s)")
-    table.add_row("output", out_dir)
+    table.add_row("output", escape(out_dir))
     console.print(table)
     for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if report["rejects"]["count"]:
         for where in report["rejects"]["first"][:3]:
-            console.print(f"  rejected {where}", soft_wrap=True)
+            console.print(f"  rejected {escape(where)}", soft_wrap=True)

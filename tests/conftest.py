@@ -1,0 +1,158 @@
+"""Shared fixtures: workspaces, tiny corpora written by the tests, the stage and the CLI.
+
+Everything runs in-process: jieba's dictionary loads once per test session, so a
+preprocess run on a handful of documents takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import csv
+import gzip
+import io
+import json
+import lzma
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+import bigmodel_cli.cli  # noqa: F401  (importing it registers the commands on `app`)
+from bigmodel_cli.cli._util import app
+from bigmodel_cli.config import PreprocessConfig
+from bigmodel_cli.preprocess import SPLITS, preprocess
+from bigmodel_cli.workspace import Workspace
+
+_COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data`, compressed when the name ends in .gz, .bz2 or .xz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compress = _COMPRESS.get(path.suffix)
+    path.write_bytes(compress(data) if compress else data)
+    return path
+
+
+def write_lines(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
+    return write_bytes(path, "".join(line + "\n" for line in lines).encode(encoding))
+
+
+def write_jsonl(path: Path, records: list[dict], encoding: str = "utf-8") -> Path:
+    return write_lines(path, [json.dumps(r, ensure_ascii=False) for r in records], encoding)
+
+
+def write_table(path: Path, header: list[str], rows: list[list[object]], encoding: str = "utf-8") -> Path:
+    """CSV or TSV by the name (compression suffix aside)."""
+    delimiter = "\t" if ".tsv" in path.suffixes else ","
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_bytes(path, buffer.getvalue().encode(encoding))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Output:
+    """What a run left in the workspace's data/processed/."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.dir = ws.processed
+
+    def split(self, name: str) -> list[dict]:
+        return read_jsonl(self.dir / f"{name}.jsonl")
+
+    def docs(self) -> list[dict]:
+        return [d for s in SPLITS for d in self.split(s)]
+
+    def texts(self, name: str | None = None) -> list[str]:
+        """Kept texts in input order (ids follow the input)."""
+        docs = self.split(name) if name else sorted(self.docs(), key=lambda d: d["id"])
+        return [d["text"] for d in docs]
+
+    def report(self) -> dict:
+        return json.loads((self.dir / "report.json").read_text(encoding="utf-8"))
+
+    def meta(self) -> dict:
+        return json.loads((self.dir / "meta.json").read_text(encoding="utf-8"))
+
+    def rejects(self) -> list[dict]:
+        return read_jsonl(self.dir / "rejects.jsonl")
+
+    def vocab_lines(self) -> list[str]:
+        return (self.dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+
+    def vocab(self) -> dict[str, int]:
+        return {t: int(c) for t, c in (line.split("\t") for line in self.vocab_lines())}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden ones too) with its bytes: to prove nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def helpers() -> SimpleNamespace:
+    """The writing and reading helpers above, for the test modules."""
+    return SimpleNamespace(write_bytes=write_bytes, write_lines=write_lines, write_jsonl=write_jsonl,
+                           write_table=write_table, read_jsonl=read_jsonl, snapshot=snapshot, Output=Output)
+
+
+@pytest.fixture
+def make_ws(tmp_path):
+    def make(lang: str = "auto", name: str = "ws") -> Workspace:
+        ws, created = Workspace.init(tmp_path / name, lang=lang)
+        assert created
+        return ws
+
+    return make
+
+
+@pytest.fixture
+def ws(make_ws) -> Workspace:
+    return make_ws("auto")
+
+
+@pytest.fixture
+def corpus_dir(tmp_path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def run_pre(ws):
+    """The stage as a library call: one worker, always runs (force), lang from the workspace."""
+
+    def run(inputs=None, *, lang: str | None = None, seed: int = 42, fmt: str | None = None,
+            label_required: bool = False, train=None, dev=None, test=None, **options):
+        options.setdefault("workers", 1)
+        lang = lang or ws.config()["project"]["lang"]
+        return preprocess(ws, [Path(p) for p in inputs] if inputs else None, train=train, dev=dev, test=test,
+                          config=PreprocessConfig(**options), lang=lang, seed=seed, fmt=fmt,
+                          label_required=label_required, force=True)
+
+    return run
+
+
+@pytest.fixture
+def out(ws) -> Output:
+    return Output(ws)
+
+
+@pytest.fixture
+def run_cli():
+    """`run_cli(args, cwd)`: the `bigmodel` command in-process, run from `cwd`."""
+    runner = CliRunner()
+
+    def run(args: list[str], cwd: Path):
+        with contextlib.chdir(cwd):
+            return runner.invoke(app, [str(a) for a in args])
+
+    return run
