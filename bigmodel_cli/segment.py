@@ -54,7 +54,7 @@ class ChineseSegmenter:
         from jieba import finalseg
 
         self.backend, self.hmm = backend, hmm
-        self._han, self._skip = jieba.re_han_default, jieba.re_skip_default
+        self._blocks, self._skip = jieba.re_han_default.finditer, jieba.re_skip_default
         # Dictionaries load here, before any worker process starts, so that every worker
         # inherits the same dictionary (jieba's enable_parallel ignores later ones). A user
         # dictionary goes into a tokenizer of its own: loaded into jieba's shared default
@@ -92,31 +92,44 @@ class ChineseSegmenter:
     def cut(self, text: str) -> list[str]:
         if self.backend == "jieba":
             return self._lcut(text, HMM=self.hmm)
-        # jieba.Tokenizer.cut(cut_all=False): split with a capturing group, so the odd
-        # pieces are Han/alphanumeric blocks and the even ones what lies between.
+        # jieba.Tokenizer.cut(cut_all=False): Han/alphanumeric blocks are cut by the
+        # dictionary route, what lies between them character by character.
         out: list[str] = []
-        for i, piece in enumerate(self._han.split(text)):
-            if not piece:
-                continue
-            if i % 2:
-                if self.hmm:
-                    self._cut_block(piece, out)
+        pos = 0
+        for match in self._blocks(text):
+            start, end = match.span()
+            if start > pos:
+                between = text[pos:start]
+                if "\r\n" in between:
+                    self._between(between, out)
                 else:
-                    out.extend(self._dag_no_hmm(piece))
-            elif piece.isspace() or not any(c.isspace() for c in piece):
-                out.extend(piece)  # punctuation and single spaces: one token per character
+                    out.extend(between)  # punctuation and whitespace: one token per character
+            block = text[start:end]
+            if self.hmm:
+                # One route per block, as jieba does. Routing the whole line in one call
+                # is faster but not the same: words of equal probability in another order
+                # ("太太/太" against "太/太太") then tie-break differently by rounding.
+                self._walk(block, self._route(block), out)
             else:
-                for part in self._skip.split(piece):
-                    if self._skip.match(part):
-                        out.append(part)
-                    else:
-                        out.extend(part)
+                out.extend(self._dag_no_hmm(block))
+            pos = end
+        if pos < len(text):
+            self._between(text[pos:], out)
         return out
 
-    def _cut_block(self, block: str, out: list[str]) -> None:
+    def _between(self, piece: str, out: list[str]) -> None:
+        if "\r\n" not in piece:
+            out.extend(piece)  # punctuation and whitespace: one token per character
+            return
+        for part in self._skip.split(piece):
+            if self._skip.match(part):
+                out.append(part)
+            else:
+                out.extend(part)
+
+    def _walk(self, block: str, route: list[int], out: list[str]) -> None:
         """jieba's __cut_DAG: dictionary words as routed; runs of single characters
         that are not a dictionary word go through the HMM."""
-        route = self._route(block)
         append = out.append
         n, x, run = len(block), 0, -1
         while x < n:

@@ -48,6 +48,18 @@ def _sub_urls(text: str, how: str) -> str:
     return _URL_RE.sub(repl, text)
 
 
+# Full-width ASCII and the ideographic space are what Chinese text mostly holds of NFKC's
+# work; mapping them with str.translate first and running the full normalisation only on
+# what is still not NFKC gives the same result at half the cost. (These characters are
+# starters that decompose to single starters, so NFKC(translate(s)) == NFKC(s).)
+_FULLWIDTH = str.maketrans({c: unicodedata.normalize("NFKC", chr(c)) for c in [*range(0xFF01, 0xFF5F), 0x3000]})
+
+
+def nfkc(text: str) -> str:
+    text = text.translate(_FULLWIDTH)
+    return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
+
+
 def clean_text(text: str, opts: CleanOptions) -> str:
     """Normalise one document; returns the cleaned text ('' if nothing is left)."""
     if opts.strip_html:
@@ -56,7 +68,7 @@ def clean_text(text: str, opts: CleanOptions) -> str:
         if "&" in text:
             text = html.unescape(text)
     if opts.nfkc and not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
+        text = nfkc(text)
     text = _CONTROL_RE.sub("", text)
     if opts.emails != "keep" and "@" in text:
         text = _EMAIL_RE.sub(f" {EMAIL_TOKEN} " if opts.emails == "replace" else " ", text)

@@ -526,13 +526,13 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
 def _boom_on_fifth_doc(original):
     calls = {"n": 0}
 
-    def process(self, text):
+    def clean_doc(self, text):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return original(self, text)
 
-    return process
+    return clean_doc
 
 
 @pytest.mark.parametrize("where", ["mid-stream", "vocab"])
@@ -549,7 +549,7 @@ def test_interrupted_preprocess_keeps_previous_output(ws, runner, monkeypatch, w
             raise KeyboardInterrupt
         monkeypatch.setattr("bigmodel_cli.preprocess.Vocab.build", boom)
     else:
-        monkeypatch.setattr(pp.DocProcessor, "process", _boom_on_fifth_doc(pp.DocProcessor.process))
+        monkeypatch.setattr(pp.DocProcessor, "clean_doc", _boom_on_fifth_doc(pp.DocProcessor.clean_doc))
 
     result = invoke(runner, "preprocess", "-w", ws.root, "--force")
     assert result.exit_code == 130
