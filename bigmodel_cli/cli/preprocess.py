@@ -73,7 +73,7 @@ def preprocess_cli(
                         show_progress=True, console=err_console)
     if result.skipped:
         console.print(f"[green]✓[/] preprocess is up to date (inputs and options unchanged since run "
-                      f"{result.record['run_id']}); skipped. Use --force to run again.")
+                      f"{result.record['run_id']}); skipped. Use --force to run again.", soft_wrap=True)
         return
     print_report(result.report, ws.relative(result.out_dir))
 
