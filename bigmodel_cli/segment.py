@@ -21,6 +21,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from bigmodel_cli import jieba_cache
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.text import PLACEHOLDER_RE, detect_lang
 
@@ -62,16 +63,16 @@ class ChineseSegmenter:
         if backend == "jieba":
             jieba.setLogLevel(logging.WARNING)
             tokenizer = jieba.Tokenizer() if user_dict else jieba.dt
+            jieba_cache.initialize(tokenizer, "jieba", Path(jieba.get_dict_file().name))
             if user_dict:
                 tokenizer.load_userdict(str(user_dict))
-            tokenizer.initialize()
             self._lcut = tokenizer.lcut
             return
         import jieba_next
 
         jieba_next.set_log_level(logging.WARNING)
         tokenizer = jieba_next.Tokenizer() if user_dict else jieba_next.dt
-        tokenizer.initialize()
+        jieba_cache.initialize(tokenizer, "jieba_next", Path(jieba_next.__file__).with_name("dict.txt"))
         if user_dict:
             tokenizer.load_userdict(str(user_dict))
             # Words added with frequency 0 must be split by the HMM too, in both copies.
