@@ -13,15 +13,12 @@ run succeeds, so an interrupted or failed run leaves the previous output untouch
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
-import multiprocessing as mp
 import os
 import random
 import shutil
-import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +26,8 @@ from typing import Any, Iterator
 
 from bigmodel_cli.config import LANGS, PreprocessConfig
 from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.fileio import atomic_write, replace_dir, sha256_file, write_json
+from bigmodel_cli.parallel import OrderedWorkers
+from bigmodel_cli.fileio import atomic_write, replace_dir, write_json
 from bigmodel_cli.segment import SegmentOptions, Segmenter, resolve_backend
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
@@ -125,17 +123,25 @@ class DocProcessor:
             return None, "longer than --max-chars"
         return clean, None
 
-    def segment_chunk(self, docs: list[tuple[str, str]]) -> tuple[list[tuple], dict[str, Counter]]:
-        """For (split, clean text) pairs: ([(JSON fragment, lang, token count)], token counts
-        of the train and dev documents)."""
-        results = []
-        kept: dict[str, list[str]] = {"train": [], "dev": []}  # one Counter.update per chunk, not per document
-        for split, clean in docs:
+    def make_lines(self, payload: tuple[int, list[tuple]]) -> tuple[dict[str, bytes], list[tuple[str, int]], dict[str, list[str]]]:
+        """Segment a chunk of (split, clean text, source, label) documents numbered from
+        `first_id`: (JSONL bytes per split, (lang, token count) per document, the tokens of
+        the train and dev documents, to count)."""
+        first_id, docs = payload
+        lines: dict[str, list[str]] = {}
+        kept: dict[str, list[str]] = {"train": [], "dev": []}
+        info = []
+        for doc_id, (split, clean, source, label) in enumerate(docs, first_id):
             tokens, lang = self._segmenter.tokenize(clean)
             if split in kept:
                 kept[split] += tokens
-            results.append((f'"text": {_json_str(clean)}, "tokens": {_json_tokens(clean, tokens)}', lang, len(tokens)))
-        return results, {split: Counter(tokens) for split, tokens in kept.items()}
+            line = (f'{{"id": {doc_id}, "text": {_json_str(clean)}, "tokens": {_json_tokens(clean, tokens)}, '
+                    f'"lang": "{lang}", "source": {_json_str(source)}')
+            if label is not None:
+                line += f', "label": {_json_str(label)}'
+            lines.setdefault(split, []).append(line + "}\n")
+            info.append((lang, len(tokens)))
+        return {split: "".join(text).encode("utf-8") for split, text in lines.items()}, info, kept
 
 
 def _json_tokens(clean: str, tokens: list[str]) -> str:
@@ -144,103 +150,6 @@ def _json_tokens(clean: str, tokens: list[str]) -> str:
     if '"' in clean or "\\" in clean:
         return _encode(tokens)
     return '["' + '", "'.join(tokens) + '"]'
-
-
-_WORKER: DocProcessor | None = None
-
-
-def _init_worker(processor: DocProcessor | None) -> None:
-    global _WORKER
-    if processor is not None:  # spawn: build the segmenter in this process
-        _WORKER = processor.load()
-
-
-def _process_chunk(docs: list[tuple[str, str]]) -> tuple[list[tuple], dict[str, Counter]]:
-    return _WORKER.segment_chunk(docs)
-
-
-class _Done:
-    """A chunk the main process worked itself, queued beside the pool's results."""
-
-    def __init__(self, value: list[tuple]):
-        self.value = value
-
-    def ready(self) -> bool:
-        return True
-
-    def get(self) -> list[tuple]:
-        return self.value
-
-
-class ChunkRunner:
-    """Ordered map over chunks with `workers` processes in all: the main process and
-    `workers - 1` pool processes.
-
-    The main process has its own work per document (de-duplicating, counting, writing),
-    so instead of a pool of `workers` that it would compete with for the cores, it keeps
-    the pool fed and works a chunk itself whenever the oldest result is not ready yet:
-    the load balances by itself. A bounded number of chunks is in flight (Pool.imap
-    would read the whole corpus ahead and hold it in memory).
-    """
-
-    def __init__(self, processor: DocProcessor, workers: int):
-        global _WORKER
-        _WORKER = processor
-        self.pool = None
-        self.queue = 8 * (workers - 1)  # chunks queued per pool process: never idle
-        self.window = 6 * workers + 8  # chunks held at most, done or not
-        if workers > 1:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            ctx = mp.get_context(method)
-            if method == "fork":  # dictionaries already loaded; children inherit them
-                # Without freeze, the children's garbage collector walks (and so writes to)
-                # every inherited object, copying the dictionaries' memory page by page.
-                gc.freeze()
-                self.pool = ctx.Pool(workers - 1)
-                gc.unfreeze()
-            else:  # pragma: no cover - macOS/Windows
-                self.pool = ctx.Pool(workers - 1, initializer=_init_worker,
-                                     initargs=(dataclasses.replace(processor, _segmenter=None),))
-
-    def map(self, chunks: Iterator[tuple[Any, list[str]]]) -> Iterator[tuple[Any, list[tuple]]]:
-        if self.pool is None:
-            for meta, texts in chunks:
-                yield meta, _process_chunk(texts)
-            return
-        chunks = iter(chunks)
-        pending: deque = deque()  # (meta, async result or _Done), in chunk order
-        queued = 0  # chunks in the pool, not yet taken out of `pending`
-        exhausted = False
-        while not exhausted or pending:
-            while pending and pending[0][1].ready():
-                meta, result = pending.popleft()
-                queued -= not isinstance(result, _Done)
-                yield meta, result.get()
-            while not exhausted and queued < self.queue and len(pending) < self.window:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    exhausted = True
-                else:
-                    pending.append((chunk[0], self.pool.apply_async(_process_chunk, (chunk[1],))))
-                    queued += 1
-            if not exhausted and len(pending) < self.window:
-                chunk = next(chunks, None)
-                if chunk is not None:  # the pool is busy: work a chunk here rather than wait
-                    pending.append((chunk[0], _Done(_process_chunk(chunk[1]))))
-                    continue
-                exhausted = True
-            if pending:  # nothing left to do here but wait for the oldest chunk
-                meta, result = pending.popleft()
-                queued -= not isinstance(result, _Done)
-                yield meta, result.get()
-
-    def close(self, abort: bool = False) -> None:
-        if self.pool is not None:
-            if abort:
-                self.pool.terminate()
-            else:
-                self.pool.close()
-            self.pool.join()
 
 
 # -- splitting --------------------------------------------------------------------
@@ -468,7 +377,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         elapsed = max(time.perf_counter() - started, 1e-9)
         progress.update(task, completed=done, docs=stats.read, rate=stats.read / elapsed)
 
-    files = {s: open(staging / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
+    files = {s: open(staging / f"{s}.jsonl", "wb") for s in SPLITS}
     rejects = open(staging / "rejects.jsonl", "w", encoding="utf-8")
 
     def reject(item: Reject, split: str | None) -> None:
@@ -481,8 +390,8 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
             stats.reject_examples.append(f"{item.source}: {item.reason}")
         rejects.write(_encode({"source": item.source, "reason": item.reason, "split": split, "raw": item.raw}) + "\n")
 
-    def chunks() -> Iterator[tuple[list, list[tuple[str, str]]]]:
-        metas, docs = [], []
+    def chunks() -> Iterator[tuple[list, tuple[int, list[tuple]]]]:
+        metas, docs, next_id = [], [], 0
         for split, item in _doc_stream(ws, plan, cfg, label_required, on_bytes):
             if isinstance(item, Reject):
                 reject(item, split)
@@ -514,35 +423,25 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
             if split is None:
                 split = splitter.assign(item.label)
             metas.append((split, item, len(clean)))
-            docs.append((split, clean))
+            docs.append((split, clean, item.source, item.label))
             if len(docs) >= CHUNK_DOCS:
-                yield metas, docs
+                yield metas, (next_id, docs)
+                next_id += len(docs)
                 metas, docs = [], []
         if docs:
-            yield metas, docs
+            yield metas, (next_id, docs)
 
-    runner = ChunkRunner(processor, workers)
-    doc_id = 0
-    # The pool's threads in this process move results through pipes and need the GIL,
-    # which the main loop holds; a shorter switch interval keeps the workers fed.
-    switch_interval = sys.getswitchinterval()
-    if workers > 1:
-        sys.setswitchinterval(0.0002)
+    runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
     try:
         with progress:
-            for metas, (results, counts) in runner.map(chunks()):
-                stats.train_counts.update(counts["train"])
-                stats.dev_counts.update(counts["dev"])
-                for (split, doc, n_chars), (fragment, doc_lang, n_tokens) in zip(metas, results):
-                    line = f'{{"id": {doc_id}, {fragment}, "lang": "{doc_lang}", "source": {_json_str(doc.source)}'
+            for metas, info, write in runner.map(chunks()):
+                write(files)
+                for (split, doc, n_chars), (doc_lang, n_tokens) in zip(metas, info):
                     if doc.label is not None:
-                        line += f', "label": {_json_str(doc.label)}'
                         stats.labels[split][doc.label] += 1
                     else:
                         stats.unlabelled += 1
                         stats.first_unlabelled = stats.first_unlabelled or doc.source
-                    files[split].write(line + "}\n")
-                    doc_id += 1
                     stats.kept += 1
                     stats.split_docs[split] += 1
                     stats.split_tokens[split] += n_tokens
@@ -555,10 +454,12 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         runner.close(abort=True)
         raise
     finally:
-        sys.setswitchinterval(switch_interval)
         for handle in (*files.values(), rejects):
             handle.close()
     runner.close()
+    shutil.rmtree(staging / "shards", ignore_errors=True)
+    stats.train_counts = runner.counts.get("train", Counter())
+    stats.dev_counts = runner.counts.get("dev", Counter())
     elapsed = time.perf_counter() - started
 
     _check_outcome(stats, plan)

@@ -1,0 +1,199 @@
+"""Ordered, bounded, multi-process map for preprocess: workers write, the main process copies.
+
+Each chunk of documents is turned into output lines (bytes, per split), a little per-doc
+information, and token lists to count. With `workers` processes in all:
+
+* `workers - 1` child processes (forked after the dictionaries are loaded) append their
+  lines to shard files of their own and keep their token counts to themselves; per chunk
+  they report only where the lines went (byte spans) and the per-doc information, so
+  almost nothing crosses a pipe. Counts come back once, at the end.
+* the main process keeps the children fed, works a chunk itself whenever they have
+  enough queued, and emits chunks in input order, copying each one's byte spans into the
+  final files.
+
+A bounded number of chunks is in flight, so memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import gc
+import marshal
+import multiprocessing as mp
+import queue
+import sys
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+Work = Callable[[Any], tuple[dict[str, bytes], Any, dict[str, list[str]]]]
+_WORK: Work | None = None
+
+
+def _child(index: int, tasks, results, shard_dir: str) -> None:
+    files: dict[str, BinaryIO] = {}
+    counts: dict[str, Counter] = {}
+    try:
+        while (task := tasks.get()) is not None:
+            number, payload = task
+            blobs, info, tokens = _WORK(payload)
+            spans = {}
+            for split, blob in blobs.items():
+                handle = files.get(split) or files.setdefault(split, open(Path(shard_dir) / f"w{index}.{split}", "wb"))
+                start = handle.tell()
+                handle.write(blob)
+                spans[split] = (start, start + len(blob))
+            for handle in files.values():
+                handle.flush()
+            for split, words in tokens.items():
+                counts.setdefault(split, Counter()).update(words)
+            results.put((number, index, spans, info))
+        with open(Path(shard_dir) / f"w{index}.counts", "wb") as handle:
+            marshal.dump({split: dict(c) for split, c in counts.items()}, handle)
+        results.put(("done", index, None, None))
+    except BaseException:  # noqa: BLE001 - reported to the main process, which re-raises
+        results.put(("error", index, traceback.format_exc(), None))
+    finally:
+        for handle in files.values():
+            handle.close()
+
+
+class OrderedWorkers:
+    def __init__(self, work: Work, workers: int, shard_dir: Path, queue_per_child: int = 4):
+        global _WORK
+        _WORK = work
+        self.work = work
+        self.shard_dir = shard_dir
+        self.counts: dict[str, Counter] = {}
+        self.children: list = []
+        self.readers: dict[tuple[int, str], BinaryIO] = {}
+        self.queue_per_child = queue_per_child
+        self.window = 4 * workers + 8
+        if workers > 1:
+            if "fork" not in mp.get_all_start_methods():  # pragma: no cover - Windows
+                raise RuntimeError("parallel preprocess needs the fork start method; use --workers 1")
+            ctx = mp.get_context("fork")
+            self.results = ctx.Queue()
+            shard_dir.mkdir(parents=True, exist_ok=True)
+            gc.freeze()  # children's collector would otherwise touch, and so copy, every inherited page
+            for index in range(workers - 1):
+                tasks = ctx.Queue()
+                process = ctx.Process(target=_child, args=(index, tasks, self.results, str(shard_dir)), daemon=True)
+                process.start()
+                self.children.append((process, tasks))
+            gc.unfreeze()
+
+    # -- the map ----------------------------------------------------------------------
+    def map(self, chunks: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any, Callable[[dict[str, BinaryIO]], None]]]:
+        """Yields (meta, info, write) in chunk order; `write(files)` puts the chunk's lines
+        into the open binary files of its splits."""
+        if not self.children:
+            for meta, payload in chunks:
+                blobs, info, tokens = self.work(payload)
+                self._count(tokens)
+                yield meta, info, _writer(blobs)
+            return
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)  # the queue's feeder thread needs the GIL to send tasks
+        try:
+            yield from self._map_parallel(chunks)
+        finally:
+            sys.setswitchinterval(switch)
+
+    def _map_parallel(self, chunks):
+        metas: dict[int, Any] = {}
+        ready: dict[int, tuple[Any, Callable]] = {}
+        queued = [0] * len(self.children)
+        emitted = 0
+        number = 0
+        for meta, payload in chunks:
+            metas[number] = meta
+            child = min(range(len(self.children)), key=queued.__getitem__)
+            if queued[child] < self.queue_per_child:
+                self.children[child][1].put((number, payload))
+                queued[child] += 1
+            else:  # the children have enough to do: work this chunk here rather than wait
+                blobs, info, tokens = self.work(payload)
+                self._count(tokens)
+                ready[number] = (info, _writer(blobs))
+            number += 1
+            self._collect(ready, queued, block=False)
+            while emitted in ready or number - emitted >= self.window:
+                if emitted not in ready:
+                    self._collect(ready, queued, block=True)
+                    continue
+                info, write = ready.pop(emitted)
+                yield metas.pop(emitted), info, write
+                emitted += 1
+        for _, tasks in self.children:
+            tasks.put(None)
+        finished = 0
+        while emitted < number or finished < len(self.children):
+            if emitted in ready:
+                info, write = ready.pop(emitted)
+                yield metas.pop(emitted), info, write
+                emitted += 1
+            else:
+                finished += self._collect(ready, queued, block=True)
+        for index in range(len(self.children)):
+            with open(self.shard_dir / f"w{index}.counts", "rb") as handle:
+                for split, counts in marshal.load(handle).items():
+                    self.counts.setdefault(split, Counter()).update(counts)
+
+    def _collect(self, ready: dict, queued: list[int], block: bool) -> int:
+        """Take results off the queue (at least one if `block`); returns children finished."""
+        finished = 0
+        while True:
+            try:
+                item = self.results.get(timeout=60) if block else self.results.get_nowait()
+            except queue.Empty:
+                if block:
+                    self._check_alive()
+                    continue
+                return finished
+            block = False
+            number, index, spans, info = item
+            if number == "error":
+                raise RuntimeError(f"preprocess worker {index} failed:\n{spans}")
+            if number == "done":
+                finished += 1
+                continue
+            queued[index] -= 1
+            ready[number] = (info, self._copier(index, spans))
+
+    def _check_alive(self) -> None:
+        for process, _ in self.children:
+            if not process.is_alive() and process.exitcode not in (0, None):
+                raise RuntimeError(f"a preprocess worker died (exit code {process.exitcode})")
+
+    def _copier(self, index: int, spans: dict[str, tuple[int, int]]) -> Callable[[dict[str, BinaryIO]], None]:
+        def write(files: dict[str, BinaryIO]) -> None:
+            for split, (start, end) in spans.items():
+                reader = self.readers.get((index, split))
+                if reader is None:
+                    reader = self.readers[(index, split)] = open(self.shard_dir / f"w{index}.{split}", "rb")
+                reader.seek(start)
+                files[split].write(reader.read(end - start))
+        return write
+
+    def _count(self, tokens: dict[str, list[str]]) -> None:
+        for split, words in tokens.items():
+            self.counts.setdefault(split, Counter()).update(words)
+
+    def close(self, abort: bool = False) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        for process, tasks in self.children:
+            if abort and process.is_alive():
+                process.terminate()
+            process.join(timeout=10)
+            tasks.close()
+        if self.children:
+            self.results.close()
+
+
+def _writer(blobs: dict[str, bytes]) -> Callable[[dict[str, BinaryIO]], None]:
+    def write(files: dict[str, BinaryIO]) -> None:
+        for split, blob in blobs.items():
+            files[split].write(blob)
+    return write
