@@ -69,9 +69,9 @@ class OrderedWorkers:
         self.readers: dict[tuple[int, str], BinaryIO] = {}
         self.queue_per_child = queue_per_child
         self.window = 4 * workers + 8
-        if workers > 1:
-            if "fork" not in mp.get_all_start_methods():  # pragma: no cover - Windows
-                raise RuntimeError("parallel preprocess needs the fork start method; use --workers 1")
+        # Children inherit the loaded dictionaries by forking; where there is no fork
+        # (Windows), everything runs in this process.
+        if workers > 1 and "fork" in mp.get_all_start_methods():
             ctx = mp.get_context("fork")
             self.results = ctx.Queue()
             shard_dir.mkdir(parents=True, exist_ok=True)
