@@ -62,9 +62,32 @@ class PreprocessConfig:
     on_error: str = doc("Bad records: skip (write them to rejects.jsonl and go on) or fail.", "skip")
 
 
+@dataclass
+class EmbedConfig:
+    method: str = doc("word2vec or fasttext (gensim), or glove (bigmodel's PyTorch GloVe).", "word2vec")
+    dim: int = doc("Vector size.", 100)
+    window: int = doc("word2vec/fasttext: context words on each side (each position draws a window of 1 to this, as word2vec does).", 5)
+    glove_window: int = doc("glove: context words on each side, weighted 1/distance (--window sets it when --method glove).", 15)
+    min_count: int = doc("Ignore words with fewer occurrences than this in the training split.", 5)
+    epochs: int = doc("word2vec/fasttext: passes over the corpus.", 5)
+    glove_epochs: int = doc("glove: passes over the co-occurrence pairs (--epochs sets it when --method glove).", 15)
+    negative: int = doc("word2vec/fasttext: negative samples per positive example.", 5)
+    sg: bool = doc("word2vec/fasttext: skip-gram (true) or CBOW (false).", True)
+    buckets: int = doc("fasttext: hash buckets for character n-grams (memory and .kv size: buckets x dim x 4 bytes).", 2_000_000)
+    x_max: float = doc("glove: co-occurrence count at which the weight f(x) = min(1, (x/x_max)^0.75) reaches 1.", 100.0)
+    glove_lr: float = doc("glove: AdaGrad learning rate.", 0.05)
+    stopwords: bool = doc("Remove the words of data/processed/stopwords.txt before training.", True)
+    binary: bool = doc("word2vec-format export in binary (vectors.bin) instead of text (vectors.txt).", False)
+    workers: int = doc("Threads (0: one per core). 1 gives the same vectors on every run with the same seed, at the cost of speed.", 0)
+    analogies: str = doc("Analogy questions (questions-words.txt format) evaluated after training; empty for none.", "")
+    pairs: str = doc("Word pairs with a score (word<TAB>word<TAB>score) evaluated after training; empty for none.", "")
+    probes: list = doc("Words whose nearest neighbours are listed after training, besides the most frequent ones.", [])
+
+
 SECTIONS: dict[str, type] = {
     "project": ProjectConfig,
     "preprocess": PreprocessConfig,
+    "embed": EmbedConfig,
 }
 
 
