@@ -122,6 +122,7 @@ def run_ours(ids: list[np.ndarray], vocab_size: int, epochs: int, workers: int, 
             "cooccurrence_tokens_per_s": stats["cooccurrence_tokens_per_s"], "nonzero_pairs": stats["nonzero_pairs"],
             "seconds_per_epoch": stats["seconds_per_epoch"],
             "mean_seconds_per_epoch": float(np.mean(stats["seconds_per_epoch"])),
+            "median_seconds_per_epoch": float(np.median(stats["seconds_per_epoch"])),
             "training_seconds": stats["training_seconds"], "costs": losses, "final_cost": losses[-1],
             "threads": stats["threads"], "batch_size": stats["batch_size"]}
 
@@ -158,10 +159,16 @@ def run_c(bin_dir: Path, docs: list[list[str]], words: list[str], counts: Counte
         if done.returncode != 0:
             raise SystemExit(f"{name} failed ({done.returncode}):\n{log[-2000:]}")
     costs = [float(c) for c in re.findall(r"iter: \d+, cost: ([0-9.eE+-]+)", log)]
+    # glove prints a wall-clock time (to the second) with each iteration: the gaps are its epochs
+    clock = [(int(h) % 12 + (12 if p == "PM" else 0)) * 3600 + int(m) * 60 + int(sec)
+             for h, m, sec, p in re.findall(r"(\d\d):(\d\d)\.(\d\d)(AM|PM), iter:", log)]
+    epoch_seconds = [float((b - a) % 86400) for a, b in zip(clock, clock[1:])]
     total = sum(seconds.values())
     return ({"total_seconds": total, "cpu_seconds": sum(cpu.values()), "cpu_seconds_by_step": cpu, "cooccur_seconds": seconds["cooccur"], "shuffle_seconds": seconds["shuffle"],
              "glove_seconds": seconds["glove"], "cooccurrence_tokens_per_s": tokens / seconds["cooccur"],
-             "seconds_per_epoch": seconds["glove"] / epochs, "costs": costs, "final_cost": costs[-1] if costs else None,
+             "seconds_per_epoch": seconds["glove"] / epochs,
+             "median_seconds_per_epoch_from_its_log": float(np.median(epoch_seconds)) if epoch_seconds else None,
+             "costs": costs, "final_cost": costs[-1] if costs else None,
              "threads": workers, "folder": str(folder)}, cooc)
 
 
@@ -175,7 +182,8 @@ def compare_counts(cooc_file: Path, ids: list[np.ndarray], vocab_size: int) -> d
     rec = np.fromfile(cooc_file, dtype=np.dtype([("a", "<i4"), ("b", "<i4"), ("v", "<f8")]))
     theirs = sp.coo_matrix((rec["v"], (rec["a"] - 1, rec["b"] - 1)), shape=(vocab_size, vocab_size)).tocsr()
     gap = abs(theirs - ours)
-    return {"ours_nonzero": int(ours.nnz), "c_records": int(len(rec)), "c_nonzero": int(theirs.nnz),
+    differing = int((gap > 1e-9 * max(1.0, abs(ours).max())).nnz)
+    return {"ours_nonzero": int(ours.nnz), "c_records": int(len(rec)), "c_nonzero": int(theirs.nnz), "differing_entries": differing,
             "max_abs_difference": float(gap.max()) if gap.nnz else 0.0,
             "max_relative_difference": float(gap.max() / abs(ours).max()) if gap.nnz else 0.0}
 
@@ -213,7 +221,8 @@ def main() -> None:
 
     ours = run_ours(ids, len(words), args.epochs, args.workers, args.seed)
     print(f"ours: co-occurrence {ours['cooccurrence_seconds']:.1f} s ({ours['cooccurrence_tokens_per_s'] / 1e6:.2f} M tokens/s, "
-          f"{ours['nonzero_pairs']:,} pairs), {ours['mean_seconds_per_epoch']:.1f} s/epoch, total {ours['total_seconds']:.1f} s, "
+          f"{ours['nonzero_pairs']:,} pairs), {ours['mean_seconds_per_epoch']:.1f} s/epoch "
+          f"(median {ours['median_seconds_per_epoch']:.1f}), total {ours['total_seconds']:.1f} s, "
           f"final cost {ours['final_cost']:.6f}", flush=True)
 
     result = {"corpus": {"documents": len(docs), "tokens": tokens, "tokens_in_vocabulary": kept, "vocabulary": len(words),
@@ -231,13 +240,19 @@ def main() -> None:
         print(f"co-occurrence counts: {counts_check}")
         print(f"time C / ours: {ratio:.2f}x (target >= 1.0); final cost ours {ours['final_cost']:.6f} vs C {c['final_cost']:.6f} "
               f"({cost_gap:+.2%}, target within 1%)")
+        if c["median_seconds_per_epoch_from_its_log"]:
+            print(f"median s/epoch: C {c['median_seconds_per_epoch_from_its_log']:.1f}, ours {ours['median_seconds_per_epoch']:.1f} "
+                  f"({c['median_seconds_per_epoch_from_its_log'] / ours['median_seconds_per_epoch']:.2f}x)")
         print(f"CPU seconds C / ours: {c['cpu_seconds'] / ours['cpu_seconds']:.2f}x "
               f"(C {c['cpu_seconds']:.0f} s, ours {ours['cpu_seconds']:.0f} s; less sensitive to other load on the machine)")
         result.update({"c_reference": c, "cooccurrence_check": counts_check,
                        "ratios": {"time C / ours (target >= 1.0)": ratio,
                                   "CPU seconds C / ours": c["cpu_seconds"] / ours["cpu_seconds"],
                                   "final cost ours vs C, relative (target within +-1%)": cost_gap,
-                                  "training only, C glove s/epoch / ours s/epoch": c["seconds_per_epoch"] / ours["mean_seconds_per_epoch"]}})
+                                  "training only, C glove s/epoch / ours s/epoch (means)":
+                                      c["seconds_per_epoch"] / ours["mean_seconds_per_epoch"],
+                                  "training only, medians of s/epoch, C / ours":
+                                      (c["median_seconds_per_epoch_from_its_log"] or float("nan")) / ours["median_seconds_per_epoch"]}})
     else:
         print("C reference: not run (set GLOVE_C_BIN to the folder of stanfordnlp/GloVe's cooccur, shuffle and glove)")
         result["c_reference"] = None
