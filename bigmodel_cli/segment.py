@@ -312,12 +312,12 @@ def run_segment(*, text: str | None = None, input: Path | None = None, gold: Pat
     """
     from bigmodel_cli.config import PreprocessConfig, ProjectConfig, resolve
     from bigmodel_cli.text import CleanOptions, clean_text
+    from bigmodel_cli.workspace import Workspace
 
     config: dict = {}
-    if workspace is not None or _inside_workspace():
-        from bigmodel_cli.workspace import Workspace
-
-        config = Workspace.find(workspace).config()
+    ws = Workspace.find(workspace) if workspace is not None else Workspace.nearest()
+    if ws is not None:
+        config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"lang": lang})
     cfg = resolve(PreprocessConfig, config.get("preprocess"),
                   {"segmenter": segmenter, "hmm": hmm, "user_dict": str(user_dict) if user_dict else None})
@@ -347,13 +347,6 @@ def run_segment(*, text: str | None = None, input: Path | None = None, gold: Pat
         predicted.append(tokens)
     return {"segmented": predicted, "scores": score_segmentation(predicted, gold_words), "backend": backend,
             "user_dict": cfg.user_dict}
-
-
-def _inside_workspace() -> bool:
-    from bigmodel_cli.config import CONFIG_NAME
-
-    here = Path.cwd().resolve()
-    return any((folder / CONFIG_NAME).is_file() for folder in (here, *here.parents))
 
 
 def _read_lines(path: Path) -> list[str]:

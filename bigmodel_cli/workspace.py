@@ -85,14 +85,22 @@ class Workspace:
             if not (root / CONFIG_NAME).is_file():
                 raise UserError(f"{root} is not a bigmodel workspace (no {CONFIG_NAME})", hint=f"run `bigmodel init {root}` first")
             return cls(root)
+        found = cls.nearest()
+        if found is not None:
+            return found
+        raise UserError(
+            f"no bigmodel workspace in {Path.cwd().resolve()} or any folder above it",
+            hint="run `bigmodel init DIR` and work inside DIR, or pass --workspace DIR",
+        )
+
+    @classmethod
+    def nearest(cls) -> "Workspace | None":
+        """The nearest folder from the current one upward holding bigmodel.toml, if any."""
         here = Path.cwd().resolve()
         for folder in (here, *here.parents):
             if (folder / CONFIG_NAME).is_file():
                 return cls(folder)
-        raise UserError(
-            f"no bigmodel workspace in {here} or any folder above it",
-            hint="run `bigmodel init DIR` and work inside DIR, or pass --workspace DIR",
-        )
+        return None
 
     @classmethod
     def init(cls, root: Path | str, lang: str = "auto", exist_ok: bool = False) -> tuple["Workspace", bool]:
