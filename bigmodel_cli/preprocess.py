@@ -28,7 +28,7 @@ from bigmodel_cli.config import LANGS, PreprocessConfig
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.parallel import OrderedWorkers
 from bigmodel_cli.fileio import atomic_write, replace_dir, write_json
-from bigmodel_cli.segment import SegmentOptions, Segmenter, resolve_backend
+from bigmodel_cli.segment import SegmentOptions, Segmenter, describe_segmenter, resolve_backend
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
 from bigmodel_cli.textio import Doc, Reader, Reject, check_encoding, detect_encoding, discover, file_format, read_sample
@@ -128,6 +128,8 @@ class DocProcessor:
         `first_id`: (JSONL bytes per split, (lang, token count) per document, the tokens of
         the train and dev documents, to count)."""
         first_id, docs = payload
+        if self._segmenter is None:
+            self.load()
         lines: dict[str, list[str]] = {}
         kept: dict[str, list[str]] = {"train": [], "dev": []}
         info = []
@@ -358,7 +360,9 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     segment_opts = SegmentOptions(lang=lang, backend=backend, hmm=cfg.hmm, user_dict=str(user_dict) if user_dict else None,
                                   lowercase=cfg.lowercase, stem=cfg.stem)
     clean_opts = CleanOptions(nfkc=cfg.nfkc, strip_html=cfg.strip_html, urls=cfg.urls, emails=cfg.emails)
-    processor = DocProcessor(clean_opts, segment_opts, cfg.min_chars, cfg.max_chars).load()
+    # The segmenter loads on first use: with several workers each process loads its own
+    # dictionary in parallel, while the main process already reads and cleans.
+    processor = DocProcessor(clean_opts, segment_opts, cfg.min_chars, cfg.max_chars)
     workers = cfg.workers or os.cpu_count() or 1
     strict = cfg.on_error == "fail"
     given_splits = plan[0][0] is not None
@@ -473,7 +477,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     meta = {
         "clean": dataclasses.asdict(clean_opts),
         "segment": {**dataclasses.asdict(segment_opts), "user_dict": "user_dict.txt" if user_dict else None},
-        "segmenter": processor._segmenter.describe(),
+        "segmenter": describe_segmenter(segment_opts),
         "stopwords": cfg.stopwords if cfg.stopwords in ("builtin", "none") else f"file:{cfg.stopwords}",
         "stopword_count": len(stop),
         "labels": labels,

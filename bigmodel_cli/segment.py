@@ -271,12 +271,18 @@ class Segmenter:
         return token.lower()
 
     def describe(self) -> dict[str, object]:
-        info: dict[str, object] = {"lang": self.opts.lang, "lowercase": self.opts.lowercase, "stem": self.opts.stem}
-        if self._zh is not None:
-            info.update(zh=self._zh.backend, zh_version=self._zh.version(), hmm=self.opts.hmm)
-        if self._en is not None:
-            info.update(en="nltk.NLTKWordTokenizer", nltk_version=metadata.version("nltk"))
-        return info
+        return describe_segmenter(self.opts)
+
+
+def describe_segmenter(opts: SegmentOptions) -> dict[str, object]:
+    """What segments, for the run record; needs no dictionary loaded."""
+    info: dict[str, object] = {"lang": opts.lang, "lowercase": opts.lowercase, "stem": opts.stem}
+    if opts.lang in ("zh", "auto"):
+        package = "jieba_next" if opts.backend == "jieba_next" else "jieba"
+        info.update(zh=opts.backend, zh_version=metadata.version(package), hmm=opts.hmm)
+    if opts.lang in ("en", "auto"):
+        info.update(en="nltk.NLTKWordTokenizer", nltk_version=metadata.version("nltk"))
+    return info
 
 
 def word_spans(words: list[str]) -> set[tuple[int, int]]:
