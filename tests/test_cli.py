@@ -17,7 +17,7 @@ import bigmodel_cli
 import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli._util import app
 
-COMMANDS = ("init", "preprocess", "segment", "status")
+COMMANDS = ("init", "preprocess", "segment", "status", "embed")
 HEAVY = ("torch", "gensim", "jieba", "jieba_next", "sklearn", "nltk")
 
 
@@ -26,7 +26,8 @@ def invoke(*args: str):
 
 
 def registered_commands() -> list[str]:
-    return [c.name or c.callback.__name__ for c in app.registered_commands]
+    """Commands and command groups (such as `embed`) on the app."""
+    return [c.name or c.callback.__name__ for c in app.registered_commands] + [g.name for g in app.registered_groups]
 
 
 def test_help_lists_commands():
@@ -39,6 +40,15 @@ def test_help_lists_commands():
 
 def test_every_command_is_registered():
     assert set(COMMANDS) <= set(registered_commands())
+
+
+def test_every_command_is_documented():
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    docs = " ".join(p.read_text(encoding="utf-8") for p in (root / "docs").glob("*.md"))
+    for name in registered_commands():
+        assert f"`bigmodel {name}" in readme, f"{name} missing from the README's command table"
+        assert f"bigmodel {name}" in docs, f"{name} missing from docs/"
 
 
 @pytest.mark.parametrize("name", sorted(set(COMMANDS) | set(registered_commands())))
