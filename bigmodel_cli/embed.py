@@ -538,10 +538,10 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
     stage = f"embed:{name}"
     folder = ws.root / "embeddings" / name
 
-    from bigmodel_cli.workspace import StageRun, stale_reasons
+    from bigmodel_cli.workspace import StageRun, unchanged
 
     last = ws.last_record(stage)
-    if not force and last and last["params"] == params and last["inputs"] == inputs and not stale_reasons(ws, last):
+    if not force and unchanged(ws, last, params, inputs):
         return EmbedResult(True, name, folder, last, *_read_outputs(folder))
 
     with ws.lock(f"embed --name {name}"):

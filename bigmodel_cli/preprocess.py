@@ -296,10 +296,10 @@ def preprocess(
     extra_inputs = [Path(p) for p in (cfg.user_dict, cfg.stopwords if cfg.stopwords not in ("builtin", "none") else "") if p]
     input_hashes = ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)
 
-    from bigmodel_cli.workspace import StageRun, stale_reasons
+    from bigmodel_cli.workspace import StageRun, unchanged
 
     last = ws.last_record("preprocess")
-    if not force and last and last["params"] == params and last["inputs"] == input_hashes and not stale_reasons(ws, last):
+    if not force and unchanged(ws, last, params, input_hashes):
         report_path = ws.processed / "report.json"
         report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
         return PreprocessResult(True, report, last, ws.processed)

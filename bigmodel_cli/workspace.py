@@ -242,10 +242,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def stale_reasons(ws: Workspace, record: dict[str, Any]) -> list[str]:
+def unchanged(ws: Workspace, record: dict[str, Any] | None, params: dict[str, Any], inputs: list[dict[str, str]]) -> bool:
+    """Whether a stage may skip: same parameters and input hashes as its last successful
+    record, and that record's outputs and config intact. The caller has just hashed the
+    inputs, so they are compared, not read again."""
+    return (record is not None and record["params"] == params and record["inputs"] == inputs
+            and not stale_reasons(ws, record, check_inputs=False))
+
+
+def stale_reasons(ws: Workspace, record: dict[str, Any], check_inputs: bool = True) -> list[str]:
     """Why a stage's last successful run no longer matches the disk (empty: up to date)."""
     reasons = []
-    for item in record.get("inputs", []):
+    for item in record.get("inputs", []) if check_inputs else []:
         path = ws.absolute(item["path"])
         if not path.exists():
             reasons.append(f"input {item['path']} is gone")

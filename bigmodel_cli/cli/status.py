@@ -26,7 +26,7 @@ def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
     ws = open_workspace(workspace)
     table = Table(title=f"workspace {ws.root}", title_justify="left")
     for column in ("stage", "last run", "status", "key figures", "state"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in stage_status(ws):
         state = row["state"]
         style = {"up to date": "green", "stale": "yellow", "never run": "dim", "failed": "red"}[state]
