@@ -84,10 +84,51 @@ class EmbedConfig:
     probes: list = doc("Words whose nearest neighbours are listed after training, besides the most frequent ones.", [])
 
 
+@dataclass
+class TrainConfig:
+    """The options of the training loop that pretrain and finetune share."""
+
+    batch_size: int = doc("Sequences per optimizer step, over all processes and accumulation steps.", 32)
+    accumulate: int = doc("Gradient accumulation: each step's batch is run in this many parts (same result, less memory).", 1)
+    lr: float = doc("Peak learning rate (AdamW).", 5e-4)
+    weight_decay: float = doc("AdamW weight decay (never on biases and LayerNorm weights).", 0.01)
+    warmup: float = doc("Warm-up: a fraction of all steps if below 1, else a number of steps; then cosine decay.", 0.06)
+    min_lr: float = doc("Learning rate at the end of the cosine decay, as a fraction of --lr.", 0.1)
+    clip: float = doc("Clip the gradient norm to this (0: no clipping).", 1.0)
+    epochs: int = doc("Passes over the training data (--max-steps, when set, wins).", 3)
+    max_steps: int = doc("Stop after this many optimizer steps (0: --epochs decides).", 0)
+    max_time: str = doc("Stop (with a checkpoint) after this much training time, e.g. 90s, 10m, 2h (empty: no limit).", "")
+    precision: str = doc("32 (float32) or bf16-mixed (bfloat16 autocast; fastest on CPUs with AVX-512 BF16/AMX and on GPUs).", "32")
+    compile: bool = doc("torch.compile the model (slow first step, faster after).", False)
+    eval_every: int = doc("Evaluate on dev every this many steps (0: at the end of each epoch only).", 200)
+    eval_batches: int = doc("Dev batches per evaluation (0: the whole dev split).", 20)
+    checkpoint_every: int = doc("Write a checkpoint every this many steps (0: only at the end).", 500)
+    keep: int = doc("Keep the newest this many step checkpoints (the best one is always kept).", 3)
+    early_stopping: int = doc("Stop when the dev metric has not improved for this many evaluations (0: never).", 0)
+    log_every: int = doc("Log training metrics every this many steps.", 10)
+    device: str = doc("auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.", "auto")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    objective: str = doc("mlm (masked language model, BERT) or clm (causal, next word).", "mlm")
+    size: str = doc("Model size preset: tiny (2 layers x 128), small (4 x 256), base (12 x 768).", "small")
+    layers: int = doc("Transformer layers (0: from --size).", 0)
+    dim: int = doc("Hidden width (0: from --size).", 0)
+    heads: int = doc("Attention heads; must divide --dim (0: from --size).", 0)
+    ffn: int = doc("Feed-forward width (0: from --size, 4 x dim).", 0)
+    seq_len: int = doc("Tokens per training block, [CLS] and [SEP] included.", 128)
+    max_positions: int = doc("Size of the position table (at least --seq-len; finetuning can use up to this).", 512)
+    dropout: float = doc("Dropout on embeddings, attention weights and block outputs.", 0.1)
+    mask_prob: float = doc("mlm: share of tokens to predict (of them 80% become [MASK], 10% a random word, 10% stay).", 0.15)
+    init_embeddings: str = doc("Initialise the token embeddings from this embed run (embeddings/NAME/); empty for random.", "")
+
+
 SECTIONS: dict[str, type] = {
     "project": ProjectConfig,
     "preprocess": PreprocessConfig,
     "embed": EmbedConfig,
+    "pretrain": PretrainConfig,
 }
 
 

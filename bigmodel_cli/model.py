@@ -1,0 +1,282 @@
+"""The one Transformer of bigmodel: a BERT encoder with masked-LM, causal-LM and
+classification heads. Pretrain, finetune and explain all use this file.
+
+The architecture is BERT's exactly (learned absolute positions, token types, post-LayerNorm
+blocks, exact-erf GELU, tied output embeddings, tanh pooler), so every weight has one
+counterpart in Hugging Face's BertForMaskedLM / BertLMHeadModel /
+BertForSequenceClassification: `HF_NAMES` below is that table, and an export is a rename.
+
+Two speed choices, both invisible in the results:
+- attention goes through `scaled_dot_product_attention` (fused kernels) unless the caller
+  asks for the attention weights, when the explicit softmax(QKᵀ/√d_k)·V path runs instead;
+- the masked-LM loss runs the prediction head only at the masked positions. Hugging Face
+  projects every position onto the whole vocabulary (batch x length x vocab logits) and then
+  ignores 85% of them; on CPU that projection is most of a training step.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE = -100  # label of positions that carry no loss, as in PyTorch's cross_entropy
+
+# name: (layers, dim, heads, ffn). tiny and small as in Google's BERT miniatures, base as BERT-base.
+SIZES = {
+    "tiny": (2, 128, 2, 512),
+    "small": (4, 256, 4, 1024),
+    "base": (12, 768, 12, 3072),
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    layers: int = 4
+    dim: int = 256
+    heads: int = 4
+    ffn: int = 1024
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pad_id: int = 0
+    causal: bool = False  # trained as a causal LM (BertLMHeadModel); encode() still takes causal= per call
+    lm_head: bool = True  # the masked/causal LM prediction head (pretraining and generation)
+    # Classification head: number of labels (0: none), their names, and how the sequence is
+    # pooled: "cls" (BERT's tanh pooler over [CLS]) or "mean" (average of the real tokens).
+    num_labels: int = 0
+    labels: list = field(default_factory=list)
+    pooling: str = "cls"
+    classifier_dropout: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
+        self.positions = nn.Embedding(cfg.max_positions, cfg.dim)
+        self.types = nn.Embedding(cfg.type_vocab_size, cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: torch.Tensor, type_ids: torch.Tensor | None = None,
+                token_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        # token_embeds replaces the token lookup: integrated gradients interpolates there.
+        x = self.tokens(ids) if token_embeds is None else token_embeds
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = x + self.positions(positions)
+        x = x + (self.types(type_ids) if type_ids is not None else self.types.weight[0])
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.query = nn.Linear(cfg.dim, cfg.dim)
+        self.key = nn.Linear(cfg.dim, cfg.dim)
+        self.value = nn.Linear(cfg.dim, cfg.dim)
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+        self.dropout_p = cfg.attention_dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, D = x.shape
+        q, k, v = (proj(x).view(B, T, self.heads, D // self.heads).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        dropout = self.dropout_p if self.training else 0.0
+        if causal:
+            allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            mask = allowed if mask is None else mask & allowed
+        weights = None
+        if not need_weights:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:
+            # softmax(QKᵀ/√d_k)·V written out, so the weights can be returned.
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            y = F.dropout(weights, dropout, self.training) @ v
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), weights
+
+
+class Block(nn.Module):
+    """Post-LayerNorm, as in BERT: x = norm(x + sublayer(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.attn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(cfg.dim, cfg.ffn)
+        self.ffn_out = nn.Linear(cfg.ffn, cfg.dim)
+        self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, causal, need_weights):
+        a, weights = self.attn(x, mask, causal, need_weights)
+        x = self.attn_norm(x + self.dropout(a))
+        x = self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
+        return x, weights
+
+
+class LMHead(nn.Module):
+    """BERT's prediction head: dense, GELU, LayerNorm, then the tied embedding matrix."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.dim, cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(h))), embedding, self.bias)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        # Only the parts a run uses exist, so that DDP never waits for gradients that
+        # will not come: BertForMaskedLM has no pooler, a classifier no LM head.
+        if cfg.lm_head:
+            self.lm_head = LMHead(cfg)
+        if cfg.num_labels and cfg.pooling == "cls":
+            self.pooler = nn.Linear(cfg.dim, cfg.dim)
+        if cfg.num_labels:
+            self.classifier_dropout = nn.Dropout(cfg.classifier_dropout)
+            self.classifier = nn.Linear(cfg.dim, cfg.num_labels)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        # BERT's initialisation: N(0, 0.02) weights, zero biases, the [PAD] row zero.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+    def encode(self, ids: torch.Tensor, *, type_ids: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None, causal: bool = False,
+               need_weights: bool = False, token_embeds: torch.Tensor | None = None):
+        """Hidden states (B, T, dim) and, with need_weights, each layer's (B, heads, T, T)
+        attention weights. attention_mask: (B, T), true (or 1) for real tokens."""
+        if ids.shape[1] > self.cfg.max_positions:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the position table ({self.cfg.max_positions})")
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # keys a query may look at
+        x = self.embeddings(ids, type_ids, token_embeds)
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, mask, causal, need_weights)
+            attentions.append(weights)
+        return x, (attentions if need_weights else None)
+
+    # -- heads --------------------------------------------------------------------
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden, self.embeddings.tokens.weight)
+
+    def mlm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over the masked positions, their count, and how many the
+        model got right. Only masked positions reach the head (see the module docstring)."""
+        where = labels != IGNORE
+        logits = self.lm_logits(hidden[where])
+        target = labels[where]
+        loss = F.cross_entropy(logits.float(), target, reduction="sum")
+        correct = (logits.argmax(-1) == target).sum()
+        return loss, target.new_tensor(target.numel()), correct
+
+    def clm_loss(self, hidden: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy (position t predicts token t+1), count, correct."""
+        logits = self.lm_logits(hidden[:, :-1]).flatten(0, 1)
+        target = ids[:, 1:].flatten()
+        keep = target != self.cfg.pad_id
+        logits, target = logits[keep], target[keep]
+        loss = F.cross_entropy(logits.float(), target, reduction="sum")
+        return loss, target.new_tensor(target.numel()), (logits.argmax(-1) == target).sum()
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cfg.pooling == "mean":
+            if attention_mask is None:
+                return hidden.mean(1)
+            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.classifier_dropout(self.pool(hidden, attention_mask)))
+
+    # -- bookkeeping ----------------------------------------------------------------
+    def num_parameters(self, embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if embeddings else n - self.embeddings.tokens.weight.numel() - self.embeddings.positions.weight.numel()
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups, nanoGPT's rule: decay only tensors of two or more dimensions
+        (matrices and embeddings), never biases or LayerNorm weights."""
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        other = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def training_flops(cfg: ModelConfig, batch: int, seq: int, predicted: int) -> int:
+    """Useful FLOPs of one training step (forward + backward = 3x forward): the encoder's
+    matrix products and attention for batch x seq tokens, and the prediction head for the
+    `predicted` positions only. Embedding lookups, norms and activations are not counted."""
+    tokens = batch * seq
+    per_layer = 2 * tokens * (4 * cfg.dim * cfg.dim + 2 * cfg.dim * cfg.ffn)  # q k v out, ffn in/out
+    attention = 2 * 2 * batch * seq * seq * cfg.dim  # QKᵀ and weights·V
+    head = 2 * predicted * (cfg.dim * cfg.dim + cfg.dim * cfg.vocab_size)
+    return 3 * (cfg.layers * (per_layer + attention) + head)
+
+
+# -- Hugging Face names -------------------------------------------------------------------
+# (our name pattern, Hugging Face's). The decoder weight is the token embedding (tied) and
+# is written once; cls.predictions.decoder.bias is the same tensor as cls.predictions.bias.
+HF_NAMES = [
+    (r"embeddings\.tokens\.", "bert.embeddings.word_embeddings."),
+    (r"embeddings\.positions\.", "bert.embeddings.position_embeddings."),
+    (r"embeddings\.types\.", "bert.embeddings.token_type_embeddings."),
+    (r"embeddings\.norm\.", "bert.embeddings.LayerNorm."),
+    (r"blocks\.(\d+)\.attn\.(query|key|value)\.", r"bert.encoder.layer.\1.attention.self.\2."),
+    (r"blocks\.(\d+)\.attn\.out\.", r"bert.encoder.layer.\1.attention.output.dense."),
+    (r"blocks\.(\d+)\.attn_norm\.", r"bert.encoder.layer.\1.attention.output.LayerNorm."),
+    (r"blocks\.(\d+)\.ffn_in\.", r"bert.encoder.layer.\1.intermediate.dense."),
+    (r"blocks\.(\d+)\.ffn_out\.", r"bert.encoder.layer.\1.output.dense."),
+    (r"blocks\.(\d+)\.ffn_norm\.", r"bert.encoder.layer.\1.output.LayerNorm."),
+    (r"pooler\.", "bert.pooler.dense."),
+    (r"lm_head\.dense\.", "cls.predictions.transform.dense."),
+    (r"lm_head\.norm\.", "cls.predictions.transform.LayerNorm."),
+    (r"lm_head\.bias$", "cls.predictions.bias"),
+    (r"classifier\.", "classifier."),
+]
+
+
+def hf_name(name: str) -> str:
+    for pattern, replacement in HF_NAMES:
+        renamed, n = re.subn("^" + pattern, replacement, name)
+        if n:
+            return renamed
+    raise KeyError(f"no Hugging Face name for {name}")

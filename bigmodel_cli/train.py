@@ -1,0 +1,514 @@
+"""The one training loop, shared by pretrain and finetune.
+
+A stage hands `fit` a model and a `Task` (its data, its loss and its dev evaluation); the
+loop owns everything else: AdamW, warm-up and cosine decay, clipping, accumulation,
+bf16 autocast, torch.compile, DistributedDataParallel, evaluation, early stopping,
+checkpoints with exact resume, metrics (JSONL, TensorBoard when installed), the loss plot
+and the progress bar.
+
+Exact resume rests on three rules:
+- every batch is a pure function of (seed, epoch, position): the data order is a seeded
+  permutation per epoch, and random choices inside a batch (the MLM masks) come from a
+  generator seeded by the step;
+- checkpoints hold every generator that the loop touches (dropout draws from torch's);
+- the metrics window being averaged at a checkpoint is saved with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from bigmodel_cli import checkpoint as ckpt
+from bigmodel_cli.config import TrainConfig
+from bigmodel_cli.errors import UserError
+
+PRECISIONS = ("32", "bf16-mixed")
+Batch = dict[str, torch.Tensor]
+
+
+class Task(Protocol):
+    """What a stage gives the loop."""
+
+    steps_per_epoch: int
+    monitor: str  # the dev metric that picks `best` and drives early stopping
+    higher_is_better: bool
+
+    def batch(self, epoch: int, index: int, rows: slice) -> Batch:
+        """Rows `rows` of global batch `index` of `epoch` (a pure function of its arguments)."""
+
+    def count(self, batch: Batch) -> int:
+        """How many loss terms the batch holds (masked tokens, sequences): the denominator."""
+
+    @staticmethod
+    def loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed loss, number of terms, number correct) for the batch."""
+
+    def tokens(self, batch: Batch) -> int:
+        """Real (non-padding) tokens in the batch, for tokens/s."""
+
+    def evaluate(self, model: nn.Module, autocast: Callable[[], Any]) -> dict[str, float]:
+        """Metrics on the dev split (empty when there is none)."""
+
+
+# -- options ----------------------------------------------------------------------------
+def parse_duration(text: str) -> float | None:
+    """'90s', '10m', '1.5h', '1h30m' or plain seconds to seconds; '' to None."""
+    text = (text or "").strip().lower()
+    if not text:
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])", "", text).strip():
+        raise ValueError(text)
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+
+
+def validate(cfg: TrainConfig) -> list[str]:
+    """Every problem with the loop's options, so the user fixes them all at once."""
+    problems = []
+    for key in ("batch_size", "accumulate", "epochs", "log_every", "keep"):
+        if getattr(cfg, key) < 1:
+            problems.append(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(cfg, key)}")
+    for key in ("max_steps", "eval_every", "eval_batches", "checkpoint_every", "early_stopping"):
+        if getattr(cfg, key) < 0:
+            problems.append(f"--{key.replace('_', '-')} must be 0 or more, got {getattr(cfg, key)}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        problems.append(f"--lr must be a positive number, got {cfg.lr}")
+    for key in ("weight_decay", "warmup", "clip"):
+        if not (getattr(cfg, key) >= 0 and math.isfinite(getattr(cfg, key))):
+            problems.append(f"--{key.replace('_', '-')} must be 0 or more, got {getattr(cfg, key)}")
+    if not 0 <= cfg.min_lr <= 1:
+        problems.append(f"min_lr must be a fraction between 0 and 1, got {cfg.min_lr}")
+    if cfg.precision not in PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    try:
+        parse_duration(cfg.max_time)
+    except ValueError:
+        problems.append(f"--max-time must be a duration such as 90s, 10m or 2h, got '{cfg.max_time}'")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        problems.append(f"--device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
+    if cfg.batch_size >= 1 and cfg.accumulate >= 1 and cfg.batch_size % cfg.accumulate:
+        problems.append(f"--batch-size ({cfg.batch_size}) must be a multiple of --accumulate ({cfg.accumulate})")
+    return problems
+
+
+# -- distributed and devices ----------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        """The process's place in a torchrun launch (WORLD_SIZE, RANK, LOCAL_RANK)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, dist: Dist) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is available to this process (torch.cuda.is_available() is false)",
+                            hint="use --device cpu, or check CUDA_VISIBLE_DEVICES and the driver")
+        index = int(name.split(":")[1]) if ":" in name else dist.local_rank
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible", hint="pick another index")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple's Metal backend is not available here", hint="use --device cpu")
+    return torch.device(name)
+
+
+def tune_cpu_allocator() -> None:
+    """Keep freed buffers in the process. glibc returns large blocks to the OS on every free
+    and maps them again on the next step, which costs up to 1.4x on small models; mallopt
+    is glibc's public switch for it (a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+
+
+# -- the learning-rate schedule ----------------------------------------------------------------
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    return int(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up to --lr, then cosine decay to min_lr x --lr at the last step."""
+    warm = warmup_steps(cfg, total)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = model.optimizer_groups(cfg.weight_decay)
+    # The fused kernel updates all parameters in one pass (CPU since torch 2.4).
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, TypeError):  # pragma: no cover - older torch or an unsupported device
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+class Objective(nn.Module):
+    """The model and a task's loss as one module, so that DDP and torch.compile wrap the
+    whole step while checkpoints keep saving the plain model's names."""
+
+    def __init__(self, model: nn.Module, loss: Callable):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch: Batch):
+        return self.loss(self.model, batch)
+
+
+# -- the loop ---------------------------------------------------------------------------------
+@dataclass
+class LoopState:
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # next global batch of the epoch
+    tokens: int = 0
+    train_seconds: float = 0.0
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    window: list = field(default_factory=lambda: [0.0, 0, 0, 0, 0.0])  # loss sum, terms, correct, tokens, seconds
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs_done: float
+    stop_reason: str
+    train_loss: float | None
+    dev: dict[str, float]
+    best: float | None
+    best_step: int | None
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    checkpoint: Path | None
+
+
+def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: int, model_config: dict[str, Any],
+        resume: Path | None = None, show_progress: bool = False, console=None, extra_state: dict | None = None) -> FitResult:
+    dist = Dist.from_env()
+    device = pick_device(cfg.device, dist)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    total = cfg.max_steps or cfg.epochs * task.steps_per_epoch
+    limit = parse_duration(cfg.max_time)
+    checkpoints = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    train_json = {**asdict(cfg), "seed": seed, "world_size": dist.world, "total_steps": total, **(extra_state or {})}
+
+    state = LoopState()
+    if resume is not None:
+        state = LoopState(**{k: v for k, v in ckpt.restore(resume, model, optimizer).items()
+                             if k in LoopState.__dataclass_fields__})
+        if dist.main:
+            _truncate_metrics(metrics_path, state.step)
+    elif dist.main:
+        metrics_path.unlink(missing_ok=True)
+    if dist.main:
+        ckpt.clean_partial(checkpoints)
+
+    runner: nn.Module = Objective(model, type(task).loss)
+    if dist.world > 1:
+        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        runner = torch.compile(runner)
+    precision = torch.bfloat16 if cfg.precision == "bf16-mixed" else None
+
+    def autocast():
+        if precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=precision)
+
+    per_rank = cfg.batch_size // dist.world
+    micro = per_rank // cfg.accumulate
+    log = _MetricsLog(metrics_path, run_dir, dist.main)
+    stop_reason = "max steps" if cfg.max_steps else "epochs"
+    dev: dict[str, float] = {}
+    last_saved: Path | None = None
+
+    def save(step: int) -> Path:
+        nonlocal last_saved
+        last_saved = ckpt.save(checkpoints, step, model, optimizer, asdict(state), model_config, train_json)
+        ckpt.prune(checkpoints, cfg.keep)
+        return last_saved
+
+    def evaluate() -> bool:
+        """Evaluate on dev; True when early stopping says stop."""
+        nonlocal dev
+        model.eval()
+        with torch.no_grad():
+            dev = task.evaluate(model, autocast)
+        model.train()
+        if not dev:
+            return False
+        log.write({"step": state.step, "split": "dev", **dev})
+        value = dev[task.monitor]
+        improved = state.best is None or (value > state.best if task.higher_is_better else value < state.best)
+        if improved:
+            state.best, state.best_step, state.bad_evals = value, state.step, 0
+            if dist.main:
+                ckpt.point(checkpoints, "best", save(state.step))
+        else:
+            state.bad_evals += 1
+        return bool(cfg.early_stopping and state.bad_evals >= cfg.early_stopping)
+
+    # Crash-recovery tests kill the process here, between two checkpoints, with SIGKILL.
+    kill_after = int(os.environ.get("BIGMODEL_TEST_SIGKILL_AFTER_STEP", "0"))
+    model.train()
+    with _Progress(show_progress and dist.main, console, total, state.step) as bar:
+        started = time.perf_counter() - state.train_seconds
+        while state.step < total:
+            if state.index >= task.steps_per_epoch:
+                state.epoch, state.index = state.epoch + 1, 0
+            step_start = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, state.step, total)
+            stats = _train_step(runner, optimizer, task, state, dist, per_rank, micro, cfg, autocast)
+            if cfg.clip:
+                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+            else:
+                grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
+            if not math.isfinite(grad_norm) or not math.isfinite(stats[0]):
+                raise UserError(f"training diverged at step {state.step + 1}: the loss or gradient is {stats[0] if not math.isfinite(stats[0]) else grad_norm}",
+                                hint=f"lower --lr (now {cfg.lr:g}), keep --clip on, or use --precision 32")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.index += 1
+            seconds = time.perf_counter() - step_start
+            state.tokens += int(stats[3])
+            state.window = [a + b for a, b in zip(state.window, [*stats, seconds])]
+            state.train_seconds = time.perf_counter() - started
+            if kill_after and state.step == kill_after:
+                os.kill(os.getpid(), 9)
+            if state.step % cfg.log_every == 0 or state.step == total:
+                loss_sum, terms, correct, tokens, secs = state.window
+                log.write({"step": state.step, "epoch": round(state.epoch + state.index / task.steps_per_epoch, 4),
+                           "loss": loss_sum / max(terms, 1), "accuracy": correct / max(terms, 1),
+                           "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                           "tokens_per_s": tokens / max(secs, 1e-9), "elapsed_s": round(state.train_seconds, 3)})
+                bar.update(state.step, loss_sum / max(terms, 1), tokens / max(secs, 1e-9))
+                state.window = [0.0, 0, 0, 0, 0.0]
+            end_of_epoch = state.index >= task.steps_per_epoch
+            stop = False
+            if (cfg.eval_every and state.step % cfg.eval_every == 0) or end_of_epoch or state.step == total:
+                stop = evaluate()
+                if stop:
+                    stop_reason = f"early stopping (no better dev {task.monitor} in {cfg.early_stopping} evaluations)"
+            if limit is not None and _agreed(state.train_seconds >= limit, dist):
+                stop, stop_reason = True, f"max time ({cfg.max_time})"
+            if stop or state.step == total:
+                break
+            if dist.main and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
+                    and (last_saved is None or last_saved.name != ckpt.step_name(state.step)):
+                save(state.step)
+    if dist.main:
+        if last_saved is None or last_saved.name != ckpt.step_name(state.step):
+            save(state.step)
+        log.close()
+        log.plot()
+    if dist.world > 1:
+        torch.distributed.barrier()
+    rate = state.tokens / max(state.train_seconds, 1e-9)
+    return FitResult(state.step, round(state.epoch + state.index / task.steps_per_epoch, 4), stop_reason,
+                     log.last_loss, dev, state.best, state.best_step, state.tokens, state.train_seconds, rate,
+                     ckpt.resolve_link(checkpoints, "best") or ckpt.resolve_link(checkpoints, "last"))
+
+
+def _train_step(runner, optimizer, task, state: LoopState, dist: Dist, per_rank: int, micro: int,
+                cfg: TrainConfig, autocast) -> list[float]:
+    """Forward and backward over this process's share of one global batch, in `accumulate`
+    parts. The loss is a sum divided by the global number of terms, so that the gradient is
+    the same for any number of processes and parts."""
+    start = dist.rank * per_rank
+    parts = [task.batch(state.epoch, state.index, slice(start + i * micro, start + (i + 1) * micro))
+             for i in range(cfg.accumulate)]
+    count = torch.tensor(float(sum(task.count(p) for p in parts)))
+    if dist.world > 1:
+        torch.distributed.all_reduce(count)
+    scale = dist.world / max(float(count), 1.0)  # DDP averages gradients over processes
+    stats = torch.zeros(4, dtype=torch.float64)
+    for i, part in enumerate(parts):
+        sync = i == len(parts) - 1 or dist.world == 1
+        with (contextlib.nullcontext() if sync else runner.no_sync()):
+            with autocast():
+                loss, terms, correct = runner(part)
+            (loss * scale).backward()
+        stats += torch.tensor([float(loss.detach()), float(terms), float(correct), float(task.tokens(part))], dtype=torch.float64)
+    if dist.world > 1:
+        torch.distributed.all_reduce(stats)
+    return stats.tolist()
+
+
+def _agreed(flag: bool, dist: Dist) -> bool:
+    """Rank 0's decision, so that every process stops at the same step."""
+    if dist.world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.broadcast(value, 0)
+    return bool(value.item())
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines a killed run logged after the checkpoint it resumes from."""
+    if not path.exists():
+        return
+    from bigmodel_cli.fileio import atomic_write
+
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    with atomic_write(path) as handle:
+        handle.writelines(line + "\n" for line in kept)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- output: metrics, plot, progress -----------------------------------------------------------
+class _MetricsLog:
+    """metrics.jsonl (one object per logged step; dev evaluations carry "split": "dev"),
+    TensorBoard when it is installed, and loss.png at the end."""
+
+    def __init__(self, path: Path, run_dir: Path, active: bool):
+        self.path, self.run_dir, self.active = path, run_dir, active
+        self.last_loss: float | None = None
+        self.handle = open(path, "a", encoding="utf-8") if active else None
+        self.board = None
+        if active:
+            with contextlib.suppress(ImportError, ModuleNotFoundError):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if "split" not in entry:
+            self.last_loss = entry["loss"]
+        if not self.active:
+            return
+        entry = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in entry.items()}
+        self.handle.write(json.dumps(entry) + "\n")
+        self.handle.flush()
+        if self.board is not None:
+            prefix = entry.get("split", "train")
+            for key, value in entry.items():
+                if isinstance(value, (int, float)) and key not in ("step", "split"):
+                    self.board.add_scalar(f"{prefix}/{key}", value, entry["step"])
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
+        if self.board is not None:
+            self.board.close()
+
+    def plot(self) -> None:
+        plot_losses(self.path, self.run_dir / "loss.png")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    """Train and dev loss against the step, as a PNG."""
+    entries = read_metrics(metrics)
+    train = [(e["step"], e["loss"]) for e in entries if "split" not in e]
+    dev = [(e["step"], e["loss"]) for e in entries if e.get("split") == "dev"]
+    if not train:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(*zip(*train), label="train")
+    if dev:
+        ax.plot(*zip(*dev), marker="o", label="dev")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from bigmodel_cli.fileio import atomic_write
+
+    with atomic_write(out, "wb") as handle:
+        fig.savefig(handle, format="png")
+    plt.close(fig)
+
+
+class _Progress:
+    def __init__(self, show: bool, console, total: int, done: int):
+        self.show, self.console, self.total, self.done = show, console, total, done
+        self.progress = None
+
+    def __enter__(self) -> "_Progress":
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
+                                     TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=self.total, completed=self.done, loss="-", rate="-")
+        return self
+
+    def update(self, step: int, loss: float, rate: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:,.0f}")
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
