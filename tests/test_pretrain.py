@@ -245,3 +245,44 @@ def test_two_processes_match_one_with_the_same_global_batch(lm_ws):
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     assert json.loads((lm_ws.root / "runs" / "two" / "report.json").read_text())["world_size"] == 2
     assert two.returncode == 0
+
+
+# -- the loop's stopping rules and accumulation ------------------------------------------------
+def test_accumulation_gives_the_same_step_as_one_batch(lm_ws):
+    one = pretrain(lm_ws, tiny(max_steps=3, dropout=0.0, eval_every=0), name="acc1", seed=1)
+    two = pretrain(lm_ws, tiny(max_steps=3, dropout=0.0, eval_every=0, accumulate=4), name="acc4", seed=1)
+    a = load_file(one.folder / "checkpoints" / "last" / "model.safetensors")
+    b = load_file(two.folder / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert metrics(one.folder)[-1]["loss"] == pytest.approx(metrics(two.folder)[-1]["loss"], rel=1e-5)
+
+
+def test_early_stopping_and_max_time(lm_ws, monkeypatch):
+    calls = []
+
+    def worse_each_time(self, model, autocast):
+        calls.append(1)
+        return {"loss": float(len(calls)), "perplexity": 1.0, "accuracy": 0.0}
+
+    monkeypatch.setattr(MLMTask, "evaluate", worse_each_time)
+    result = pretrain(lm_ws, tiny(max_steps=40, eval_every=2, early_stopping=3), name="early", seed=1)
+    assert result.report["steps"] == 8 and result.report["stop_reason"].startswith("early stopping")
+    assert os.readlink(result.folder / "checkpoints" / "best") == "step-00000002"
+    timed = pretrain(lm_ws, tiny(max_steps=10_000, eval_every=0, max_time="0.05s"), name="timed", seed=1)
+    assert timed.report["stop_reason"] == "max time (0.05s)" and timed.report["steps"] < 10_000
+    assert os.readlink(timed.folder / "checkpoints" / "last") == f"step-{timed.report['steps']:08d}"
+
+
+def test_status_lists_the_run(lm_ws, run_cli):
+    pretrain(lm_ws, tiny(max_steps=4), seed=1)
+    result = run_cli(["status"], lm_ws.root)
+    assert "pretrain:mlm" in result.output and "dev_loss" in result.output
+
+
+@pytest.mark.slow
+def test_compiled_run_saves_plain_names_and_resumes_uncompiled(lm_ws):
+    compiled = pretrain(lm_ws, tiny(max_steps=2, eval_every=0, compile=True), name="compiled", seed=1)
+    weights = load_file(compiled.folder / "checkpoints" / "last" / "model.safetensors")
+    assert weights and not any("_orig_mod" in k for k in weights)
+    resumed = pretrain(lm_ws, tiny(max_steps=4, eval_every=0), name="compiled", seed=1, resume="auto")
+    assert resumed.report["steps"] == 4 and resumed.report["resumed_from"].endswith("step-00000002")
