@@ -17,7 +17,7 @@ import bigmodel_cli
 import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli._util import app
 
-COMMANDS = ("init", "preprocess", "segment", "status", "embed")
+COMMANDS = ("init", "preprocess", "segment", "status", "embed", "pretrain", "generate")
 HEAVY = ("torch", "gensim", "jieba", "jieba_next", "sklearn", "nltk")
 
 
