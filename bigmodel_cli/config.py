@@ -124,11 +124,44 @@ class PretrainConfig(TrainConfig):
     init_embeddings: str = doc("Initialise the token embeddings from this embed run (embeddings/NAME/); empty for random.", "")
 
 
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Finetuning a classifier: the loop's options with finetuning defaults, then the head's."""
+
+    lr: float = doc("Peak learning rate (AdamW).", 1e-4)
+    epochs: int = doc("Passes over the training data (--max-steps, when set, wins).", 3)
+    eval_every: int = doc("Evaluate on dev every this many steps (0: at the end of each epoch only).", 0)
+    eval_batches: int = doc("Dev batches per evaluation (0: the whole dev split, so that best and early stopping see all of it).", 0)
+    early_stopping: int = doc("Stop when dev macro-F1 has not improved for this many evaluations (0: never).", 2)
+    from_run: str = doc("Start from this pretrain run (runs/NAME/), latest (the newest one), or scratch (random weights: the no-pretraining comparison).", "latest")
+    pooling: str = doc("Sequence pooling: cls (BERT's tanh pooler over [CLS]) or mean (average of the real tokens).", "cls")
+    dropout: float = doc("Dropout in the encoder and before the classifier.", 0.1)
+    balance: bool = doc("Weight the loss by inverse class frequency (for skewed labels).", False)
+    freeze_embeddings: bool = doc("Keep the embedding layer as pretrained (train the blocks and the head only).", False)
+    max_len: int = doc("Tokens per document, [CLS] and [SEP] included; longer ones are cut.", 128)
+    size: str = doc("--from scratch only: model size preset, tiny, small or base.", "small")
+    layers: int = doc("--from scratch only: layers (0: from --size).", 0)
+    dim: int = doc("--from scratch only: hidden width (0: from --size).", 0)
+    heads: int = doc("--from scratch only: attention heads (0: from --size).", 0)
+    ffn: int = doc("--from scratch only: feed-forward width (0: from --size, 4 x dim).", 0)
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = doc("Documents per forward pass.", 64)
+    bins: int = doc("Confidence bins of the expected calibration error and the reliability plot.", 15)
+    baseline_c: list = doc("Inverse regularisation strengths tried for the TF-IDF + LogisticRegression baseline; the best on dev macro-F1 is kept.", [0.3, 1.0, 3.0, 10.0, 30.0])
+    baseline_char_ngrams: int = doc("Baseline: longest character n-gram added for Chinese documents (0: words only).", 3)
+    baseline_stopwords: bool = doc("Baseline: drop data/processed/stopwords.txt from the words (off by default: negations such as 没有 carry sentiment).", False)
+
+
 SECTIONS: dict[str, type] = {
     "project": ProjectConfig,
     "preprocess": PreprocessConfig,
     "embed": EmbedConfig,
     "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
 }
 
 
