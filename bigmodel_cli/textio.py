@@ -347,3 +347,26 @@ def _label(value: object) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def read_texts(path: Path, limit: int | None = None, text_field: str = "text", encoding: str = "auto") -> list[str]:
+    """The texts of one file, read as preprocess reads it (format by extension, encoding
+    detected), for predict and explain. A bad record is a one-line error naming its line."""
+    fmt = file_format(path)
+    if not path.is_file():
+        raise InputError(path, "no such file", hint="check the path")
+    enc = detect_encoding(path, read_sample(path)) if encoding == "auto" else check_encoding(path, encoding)
+    reader = Reader(path, fmt, enc, text_field, "label")
+    texts: list[str] = []
+    try:
+        for item in reader:
+            if isinstance(item, Reject):
+                raise InputError(item.source, item.reason, hint="fix the record or remove it")
+            texts.append(item.text)
+            if limit and len(texts) >= limit:
+                break
+    finally:
+        reader.close()
+    if not texts:
+        raise InputError(path, "holds no text", hint="give a file with one text per line (txt) or records with a text field")
+    return texts

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+
+
+@app.command("explain")
+@handle_errors
+def explain_cli(
+    text: Optional[str] = typer.Argument(None, help="Raw text to explain (cleaned and segmented as in training).", show_default=False),
+    run: Optional[str] = typer.Option(None, help="A finetuned classifier or a causal pretrain run.  [default: the latest run]", show_default=False),
+    method: str = typer.Option("all", help="attention, rollout, saliency, grad-input, ig, all, or several comma-separated."),
+    target: Optional[str] = typer.Option(None, help="Label (classifier) or next word (causal) to explain.  [default: the prediction]", show_default=False),
+    layer: Optional[int] = typer.Option(None, help="attention: only this layer (from 0).  [default: mean over layers]", show_default=False),
+    head: Optional[int] = typer.Option(None, help="attention: only this head (from 0).  [default: mean over heads]", show_default=False),
+    steps: int = typer.Option(50, help="ig: interpolation steps (more: smaller completeness gap)."),
+    internal_batch_size: int = typer.Option(16, help="ig: interpolations per forward/backward pass (memory)."),
+    baseline: str = typer.Option("pad", help="ig baseline for the words: pad ([PAD] embeddings) or zeros."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Explain every text of this file (txt/jsonl/csv/tsv).", show_default=False),
+    split: Optional[str] = typer.Option(None, help="Explain texts of a processed split (test, dev, train).", show_default=False),
+    limit: int = typer.Option(20, help="With --input/--split: at most this many texts (0: all)."),
+    faithfulness: bool = typer.Option(False, "--faithfulness", help="Score each method (and random) by comprehensiveness and sufficiency."),
+    removal: str = typer.Option("mask", help="faithfulness: remove words by [MASK] or delete them."),
+    html: Optional[Path] = typer.Option(None, help="Write the HTML page here.  [default: explanations/RUN/...html]", show_default=False),
+    png: bool = typer.Option(False, "--png", help="Also write PNG heatmaps."),
+    json_out: bool = typer.Option(False, "--json", help="Print the raw scores as JSON lines instead of the coloured view."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Explain a prediction per word: attention, rollout, saliency, gradient x input and
+    integrated gradients, with faithfulness scores against a random ranking.
+
+    Writes explanations/RUN/: an HTML page (self-contained: word heatmaps and attention
+    maps per layer and head), the scores as JSON lines, PNGs with --png, and with
+    --faithfulness a table of comprehensiveness and sufficiency.
+
+    [b]Examples[/b]:
+      bigmodel explain "房间很干净，服务也好"                 # the latest classifier, every method
+      bigmodel explain "太吵了" --method ig --steps 100 --target neg
+      bigmodel explain "房间不错" --method attention --layer 3 --head 0 --png
+      bigmodel explain --split test --limit 200 --faithfulness
+      bigmodel explain "这家酒店" --run gpt               # a causal run: why this next word
+    """
+    from bigmodel_cli.errors import UserError
+    from bigmodel_cli.explain import explain_texts, parse_methods, read_split_texts, write_outputs
+
+    ws = open_workspace(workspace)
+    methods = parse_methods(method)
+    sources = [s for s in (text is not None, input is not None, split is not None) if s]
+    if len(sources) != 1:
+        raise UserError("give one of: TEXT, --input FILE or --split NAME", hint='e.g. bigmodel explain "房间很干净"')
+    if text is not None:
+        texts, note, stem = [text], "text", "text-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    elif split is not None:
+        texts, note, stem = read_split_texts(ws, split, limit or None), f"split {split}", f"{split}-{limit or 'all'}"
+    else:
+        texts, note, stem = _read_input(input, limit or None), str(input), f"{input.stem}-{limit or 'all'}"
+    if faithfulness:
+        stem += "-faith"
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True, disable=len(texts) < 2 or not err_console.is_terminal) as bar:
+        task = bar.add_task("explaining", total=len(texts))
+        folder, explainer, results, faith = explain_texts(
+            ws, texts, run=run, methods=methods, target=target, layer=layer, head=head, steps=steps,
+            internal_batch_size=internal_batch_size, baseline=baseline, faithfulness=faithfulness, removal=removal,
+            progress=lambda: bar.advance(task))
+    params = dict(methods=list(methods), target=target, layer=layer, head=head, steps=steps, baseline=baseline,
+                  faithfulness=faithfulness, removal=removal, texts=len(texts), source=note)
+    files = write_outputs(ws, folder, results, faith, stem=stem, html_path=html, png=png, params=params, inputs_note=note)
+    if json_out:
+        import json
+
+        for exp in results:
+            console.print_json(json.dumps(exp.to_json(), ensure_ascii=False))
+    else:
+        for exp in results[:5]:
+            print_explanation(exp)
+        if len(results) > 5:
+            console.print(f"  ... and {len(results) - 5} more in the files below")
+    if faith:
+        print_faithfulness(faith)
+    console.print("  written: " + ", ".join(f"{k} {escape(v)}" for k, v in files.items()))
+
+
+def _read_input(path: Path, limit: int | None) -> list[str]:
+    from bigmodel_cli.textio import read_texts
+
+    return read_texts(path, limit)
+
+
+def print_explanation(exp) -> None:
+    main = "ig" if "ig" in exp.scores else next(iter(exp.scores))
+    from bigmodel_cli.explain_render import _scale
+    from bigmodel_cli.explain import SIGNED
+
+    scale = _scale(exp.scores[main])
+    line = Text()
+    for word, score in zip(exp.words, exp.scores[main]):
+        a = min(1.0, abs(score) / scale) if scale else 0.0
+        positive = score >= 0 or main not in SIGNED
+        r, g, b = (220, 38, 38) if positive else (37, 99, 235)
+        mix = lambda c: int(255 - (255 - c) * a)  # noqa: E731
+        line.append(word, style=f"black on rgb({mix(r)},{mix(g)},{mix(b)})")
+        if exp.words and not ("\u4e00" <= word[:1] <= "\u9fff"):
+            line.append(" ")
+    what = "label" if exp.kind == "classifier" else "next word"
+    console.print(f"[bold]{what}[/]: {escape(exp.predicted)} (p={exp.probabilities[exp.predicted]:.3f}); "
+                  f"explaining [bold]{escape(exp.target)}[/] (p={exp.probability:.3f}) by {main}")
+    console.print(line)
+    pro, con = exp.top(main)
+    console.print("  for:     " + ", ".join(f"{escape(w)} {s:+.3f}" for w, s in pro) if pro else "  for:     -")
+    if main in SIGNED:
+        console.print("  against: " + ", ".join(f"{escape(w)} {s:+.3f}" for w, s in con) if con else "  against: -")
+    if exp.ig_delta is not None:
+        console.print(f"  integrated gradients: {exp.ig_steps} steps, completeness gap {exp.ig_delta:.2e}")
+    if any(exp.unknown):
+        console.print(f"  [yellow]note[/]: {sum(exp.unknown)} word(s) outside the vocabulary were seen as [UNK]")
+    for method, scores in exp.scores.items():
+        top = sorted(zip(exp.words, scores), key=lambda p: -p[1])[:5]
+        console.print(f"  {method:<10} top: " + ", ".join(f"{escape(w)} {s:.3f}" for w, s in top))
+
+
+def print_faithfulness(table: dict) -> None:
+    t = Table(title="faithfulness (AOPC, top 10%..50% of words removed)")
+    for col in ("method", "comprehensiveness ↑", "sufficiency ↓", "vs random"):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    for method, e in table.items():
+        verdict = "" if method == "random" else ("better" if e.get("beats_random") else "[bold red]NOT better than random[/]")
+        t.add_row(method, f"{e['comprehensiveness']:.4f}", f"{e['sufficiency']:.4f}", verdict)
+    console.print(t)

@@ -1,0 +1,374 @@
+"""`bigmodel explain`: why the model decided, per word, and how far to trust each answer.
+
+Methods (scores are per word the model saw, [CLS]/[SEP] left out):
+- attention: the weights from [CLS] (a classifier) or from the last position (a causal LM's
+  next-word prediction) to each word, from the explicit attention path, for one layer and
+  head or averaged over them;
+- rollout (Abnar & Zuidema, 2020): attention propagated through the layers, each layer's
+  head-averaged weights mixed half and half with the identity for the residual path;
+- saliency: the L2 norm of the gradient of the target's logit with respect to the word's
+  embedding;
+- grad-input: gradient · embedding, signed;
+- ig: integrated gradients on the token embeddings from a baseline of [PAD] embeddings (or
+  zeros) for the words ([CLS], [SEP] and positions kept), midpoint Riemann sum over `steps`
+  interpolations, run in batches of `internal_batch_size`. Completeness says the scores
+  sum to logit(x) - logit(baseline); the gap is reported.
+
+Faithfulness (ERASER, DeYoung et al. 2020): for the top 10%..50% of words by a method's
+score, comprehensiveness = p - p(without them) and sufficiency = p - p(only them), averaged
+over the five levels (AOPC). A faithful method has higher comprehensiveness and lower
+sufficiency than random scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigmodel_cli.errors import UserError
+from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, UNK
+
+METHODS = ("attention", "rollout", "saliency", "grad-input", "ig")
+SIGNED = {"grad-input", "ig"}
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class Explanation:
+    text: str
+    words: list[str]  # the words as the model saw them (segmented, cleaned)
+    unknown: list[bool]  # words outside the vocabulary (seen as [UNK])
+    kind: str  # "classifier" or "causal"
+    target: str
+    target_index: int
+    probability: float
+    predicted: str
+    probabilities: dict[str, float]
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    ig_delta: float | None = None
+    ig_steps: int | None = None
+    attention: list | None = None  # [layer][head] (T x T) numpy arrays, for the HTML page
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "words": self.words, "unknown": self.unknown, "kind": self.kind,
+                "predicted": self.predicted, "target": self.target, "probability": round(self.probability, 6),
+                "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+                "scores": {m: [round(float(s), 6) for s in v] for m, v in self.scores.items()},
+                "ig": {"steps": self.ig_steps, "completeness_gap": self.ig_delta} if self.ig_delta is not None else None}
+
+    def top(self, method: str, n: int = 5) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """The words that push most towards the target, and (signed methods) most against it."""
+        pairs = list(zip(self.words, self.scores[method]))
+        pro = sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])[:n]
+        con = sorted((p for p in pairs if p[1] < 0), key=lambda p: p[1])[:n] if method in SIGNED else []
+        return pro, con
+
+
+class Explainer:
+    """Explains one model: a finetuned classifier, or a causal LM's next word."""
+
+    def __init__(self, model, vocab, labels: list[str] | None = None, max_len: int | None = None):
+        import torch
+
+        self.torch = torch
+        self.model = model.eval()
+        self.vocab = vocab
+        self.kind = "classifier" if model.cfg.num_labels else "causal"
+        if self.kind == "causal" and not (model.cfg.causal and model.cfg.lm_head):
+            raise UserError("this run is a masked-LM pretrain run, which has no prediction to explain",
+                            hint="explain a finetuned classifier (bigmodel finetune) or a causal run (pretrain --objective clm)")
+        self.labels = labels or list(model.cfg.labels) or [str(i) for i in range(model.cfg.num_labels)]
+        self.max_len = min(max_len or model.cfg.max_positions, model.cfg.max_positions)
+        self.special = {vocab.id(t) for t in (PAD, CLS, SEP, MASK)}
+
+    # -- inputs and outputs ------------------------------------------------------------
+    def encode_words(self, words: list[str]) -> tuple[list[int], list[int]]:
+        """The ids the model sees ([CLS] words [SEP] for a classifier, [CLS] words for a causal
+        LM, cut to the position table) and the positions that hold words."""
+        ids = [self.vocab.id(CLS)] + self.vocab.encode(words)
+        index: list[int | None] = [None, *range(len(words))]
+        if self.kind == "classifier":
+            ids, index = ids[: self.max_len - 1] + [self.vocab.id(SEP)], index[: self.max_len - 1] + [None]
+        else:  # the words nearest the prediction matter: cut from the left
+            ids, index = ids[-self.max_len:], index[-self.max_len:]
+        self._index = index
+        return ids, [p for p, w in enumerate(index) if w is not None]
+
+    def probs(self, ids, mask=None, token_embeds=None):
+        """(B, C) class probabilities, or (B, vocab) next-word probabilities."""
+        return self.logits(ids, mask, token_embeds).float().softmax(-1)
+
+    def logits(self, ids, mask=None, token_embeds=None):
+        """What the gradient methods attribute: the target's logit, not its probability. A
+        confident model's probability is flat (saliency vanishes) and then jumps along the
+        integrated-gradients path (the Riemann sum needs hundreds of steps); the logit is
+        neither."""
+        causal = self.kind == "causal"
+        hidden, _ = self.model.encode(ids, attention_mask=mask, causal=causal, token_embeds=token_embeds)
+        if causal:
+            last = (mask.sum(1) - 1) if mask is not None else self.torch.full((ids.shape[0],), ids.shape[1] - 1)
+            logits = self.model.lm_logits(hidden[self.torch.arange(ids.shape[0]), last])
+        else:
+            logits = self.model.classify(hidden, mask)
+        return logits
+
+    def target_of(self, target: str | None, probs) -> int:
+        if target is None:
+            return int(probs.argmax())
+        if self.kind == "classifier":
+            if target not in self.labels:
+                raise UserError(f"--target '{target}' is not a label of this model", hint=f"its labels are: {', '.join(self.labels)}")
+            return self.labels.index(target)
+        if target not in self.vocab:
+            raise UserError(f"--target '{target}' is not in the vocabulary of this run", hint="give a word the model knows, or leave --target out")
+        return self.vocab.id(target)
+
+    def name_of(self, index: int) -> str:
+        return self.labels[index] if self.kind == "classifier" else self.vocab.tokens[index]
+
+    # -- the methods -------------------------------------------------------------------
+    def explain(self, text: str, words: list[str], methods=METHODS, *, target: str | None = None, layer: int | None = None,
+                head: int | None = None, steps: int = 50, internal_batch_size: int = 16, baseline: str = "pad") -> Explanation:
+        torch = self.torch
+        cfg = self.model.cfg
+        if layer is not None and not 0 <= layer < cfg.layers:
+            raise UserError(f"--layer {layer} is out of range: the model has {cfg.layers} layers (0 to {cfg.layers - 1})")
+        if head is not None and not 0 <= head < cfg.heads:
+            raise UserError(f"--head {head} is out of range: the model has {cfg.heads} heads (0 to {cfg.heads - 1})")
+        ids, positions = self.encode_words(words)
+        shown = [self.vocab.tokens[i] for i in ids]
+        words = [words[self._index[p]] for p in positions]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            _, attentions = self.model.encode(x, causal=self.kind == "causal", need_weights=True)
+            probs = self.probs(x)[0]
+        t = self.target_of(target, probs)
+        result = Explanation(text, words, [shown[p] == UNK for p in positions], self.kind, self.name_of(t), t,
+                             float(probs[t]), self.name_of(int(probs.argmax())), self._top_probs(probs))
+        query = 0 if self.kind == "classifier" else len(ids) - 1
+        att = torch.stack([a[0] for a in attentions])  # (layers, heads, T, T)
+        result.attention = [[att[l_, h_].numpy() for h_ in range(cfg.heads)] for l_ in range(cfg.layers)]
+        for method in methods:
+            if method == "attention":
+                sel = att[layer:layer + 1] if layer is not None else att
+                sel = sel[:, head:head + 1] if head is not None else sel
+                scores = sel.mean((0, 1))[query]
+            elif method == "rollout":
+                scores = rollout(att)[query]
+            elif method in ("saliency", "grad-input"):
+                grad, embeds = self._gradient(x, t)
+                scores = grad.norm(dim=-1) if method == "saliency" else (grad * embeds).sum(-1)
+            elif method == "ig":
+                scores, result.ig_delta = self.integrated_gradients(x, t, steps, internal_batch_size, baseline, positions)
+                result.ig_steps = steps
+            else:
+                raise UserError(f"--method must be one of {', '.join(METHODS)} or all, got '{method}'")
+            result.scores[method] = [float(scores[p]) for p in positions]
+        return result
+
+    def _top_probs(self, probs, k: int = 5) -> dict[str, float]:
+        values, index = probs.topk(min(k, probs.numel()))
+        return {self.name_of(int(i)): float(v) for v, i in zip(values, index)}
+
+    def _gradient(self, x, target: int):
+        embeds = self.model.embeddings.tokens(x).detach().requires_grad_(True)
+        p = self.logits(x, token_embeds=embeds)[0, target]
+        (grad,) = self.torch.autograd.grad(p, embeds)
+        return grad[0], embeds[0].detach()
+
+    def integrated_gradients(self, x, target: int, steps: int, internal_batch_size: int, baseline: str = "pad",
+                             positions: list[int] | None = None):
+        """Scores per position and the completeness gap |Σ scores − (f(x) − f(baseline))|, f the target's logit.
+        The baseline replaces the words at `positions` (default: every non-special token)."""
+        torch = self.torch
+        if steps < 1 or internal_batch_size < 1:
+            raise UserError(f"--steps and --internal-batch-size must be positive, got {steps} and {internal_batch_size}")
+        emb = self.model.embeddings.tokens(x).detach()[0]  # (T, D)
+        base = emb.clone()
+        words = torch.zeros(x.shape[1], dtype=torch.bool)
+        words[positions if positions is not None else [i for i, t in enumerate(x[0].tolist()) if t not in self.special]] = True
+        fill = torch.zeros_like(emb[0]) if baseline == "zeros" else self.model.embeddings.tokens.weight[self.vocab.id(PAD)].detach()
+        base[words] = fill
+        diff = emb - base
+        total = torch.zeros_like(emb)
+        alphas = (torch.arange(steps, dtype=emb.dtype) + 0.5) / steps  # midpoints
+        for start in range(0, steps, internal_batch_size):
+            a = alphas[start:start + internal_batch_size]
+            path = (base + a[:, None, None] * diff).requires_grad_(True)
+            p = self.logits(x.expand(len(a), -1), token_embeds=path)[:, target]
+            (grad,) = torch.autograd.grad(p.sum(), path)
+            total += grad.sum(0)
+        scores = (diff * total / steps).sum(-1)
+        with torch.no_grad():
+            gap = float(scores.sum()) - float(self.logits(x, token_embeds=emb[None])[0, target] - self.logits(x, token_embeds=base[None])[0, target])
+        return scores, abs(gap)
+
+    # -- faithfulness ------------------------------------------------------------------
+    def faithfulness(self, words: list[str], scores: dict[str, list[float]], target: int, removal: str = "mask",
+                     seed: int = 0) -> dict[str, dict[str, float]]:
+        """AOPC comprehensiveness and sufficiency for each method and a random ranking."""
+        torch = self.torch
+        ids, positions = self.encode_words(words)
+        n = len(positions)
+        rankings = {m: [positions[i] for i in np.argsort(-np.asarray(s), kind="stable")] for m, s in scores.items()}
+        rankings["random"] = [positions[i] for i in np.random.default_rng(seed).permutation(n)]
+        variants, keys = [ids], []
+        for method, order in rankings.items():
+            for level in LEVELS:
+                top = set(order[: max(1, math.ceil(level * n))]) if n else set()
+                rest = set(positions) - top
+                variants += [_remove(ids, top, removal, self.vocab.id(MASK)), _remove(ids, rest, removal, self.vocab.id(MASK))]
+                keys.append(method)
+        width = max(len(v) for v in variants)
+        pad = self.vocab.id(PAD)
+        x = torch.tensor([v + [pad] * (width - len(v)) for v in variants])
+        mask = torch.tensor([[1] * len(v) + [0] * (width - len(v)) for v in variants]).bool()
+        with torch.no_grad():
+            p = self.probs(x, mask)[:, target].tolist()
+        full, out = p[0], {}
+        for i, method in enumerate(keys):
+            entry = out.setdefault(method, {"comprehensiveness": 0.0, "sufficiency": 0.0})
+            entry["comprehensiveness"] += (full - p[1 + 2 * i]) / len(LEVELS)
+            entry["sufficiency"] += (full - p[2 + 2 * i]) / len(LEVELS)
+        return out
+
+
+def _remove(ids: list[int], drop: set[int], removal: str, mask_id: int) -> list[int]:
+    if removal == "delete":
+        return [t for i, t in enumerate(ids) if i not in drop]
+    return [mask_id if i in drop else t for i, t in enumerate(ids)]
+
+
+def rollout(att) -> Any:
+    """Attention rollout: Π_l (0.5·mean_heads(A_l) + 0.5·I), rows renormalised."""
+    import torch
+
+    T = att.shape[-1]
+    result = torch.eye(T)
+    for layer in att:  # (heads, T, T)
+        a = 0.5 * layer.mean(0) + 0.5 * torch.eye(T)
+        a = a / a.sum(-1, keepdim=True)
+        result = a @ result
+    return result
+
+
+# -- the stage ------------------------------------------------------------------------
+def load_explainer(ws, run: str | None):
+    from bigmodel_cli.runs import find_run, load_model
+    from bigmodel_cli.tokenizer import TextPipeline
+
+    folder = find_run(ws, run)
+    model, checkpoint = load_model(folder)
+    pipe = TextPipeline(folder)
+    return folder, Explainer(model, pipe.vocab), pipe
+
+
+def summarize_faithfulness(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Mean AOPC per method over the examples, and whether each beats random on both."""
+    methods = rows[0].keys() if rows else []
+    table = {m: {k: float(np.mean([r[m][k] for r in rows])) for k in ("comprehensiveness", "sufficiency")} for m in methods}
+    rand = table.get("random")
+    for m, entry in table.items():
+        entry["examples"] = len(rows)
+        if m != "random" and rand:
+            entry["beats_random"] = entry["comprehensiveness"] > rand["comprehensiveness"] and entry["sufficiency"] < rand["sufficiency"]
+    return table
+
+
+def parse_methods(method: str) -> tuple[str, ...]:
+    if method == "all":
+        return METHODS
+    chosen = tuple(m.strip() for m in method.split(",") if m.strip())
+    bad = [m for m in chosen if m not in METHODS]
+    if bad or not chosen:
+        raise UserError(f"--method must be one of {', '.join(METHODS)} or all (comma-separated for several), got '{method}'")
+    return chosen
+
+
+def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHODS, target: str | None = None,
+                  layer: int | None = None, head: int | None = None, steps: int = 50, internal_batch_size: int = 16,
+                  baseline: str = "pad", faithfulness: bool = False, removal: str = "mask", progress=None):
+    """Explain each text; with faithfulness, also score every method against random."""
+    if baseline not in ("pad", "zeros"):
+        raise UserError(f"--baseline must be pad or zeros, got '{baseline}'")
+    if removal not in ("mask", "delete"):
+        raise UserError(f"--removal must be mask or delete, got '{removal}'")
+    folder, explainer, pipe = load_explainer(ws, run)
+    results, faith = [], []
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            raise UserError("the text to explain is empty", hint="give some words, e.g. bigmodel explain \"房间很干净\"")
+        words = pipe.tokens(text)
+        if not words:
+            raise UserError(f"nothing is left of {text!r} after cleaning", hint="give text with words in it")
+        exp = explainer.explain(text, words, methods, target=target, layer=layer, head=head, steps=steps,
+                                internal_batch_size=internal_batch_size, baseline=baseline)
+        results.append(exp)
+        if faithfulness:
+            faith.append(explainer.faithfulness(words, exp.scores, exp.target_index, removal, seed=i))
+        if progress:
+            progress()
+    return folder, explainer, results, (summarize_faithfulness(faith) if faithfulness else None)
+
+
+def read_split_texts(ws, split: str, limit: int | None) -> list[str]:
+    import json
+
+    path = ws.processed / f"{split}.jsonl"
+    if split not in ("train", "dev", "test") or not path.is_file():
+        raise UserError(f"no {split} split in {ws.relative(ws.processed)}/", hint="run `bigmodel preprocess` first, or give --input FILE")
+    texts = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                texts.append(json.loads(line)["text"])
+                if limit and len(texts) >= limit:
+                    break
+    return texts
+
+
+# -- files and the run record ---------------------------------------------------------------
+def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict | None, *, stem: str,
+                  html_path: Path | None, png: bool, params: dict[str, Any], inputs_note: str) -> dict[str, Any]:
+    """HTML page, JSON(L) scores, PNGs and the faithfulness table into explanations/RUN/, then
+    the record `explain:RUN`."""
+    import json
+
+    from bigmodel_cli.explain_render import render_html, write_png
+    from bigmodel_cli.fileio import atomic_write, write_json
+    from bigmodel_cli.runs import model_checkpoint
+    from bigmodel_cli.workspace import StageRun
+
+    out_dir = ws.root / "explanations" / folder.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = model_checkpoint(folder)
+    run = StageRun(ws, f"explain:{folder.name}", params, ws.hash_paths([checkpoint / "model.safetensors"]))
+    html_path = html_path or out_dir / f"{stem}.html"
+    with atomic_write(html_path) as handle:
+        handle.write(render_html(explanations, folder.name, faith))
+    outputs = {"html": html_path}
+    scores_path = out_dir / f"{stem}.jsonl"
+    with atomic_write(scores_path) as handle:
+        for exp in explanations:
+            handle.write(json.dumps(exp.to_json(), ensure_ascii=False) + "\n")
+    outputs["json"] = scores_path
+    if png:
+        for i, exp in enumerate(explanations[:50], 1):
+            write_png(exp, out_dir / f"{stem}-{i}.png")
+        outputs["png"] = out_dir / f"{stem}-1.png"
+    metrics: dict[str, Any] = {"texts": len(explanations)}
+    if faith:
+        path = out_dir / f"{stem}-faithfulness.json"
+        write_json(path, faith)
+        outputs["faithfulness"] = path
+        for method, entry in faith.items():
+            if method != "random":
+                metrics[f"{method}_comp"] = round(entry["comprehensiveness"], 4)
+    if len(explanations) == 1:
+        metrics.update(predicted=explanations[0].predicted, p=round(explanations[0].probability, 4))
+    run.finish([p for p in outputs.values() if p.exists()], metrics, extra={"texts_from": inputs_note})
+    return {k: ws.relative(v) for k, v in outputs.items()}
