@@ -132,7 +132,7 @@ class Explainer:
 
     # -- the methods -------------------------------------------------------------------
     def explain(self, text: str, words: list[str], methods=METHODS, *, target: str | None = None, layer: int | None = None,
-                head: int | None = None, steps: int = 50, internal_batch_size: int = 16, baseline: str = "pad") -> Explanation:
+                head: int | None = None, steps: int = 50, internal_batch_size: int = 25, baseline: str = "pad") -> Explanation:
         torch = self.torch
         cfg = self.model.cfg
         if layer is not None and not 0 <= layer < cfg.layers:
@@ -290,7 +290,7 @@ def parse_methods(method: str) -> tuple[str, ...]:
 
 
 def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHODS, target: str | None = None,
-                  layer: int | None = None, head: int | None = None, steps: int = 50, internal_batch_size: int = 16,
+                  layer: int | None = None, head: int | None = None, steps: int = 50, internal_batch_size: int = 25,
                   baseline: str = "pad", faithfulness: bool = False, removal: str = "mask", progress=None):
     """Explain each text; with faithfulness, also score every method against random."""
     if baseline not in ("pad", "zeros"):

@@ -207,3 +207,21 @@ def test_masked_lm_run_is_refused(toy_ws, run_cli):
     ckpt.save(folder / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, model.cfg.to_dict(), {})
     result = run_cli(["explain", "w1 good", "--run", "mlm"], toy_ws.root)
     assert result.exit_code == 2 and "masked-LM pretrain run" in result.output and "bigmodel finetune" in result.output
+
+
+def test_causal_run_explains_the_next_word(toy_ws, run_cli):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=len(WORDS), layers=2, dim=16, heads=2, ffn=32, max_positions=16, causal=True))
+    folder = toy_ws.root / "runs" / "gpt"
+    folder.mkdir(parents=True)
+    write_json(folder / "config.json", model.cfg.to_dict())
+    write_json(folder / "meta.json", META)
+    (folder / "vocab.txt").write_text("".join(f"{w}\t0\n" for w in WORDS), encoding="utf-8")
+    ckpt.save(folder / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, model.cfg.to_dict(), {})
+    result = run_cli(["explain", "w1 w2 w3", "--run", "gpt", "--target", "good", "--steps", "8", "--json"], toy_ws.root)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])
+    assert data["kind"] == "causal" and data["target"] == "good" and data["words"] == ["w1", "w2", "w3"]
+    assert set(data["scores"]) == {"attention", "rollout", "saliency", "grad-input", "ig"}
+    unknown = run_cli(["explain", "w1", "--run", "gpt", "--target", "nope"], toy_ws.root)
+    assert unknown.exit_code == 2 and "not in the vocabulary of this run" in unknown.output

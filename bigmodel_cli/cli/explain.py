@@ -22,7 +22,7 @@ def explain_cli(
     layer: Optional[int] = typer.Option(None, help="attention: only this layer (from 0).  [default: mean over layers]", show_default=False),
     head: Optional[int] = typer.Option(None, help="attention: only this head (from 0).  [default: mean over heads]", show_default=False),
     steps: int = typer.Option(50, help="ig: interpolation steps (more: smaller completeness gap)."),
-    internal_batch_size: int = typer.Option(16, help="ig: interpolations per forward/backward pass (memory)."),
+    internal_batch_size: int = typer.Option(25, help="ig: interpolations per forward/backward pass (fewer: less memory, slower)."),
     baseline: str = typer.Option("pad", help="ig baseline for the words: pad ([PAD] embeddings) or zeros."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Explain every text of this file (txt/jsonl/csv/tsv).", show_default=False),
     split: Optional[str] = typer.Option(None, help="Explain texts of a processed split (test, dev, train).", show_default=False),
