@@ -185,7 +185,9 @@ class Transformer(nn.Module):
         if ids.shape[1] > self.cfg.max_positions:
             raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the position table ({self.cfg.max_positions})")
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # A mask of all ones is dropped so that SDPA takes its fastest kernel; while tracing
+        # (torch.compile, ONNX export) the mask is always kept: the check depends on data.
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # keys a query may look at
         x = self.embeddings(ids, type_ids, token_embeds)
         attentions = []

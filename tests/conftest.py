@@ -156,3 +156,29 @@ def run_cli():
             return runner.invoke(app, [str(a) for a in args])
 
     return run
+
+
+TOY_META = {"clean": {"nfkc": True, "strip_html": True, "urls": "replace", "emails": "replace"},
+            "segment": {"lang": "en", "backend": "jieba", "hmm": True, "user_dict": None, "lowercase": False, "stem": False}}
+
+
+@pytest.fixture
+def save_run():
+    """`save_run(ws, name, model, words, meta=None)`: a model saved as a run folder (runs/NAME/
+    with config, vocab, meta and one checkpoint), as pretrain or finetune would leave it."""
+
+    def save(ws: Workspace, name: str, model, words: list[str], meta: dict | None = None) -> Path:
+        import torch
+
+        from bigmodel_cli import checkpoint as ckpt
+        from bigmodel_cli.fileio import write_json
+
+        folder = ws.root / "runs" / name
+        folder.mkdir(parents=True)
+        write_json(folder / "config.json", model.cfg.to_dict())
+        write_json(folder / "meta.json", meta or TOY_META)
+        (folder / "vocab.txt").write_text("".join(f"{w}\t0\n" for w in words), encoding="utf-8")
+        ckpt.save(folder / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, model.cfg.to_dict(), {})
+        return folder
+
+    return save

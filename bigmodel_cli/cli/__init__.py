@@ -11,6 +11,7 @@ from bigmodel_cli.cli._util import app, console
 # Each import registers its commands on `app`.
 from bigmodel_cli.cli import embed as _embed  # noqa: E402,F401
 from bigmodel_cli.cli import explain as _explain  # noqa: E402,F401
+from bigmodel_cli.cli import export as _export  # noqa: E402,F401
 from bigmodel_cli.cli import generate as _generate  # noqa: E402,F401
 from bigmodel_cli.cli import init as _init  # noqa: E402,F401
 from bigmodel_cli.cli import preprocess as _preprocess  # noqa: E402,F401
