@@ -177,8 +177,9 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def render_config(lang: str = "auto") -> str:
-    """The text of a fresh `bigmodel.toml`, every option with its default and a comment."""
+def render_config(lang: str = "auto", values: dict[str, dict[str, Any]] | None = None) -> str:
+    """The text of a fresh `bigmodel.toml`, every option with its default and a comment;
+    `values` replaces some defaults (quickstart writes its small settings this way)."""
     lines = [
         "# bigmodel workspace configuration.",
         "# Command-line options override these values; `bigmodel <command> --help` explains each.",
@@ -186,6 +187,7 @@ def render_config(lang: str = "auto") -> str:
     ]
     for name, cls in SECTIONS.items():
         defaults = cls(lang=lang) if name == "project" else cls()
+        defaults = dataclasses.replace(defaults, **(values or {}).get(name, {}))
         lines.append(f"[{name}]")
         for f in dataclasses.fields(cls):
             lines.append(f"# {f.metadata.get('doc', '')}")

@@ -103,7 +103,8 @@ class Workspace:
         return None
 
     @classmethod
-    def init(cls, root: Path | str, lang: str = "auto", exist_ok: bool = False) -> tuple["Workspace", bool]:
+    def init(cls, root: Path | str, lang: str = "auto", exist_ok: bool = False,
+             values: dict[str, dict[str, Any]] | None = None) -> tuple["Workspace", bool]:
         """Create the layout and config. Returns (workspace, created)."""
         if lang not in LANGS:
             raise UserError(f"--lang must be one of {', '.join(LANGS)}, got '{lang}'")
@@ -117,7 +118,7 @@ class Workspace:
             from bigmodel_cli.fileio import atomic_write
 
             with atomic_write(ws.config_path) as handle:
-                handle.write(render_config(lang))
+                handle.write(render_config(lang, values))
         return ws, created
 
     # -- lock ---------------------------------------------------------------------
