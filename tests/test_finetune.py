@@ -1,0 +1,219 @@
+"""`bigmodel finetune`: a real (tiny) classifier from a pretrain run and from scratch, the
+run folder other stages load, batches as pure functions, class weights, early stopping,
+exact resume after SIGKILL, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bigmodel_cli.config import FinetuneConfig
+from bigmodel_cli.errors import UserError
+from bigmodel_cli.finetune import ClassifyTask, Encoded, class_weights, encode_ids, finetune
+from bigmodel_cli.runs import find_run, load_model, run_kind
+from bigmodel_cli.tokenizer import TextPipeline
+from bigmodel_cli.vocab import Vocab
+from classify_fixtures import FINETUNE_ARGS, SCRATCH, TINY_FINETUNE, classifier_ws, labelled_ws, reviews
+
+
+@pytest.fixture(scope="module")
+def cws(tmp_path_factory):
+    return classifier_ws(tmp_path_factory.mktemp("finetune") / "ws")
+
+
+def tiny(**kw) -> FinetuneConfig:
+    return FinetuneConfig(**{**TINY_FINETUNE, **kw})
+
+
+def metrics(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_from_pretrain_run_writes_a_run_that_other_stages_load(cws):
+    folder = cws.root / "runs" / "classifier"
+    for name in ("config.json", "vocab.txt", "meta.json", "train.json", "metrics.jsonl", "loss.png", "report.json"):
+        assert (folder / name).is_file(), name
+    ck = folder / "checkpoints"
+    assert (ck / "last").is_symlink() and (ck / "best").is_symlink()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["num_labels"] == 2 and config["labels"] == ["neg", "pos"] and config["lm_head"] is False
+    assert run_kind(folder) == "finetune" and find_run(cws, None, kind="pretrain").name == "mlm"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["base"] == "mlm"
+    assert report["init"]["new"] == ["classifier.bias", "classifier.weight", "pooler.bias", "pooler.weight"]
+    assert all(k.startswith("lm_head.") for k in report["init"]["unused"]) and report["init"]["unused"]
+    # the encoder starts from the pretrained weights: the embeddings moved from there, not from random
+    base = load_file(cws.root / "runs" / "mlm" / "checkpoints" / "last" / "model.safetensors")
+    model, checkpoint = load_model(folder)
+    assert checkpoint.resolve() == (ck / "best").resolve()
+    assert (model.embeddings.tokens.weight - base["embeddings.tokens.weight"]).abs().max() < 0.05
+    assert not hasattr(model, "lm_head") and model.classifier.out_features == 2
+    # dev macro-F1 evaluations, the best one picked
+    dev = [m for m in metrics(folder) if m.get("split") == "dev"]
+    assert dev and all({"macro_f1", "accuracy", "loss"} <= set(m) for m in dev)
+    assert report["best"]["macro_f1"] == pytest.approx(max(m["macro_f1"] for m in dev), abs=1e-6)
+    # the text pipeline of the run replays preprocessing
+    pipe = TextPipeline(folder)
+    assert pipe.encode(pipe.tokens("房间很干净"), 32)[0] == pipe.vocab.id("[CLS]")
+    record = cws.last_record("finetune:classifier")
+    assert record["params"]["base"] == "mlm" and "dev_macro_f1" in record["metrics"]
+    assert any(o["path"].endswith("model.safetensors") for o in record["outputs"])
+    assert finetune(cws, tiny(), seed=1).skipped
+    with pytest.raises(UserError, match="--resume auto"):
+        finetune(cws, tiny(lr=5e-4), seed=1)
+
+
+def test_scratch_mean_pooling_balance_and_frozen_embeddings(cws):
+    result = finetune(cws, tiny(**SCRATCH, pooling="mean", balance=True, freeze_embeddings=True), seed=2)
+    assert result.name == "classifier-scratch" and result.report["base"] == "scratch" and result.report["init"] is None
+    model, _ = load_model(result.folder)
+    assert model.cfg.pooling == "mean" and not hasattr(model, "pooler") and model.cfg.layers == 1
+    assert result.report["class_weights"] == {"neg": pytest.approx(1.0, abs=0.2), "pos": pytest.approx(1.0, abs=0.2)}
+    assert result.report["trainable_parameters"] < result.report["parameters"]
+    # frozen: the embeddings are still the seeded initialisation
+    torch.manual_seed(2)
+    from bigmodel_cli.model import Transformer
+
+    fresh = Transformer(model.cfg)
+    assert torch.equal(fresh.embeddings.tokens.weight, model.embeddings.tokens.weight)
+
+
+def test_batches_are_pure_functions_of_seed_epoch_and_index():
+    rng = np.random.default_rng(0)
+    docs = [list(rng.integers(5, 50, size=rng.integers(3, 40))) for _ in range(100)]
+    data = Encoded.from_lists(docs, list(rng.integers(0, 3, size=100)))
+    task = ClassifyTask(data, None, batch_size=10, seed=7, pad_id=0, num_labels=3)
+    again = ClassifyTask(data, None, batch_size=10, seed=7, pad_id=0, num_labels=3)
+    assert task.steps_per_epoch == 10
+    a, b = task.batch(1, 3, slice(None)), again.batch(1, 3, slice(None))
+    assert torch.equal(a["ids"], b["ids"]) and torch.equal(a["labels"], b["labels"])
+    epoch0 = task.batches(0)
+    assert sorted(epoch0.ravel().tolist()) == list(range(100))  # each document once per epoch
+    assert not np.array_equal(epoch0, task.batches(1))
+    halves = [task.batch(1, 3, slice(0, 5)), task.batch(1, 3, slice(5, 10))]
+    assert torch.equal(torch.cat([h["ids"] for h in halves]), a["ids"])  # padded alike, any split
+    assert torch.equal(a["attention_mask"], a["ids"] != 0)
+    # length sorting within windows keeps batches tight
+    spread = [np.ptp(data.lengths[batch]) for batch in epoch0]
+    assert np.mean(spread) < np.ptp(data.lengths) / 2
+
+
+def test_class_weights_and_the_weighted_loss():
+    labels = np.array([0] * 90 + [1] * 10)
+    w = class_weights(labels, 2)
+    assert w.tolist() == pytest.approx([100 / 180, 100 / 20]) and (w[labels]).mean() == pytest.approx(1.0)
+    data = Encoded.from_lists([[2, 5, 3]] * 100, labels.tolist())
+    task = ClassifyTask(data, None, batch_size=100, seed=0, pad_id=0, num_labels=2, weights=w)
+    batch = task.batch(0, 0, slice(None))
+    assert task.count(batch) == pytest.approx(100.0)
+
+    class Const(torch.nn.Module):  # logits that ignore the input
+        def encode(self, ids, attention_mask=None):
+            return torch.zeros(ids.shape[0], ids.shape[1], 1), None
+
+        def classify(self, hidden, mask):
+            return torch.tensor([[2.0, 0.0]]).expand(hidden.shape[0], 2)
+
+    loss, terms, correct = ClassifyTask.loss(Const(), batch)
+    ce = torch.nn.functional.cross_entropy(torch.tensor([[2.0, 0.0]] * 100), torch.from_numpy(labels), reduction="none")
+    assert float(loss) == pytest.approx(float((ce * torch.from_numpy(w[labels])).sum()), rel=1e-5)
+    assert float(terms) == pytest.approx(100.0) and int(correct) == 90
+
+
+def test_encode_ids_cuts_like_the_text_pipeline():
+    vocab = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"], [0] * 7)
+    assert encode_ids(vocab, ["a", "b", "x"], 10) == [2, 5, 6, 1, 3]
+    assert encode_ids(vocab, ["a", "b", "a", "b"], 4) == [2, 5, 6, 3]
+
+
+def test_early_stopping_keeps_the_best_checkpoint(cws):
+    result = finetune(cws, tiny(epochs=20, eval_every=2, early_stopping=1, lr=1e-6, warmup=0.0), name="early", seed=1)
+    assert result.report["stop_reason"].startswith("early stopping")
+    assert result.report["steps"] < 20 * result.report["data"]["steps_per_epoch"]
+    best = os.readlink(result.folder / "checkpoints" / "best")
+    assert best == f"step-{result.report['best']['step']:08d}"
+
+
+# -- bad input --------------------------------------------------------------------------------
+def test_no_labels(tmp_path, run_cli):
+    ws = labelled_ws(tmp_path / "ws", [{"text": t} for t, _ in reviews(40)])
+    result = run_cli(["finetune", *FINETUNE_ARGS, *_scratch_args()], ws.root)
+    assert result.exit_code == 2, result.output
+    assert "has no labels" in result.output and "--label-field" in result.output
+    assert len(result.output.strip().splitlines()) <= 2 and "Traceback" not in result.output
+
+
+def test_single_class(tmp_path, run_cli):
+    ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": "pos"} for t, _ in reviews(40)[:40]])
+    result = run_cli(["finetune", *FINETUNE_ARGS, *_scratch_args()], ws.root)
+    assert result.exit_code == 2
+    assert "single class ('pos'" in result.output and "at least two" in result.output
+
+
+def test_no_pretrain_run_suggests_scratch(tmp_path, run_cli):
+    ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": label} for t, label in reviews(20)])
+    result = run_cli(["finetune", *FINETUNE_ARGS], ws.root)
+    assert result.exit_code == 2 and "no pretrain run" in result.output and "--from scratch" in result.output
+    unknown = run_cli(["finetune", *FINETUNE_ARGS, "--from", "nope"], ws.root)
+    assert unknown.exit_code == 2 and "no run named 'nope'" in unknown.output
+
+
+def test_option_problems_at_once(tmp_path, run_cli):
+    ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": label} for t, label in reviews(20)])
+    result = run_cli(["finetune", "--pooling", "max", "--dropout", "1.5", "--lr", "0", "--epochs", "x", "--max-len", "2"], ws.root)
+    assert result.exit_code == 2
+    out = " ".join(result.output.split())
+    for piece in ("--pooling must be cls or mean", "--dropout must be in [0, 1)", "--lr must be a positive number",
+                  "--epochs must be a whole number", "--max-len must be at least 3"):
+        assert piece in out, piece
+
+
+def test_finetune_refuses_a_classifier_as_base(cws, run_cli):
+    result = run_cli(["finetune", *FINETUNE_ARGS, "--from", "classifier", "--name", "again"], cws.root)
+    assert result.exit_code == 2 and "is a finetune run, not a pretrain run" in result.output
+
+
+def _scratch_args() -> list[str]:
+    return ["--from", "scratch", "--layers", "1", "--dim", "16", "--heads", "2", "--ffn", "32"]
+
+
+# -- CLI and exact resume (subprocesses) ----------------------------------------------------------
+def test_cli_prints_the_report(cws, run_cli):
+    result = run_cli(["finetune", *FINETUNE_ARGS, *_scratch_args(), "--name", "cli"], cws.root)
+    assert result.exit_code == 0, result.output
+    assert "finetune cli (from scratch)" in result.output and "best on dev" in result.output
+    again = run_cli(["finetune", *FINETUNE_ARGS, *_scratch_args(), "--name", "cli"], cws.root)
+    assert again.exit_code == 0 and "up to date" in again.output
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run(cws):
+    common = ["-w", str(cws.root), *FINETUNE_ARGS, "--epochs", "2", "--eval-every", "5", "--checkpoint-every", "5",
+              "--dropout", "0.1", "--log-every", "1"]
+
+    def cli(*args, env=None):
+        return subprocess.run([sys.executable, "-m", "bigmodel_cli", "finetune", *common, *args], capture_output=True,
+                              text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+    assert cli("--name", "straight").returncode == 0
+    killed = cli("--name", "crash", env={"BIGMODEL_TEST_SIGKILL_AFTER_STEP": "13"})
+    assert killed.returncode == -9
+    crash = cws.root / "runs" / "crash"
+    assert os.readlink(crash / "checkpoints" / "last") == "step-00000010"
+    resumed = cli("--name", "crash", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = cws.root / "runs" / "straight"
+    last = os.readlink(straight / "checkpoints" / "last")
+    assert os.readlink(crash / "checkpoints" / "last") == last
+    a = load_file(straight / "checkpoints" / last / "model.safetensors")
+    b = load_file(crash / "checkpoints" / last / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("tokens_per_s", "elapsed_s")} for m in ms]  # noqa: E731
+    assert strip(metrics(crash)) == strip(metrics(straight))
