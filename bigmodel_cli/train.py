@@ -338,13 +338,15 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
                 bar.update(state.step, loss_sum / max(terms, 1), tokens / max(secs, 1e-9))
                 state.window = [0.0, 0, 0, 0, 0.0]
             end_of_epoch = state.index >= task.steps_per_epoch
-            stop = False
+            stop = evaluated = False
             if (cfg.eval_every and state.step % cfg.eval_every == 0) or end_of_epoch or state.step == total:
-                stop = evaluate()
+                stop, evaluated = evaluate(), True
                 if stop:
                     stop_reason = f"early stopping (no better dev {task.monitor} in {cfg.early_stopping} evaluations)"
-            if limit is not None and _agreed(state.train_seconds >= limit, dist):
+            if limit is not None and not stop and _agreed(state.train_seconds >= limit, dist):
                 stop, stop_reason = True, f"max time ({cfg.max_time})"
+                if not evaluated:  # the run ends here: its final model gets a dev score too
+                    evaluate()
             if stop or state.step == total:
                 break
             if dist.main and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \

@@ -271,6 +271,7 @@ def test_early_stopping_and_max_time(lm_ws, monkeypatch):
     timed = pretrain(lm_ws, tiny(max_steps=10_000, eval_every=0, max_time="0.05s"), name="timed", seed=1)
     assert timed.report["stop_reason"] == "max time (0.05s)" and timed.report["steps"] < 10_000
     assert os.readlink(timed.folder / "checkpoints" / "last") == f"step-{timed.report['steps']:08d}"
+    assert timed.report["dev"]["loss"] > 0  # a run stopped by time is still scored on dev
 
 
 def test_status_lists_the_run(lm_ws, run_cli):
