@@ -38,12 +38,14 @@ def _root(
     """Raw Chinese or English text to a pretrained, fine-tuned and explained Transformer,
     with every step recorded in one workspace.
 
-    [b]Pipeline[/b]: init -> preprocess -> embed -> pretrain -> finetune -> evaluate -> explain
+    [b]Pipeline[/b]: init -> preprocess -> embed -> pretrain -> finetune -> evaluate -> predict / explain / export
 
-    [b]Example[/b]:
+    [b]Examples[/b]:
+      bigmodel quickstart                        # the whole lifecycle on real reviews, ~5 minutes
       bigmodel init reviews --lang zh
       cd reviews && bigmodel preprocess ~/reviews.csv --text-field review --label-field stars
-      bigmodel status
+      bigmodel pretrain --max-time 30m && bigmodel finetune && bigmodel evaluate
+      bigmodel explain "隔音太差" && bigmodel status
     """
 
 
