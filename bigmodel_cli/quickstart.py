@@ -23,20 +23,22 @@ from typing import Any, Callable
 
 from bigmodel_cli.errors import UserError
 
-# Sized for about five minutes on 2 cores; pretrain and finetune stop on time, with a checkpoint.
+# Sized for about five minutes on 2 cores: a number of steps (so that the learning-rate
+# schedule runs its course and the model learns the same on any machine), with a time limit
+# three times the expected time as a guard on a slow or busy one.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "zh": {
         "embed": {"dim": 128, "epochs": 3},
-        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "epochs": 10, "max_time": "2m", "eval_every": 200,
-                     "checkpoint_every": 400, "lr": 1e-3},
-        "finetune": {"epochs": 3, "max_time": "75s", "lr": 2e-4},
+        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "max_steps": 600, "max_time": "6m", "eval_every": 200,
+                     "checkpoint_every": 200, "lr": 1e-3},
+        "finetune": {"max_steps": 870, "max_time": "3m", "eval_every": 435, "lr": 3e-4},
     },
     "en": {
         "preprocess": {"min_count": 1},
         "embed": {"dim": 128, "epochs": 20, "min_count": 1},
-        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "seq_len": 64, "batch_size": 8, "epochs": 30,
-                     "max_time": "1m", "eval_every": 20, "checkpoint_every": 100, "lr": 1e-3},
-        "finetune": {"epochs": 20, "batch_size": 16, "max_time": "45s", "lr": 2e-4, "early_stopping": 4},
+        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "seq_len": 64, "batch_size": 8, "max_steps": 300,
+                     "max_time": "3m", "eval_every": 50, "checkpoint_every": 100, "lr": 1e-3},
+        "finetune": {"max_steps": 200, "batch_size": 16, "max_time": "2m", "eval_every": 20, "lr": 2e-4, "early_stopping": 4},
     },
 }
 EXAMPLES = {"zh": "房间很干净，服务也很热情，下次还会再来", "en": "a gripping , funny and moving film"}
@@ -88,13 +90,17 @@ class QuickstartResult:
 
 
 def settings(lang: str, minutes: float) -> dict[str, dict[str, Any]]:
-    """SETTINGS with the training time scaled to `minutes` in all (5 by default): about 40%
-    for pretraining and 25% for finetuning; preprocess, embed and evaluate take the rest."""
+    """SETTINGS with the training scaled to `minutes` in all (5 by default): pretraining and
+    finetuning steps (and their time guards) grow or shrink in proportion."""
     values = {section: dict(options) for section, options in SETTINGS[lang].items()}
     scale = minutes / 5.0
     for section in ("pretrain", "finetune"):
-        seconds = parse_seconds(values[section]["max_time"]) * scale
-        values[section]["max_time"] = f"{max(5, round(seconds))}s"
+        v = values[section]
+        v["max_steps"] = max(10, round(v["max_steps"] * scale))
+        v["max_time"] = f"{max(10, round(parse_seconds(v['max_time']) * scale))}s"
+        v["eval_every"] = min(v["eval_every"], v["max_steps"])
+        if "checkpoint_every" in v:
+            v["checkpoint_every"] = min(v["checkpoint_every"], v["max_steps"])
     return values
 
 
