@@ -241,3 +241,32 @@ def resolve(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any]
 
 def _type_word(kind: type) -> str:
     return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(kind, kind.__name__)
+
+
+def parse_ints(overrides: dict[str, Any], keys: tuple[str, ...]) -> tuple[list[str], dict[str, Any]]:
+    """Whole-number options arrive as text so that '--dim 1.5' gets a one-line error."""
+    problems, out = [], dict(overrides)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, str):
+            try:
+                out[key] = int(value.strip())
+            except ValueError:
+                problems.append(f"--{key.replace('_', '-')} must be a whole number, got '{value}'")
+                out[key] = None
+    return problems, out
+
+
+def resolve_checked(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any], int_options: tuple[str, ...],
+                    validate) -> Any:
+    """Defaults < the config section < options, with whole numbers parsed and `validate`
+    run: every problem is reported at once, in one line."""
+    problems, overrides = parse_ints(overrides, int_options)
+    try:
+        cfg = resolve(cls, section, overrides)
+    except UserError as exc:
+        raise UserError("; ".join([*problems, exc.message]), hint=exc.hint) from None
+    problems += validate(cfg)
+    if problems:
+        raise UserError("; ".join(problems))
+    return cfg

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bigmodel_cli.config import FinetuneConfig, resolve
+from bigmodel_cli.config import FinetuneConfig
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.fileio import read_json, write_json
 from bigmodel_cli.vocab import CLS, PAD, SEP, UNK, Vocab
@@ -41,17 +41,9 @@ SORT_WINDOW = 50  # batches whose documents are sorted by length together
 # -- options ------------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> FinetuneConfig:
     """Defaults < [finetune] in bigmodel.toml < options; every problem reported at once."""
-    from bigmodel_cli.pretrain import parse_ints
+    from bigmodel_cli.config import resolve_checked
 
-    problems, overrides = parse_ints(overrides, INT_OPTIONS)
-    try:
-        cfg = resolve(FinetuneConfig, section, overrides)
-    except UserError as exc:
-        raise UserError("; ".join([*problems, exc.message]), hint=exc.hint) from None
-    problems += validate(cfg)
-    if problems:
-        raise UserError("; ".join(problems))
-    return cfg
+    return resolve_checked(FinetuneConfig, section, overrides, INT_OPTIONS, validate)
 
 
 def validate(cfg: FinetuneConfig) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.config import PretrainConfig, resolve
+from bigmodel_cli.config import PretrainConfig, resolve_checked
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.fileio import atomic_write, read_json, write_json
 from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, Vocab
@@ -39,29 +39,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # -- options ------------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> PretrainConfig:
     """Defaults < [pretrain] in bigmodel.toml < options; every problem reported at once."""
-    problems, overrides = parse_ints(overrides, INT_OPTIONS)
-    try:
-        cfg = resolve(PretrainConfig, section, overrides)
-    except UserError as exc:
-        raise UserError("; ".join([*problems, exc.message]), hint=exc.hint) from None
-    problems += validate(cfg)
-    if problems:
-        raise UserError("; ".join(problems))
-    return cfg
-
-
-def parse_ints(overrides: dict[str, Any], keys: tuple[str, ...]) -> tuple[list[str], dict[str, Any]]:
-    """Whole-number options arrive as text so that '--dim 1.5' gets a one-line error."""
-    problems, out = [], dict(overrides)
-    for key in keys:
-        value = out.get(key)
-        if isinstance(value, str):
-            try:
-                out[key] = int(value.strip())
-            except ValueError:
-                problems.append(f"--{key.replace('_', '-')} must be a whole number, got '{value}'")
-                out[key] = None
-    return problems, out
+    return resolve_checked(PretrainConfig, section, overrides, INT_OPTIONS, validate)
 
 
 def validate(cfg: PretrainConfig) -> list[str]:

@@ -64,3 +64,9 @@ def open_workspace(path: Optional[Path]):
 
 def isatty() -> bool:
     return sys.stderr.isatty()
+
+
+def print_skipped(what: str, record: dict, extra: str = "") -> None:
+    """The line a stage prints when its inputs and options are unchanged."""
+    console.print(f"[green]✓[/] {escape(what)} is up to date (inputs and options unchanged since run "
+                  f"{record['run_id']}); skipped. Use --force to run again{extra}.")

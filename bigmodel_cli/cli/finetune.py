@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, print_skipped
 
 _INT = "<int>"  # whole numbers read as text: '--epochs 1.5' gets a one-line error, not click's box
 
@@ -78,8 +78,7 @@ def finetune_cli(
     result = finetune(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
                       show_progress=err_console.is_terminal, console=err_console)
     if result.skipped:
-        console.print(f"[green]✓[/] finetune {escape(result.name)} is up to date (inputs and options unchanged since run "
-                      f"{result.record['run_id']}); skipped. Use --force to train again or --resume auto to continue.")
+        print_skipped(f"finetune {result.name}", result.record, " or --resume auto to continue")
         return
     print_report(result.report, ws.relative(result.folder))
 

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, print_skipped
 
 _INT = "<int>"  # whole numbers read as text: '--dim 1.5' gets a one-line error, not click's box
 
@@ -99,8 +99,7 @@ def pretrain_cli(
     if not main:
         return
     if result.skipped:
-        console.print(f"[green]✓[/] pretrain {escape(result.name)} is up to date (inputs and options unchanged since run "
-                      f"{result.record['run_id']}); skipped. Use --force to train again or --resume auto to continue.")
+        print_skipped(f"pretrain {result.name}", result.record, " or --resume auto to continue")
         return
     print_report(result.report, ws.relative(result.folder))
 
