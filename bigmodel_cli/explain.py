@@ -258,10 +258,14 @@ def rollout(att) -> Any:
 
 # -- the stage ------------------------------------------------------------------------
 def load_explainer(ws, run: str | None):
-    from bigmodel_cli.runs import find_run, load_model
+    from bigmodel_cli.runs import find_run, load_model, run_folders, run_kind
     from bigmodel_cli.tokenizer import TextPipeline
 
-    folder = find_run(ws, run)
+    if run in (None, "latest"):  # the newest classifier; a pretrain run only when there is none
+        kinds = {run_kind(p) for p in run_folders(ws)}
+        folder = find_run(ws, None, kind="finetune" if "finetune" in kinds else None)
+    else:
+        folder = find_run(ws, run)
     model, checkpoint = load_model(folder)
     pipe = TextPipeline(folder)
     return folder, Explainer(model, pipe.vocab), pipe

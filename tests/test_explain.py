@@ -207,6 +207,8 @@ def test_masked_lm_run_is_refused(toy_ws, run_cli):
     ckpt.save(folder / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, model.cfg.to_dict(), {})
     result = run_cli(["explain", "w1 good", "--run", "mlm"], toy_ws.root)
     assert result.exit_code == 2 and "masked-LM pretrain run" in result.output and "bigmodel finetune" in result.output
+    newest = run_cli(["explain", "w1 good", "--method", "saliency"], toy_ws.root)  # the newest run is mlm: the classifier is used
+    assert newest.exit_code == 0 and "label: pos" in newest.output
 
 
 def test_causal_run_explains_the_next_word(toy_ws, run_cli):
