@@ -24,6 +24,7 @@ every other round), after warm-up steps, so that drift in machine speed hits all
 table gives the median step. The machine may be shared: each round also measures the share of
 the CPUs that other processes used meanwhile (/proc/stat); rounds above --max-other do not
 count, and more rounds run (up to --max-rounds) until every variant has --rounds clean ones.
+Before each, the benchmark waits (up to --wait-quiet seconds) for the other processes to calm.
 
 MFU = useful FLOPs per step (`training_flops`: the encoder for every token, the prediction
 head for the masked positions only; Hugging Face's head over all positions is not counted as
@@ -263,6 +264,22 @@ def time_steps(step, count: int) -> dict:
     return {"times": times, "other": other}
 
 
+def wait_quiet(limit: float, threshold: float, sample: float = 2.0) -> bool:
+    """Wait (at most `limit` seconds) until other processes use at most `threshold` of the CPUs."""
+    end = time.monotonic() + limit
+    while True:
+        try:
+            busy, own, start = _busy_ticks(), _own_ticks(), time.perf_counter()
+            time.sleep(sample)
+            foreign = (_busy_ticks() - busy) - (_own_ticks() - own)
+        except OSError:
+            return True
+        if foreign / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - start) / (os.cpu_count() or 1) <= threshold:
+            return True
+        if time.monotonic() > end:
+            return False
+
+
 def _worker(conn, names: list[str], threads: int | None, warmup: int) -> None:
     """A second process with the tuned allocator: builds its variants, then runs steps on request."""
     tuned = tune_allocator()
@@ -299,6 +316,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--max-other", type=float, default=0.1,
                         help="a variant's round counts only if other processes used at most this share of the CPUs")
+    parser.add_argument("--wait-quiet", type=float, default=60,
+                        help="before each variant's round, wait up to this many seconds for --max-other to hold")
     parser.add_argument("--max-rounds", type=int, default=0,
                         help="rounds at most, repeating disturbed ones (default: 3 x --rounds)")
     args = parser.parse_args()
@@ -364,6 +383,8 @@ def main() -> None:
     r = 0
     while r < args.rounds or (r < args.max_rounds and any(sum(map(clean, v)) < args.rounds for v in runs.values())):
         for name in (order if r % 2 == 0 else order[::-1]):
+            if args.wait_quiet:
+                wait_quiet(args.wait_quiet, args.max_other)
             runs[name].append(run(name, args.steps))
         r += 1
         print(f"round {r}: " + ", ".join(f"{n} {median(runs[n][-1]['times']):.2f}s"
