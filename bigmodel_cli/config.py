@@ -58,6 +58,7 @@ class PreprocessConfig:
     stopwords: str = doc("Stopword list: builtin, none, or a file with one word per line. Applied by the stages that want it (embeddings, TF-IDF baseline), never to Transformer inputs.", "builtin")
     min_count: int = doc("Vocabulary: minimum count in the training split.", 2)
     max_vocab: int = doc("Vocabulary: maximum size, special tokens included (0: no limit).", 30000)
+    pieces: bool = doc("Vocabulary: also hold characters (c, ##c) so that a word outside it is split into pieces, as BERT's WordPiece, instead of becoming [UNK].", False)
     workers: int = doc("Worker processes (0: one per core).", 0)
     on_error: str = doc("Bad records: skip (write them to rejects.jsonl and go on) or fail.", "skip")
 

@@ -293,6 +293,17 @@ def parse_methods(method: str) -> tuple[str, ...]:
     return chosen
 
 
+def model_units(vocab, words: list[str]) -> list[str]:
+    """The units the model reads, which are what gets a score: a word outside the vocabulary
+    as its character pieces ("坑", "##爹"); a word with no pieces whole (the model sees [UNK],
+    and the explanation marks it unknown)."""
+    units = []
+    for word in words:
+        pieces = vocab.pieces(word)
+        units.extend([word] if UNK in pieces else pieces)
+    return units
+
+
 def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHODS, target: str | None = None,
                   layer: int | None = None, head: int | None = None, steps: int = 50, internal_batch_size: int = 25,
                   baseline: str = "pad", faithfulness: bool = False, removal: str = "mask", progress=None):
@@ -306,7 +317,7 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
     for i, text in enumerate(texts):
         if not text or not text.strip():
             raise UserError("the text to explain is empty", hint="give some words, e.g. bigmodel explain \"房间很干净\"")
-        words = pipe.tokens(text)
+        words = model_units(pipe.vocab, pipe.tokens(text))
         if not words:
             raise UserError(f"nothing is left of {text!r} after cleaning", hint="give text with words in it")
         exp = explainer.explain(text, words, methods, target=target, layer=layer, head=head, steps=steps,

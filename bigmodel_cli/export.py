@@ -67,10 +67,12 @@ model = {arch}.from_pretrained("{folder}")
 
 ## Tokenise as in training
 
-The vocabulary holds **words** as bigmodel segmented them ({segmenter}), not WordPiece
-pieces. Hugging Face's BERT tokenizer would split Chinese into single characters, so
+The vocabulary holds **words** as bigmodel segmented them ({segmenter}), plus (when
+preprocess built it with --pieces) single characters and `##`-continuation
+characters. Hugging Face's BERT tokenizer would split Chinese into single characters, so
 this tokenizer has basic tokenization switched off: give it text that is already
-segmented, words separated by single spaces, and every word is looked up whole.
+segmented, words separated by single spaces. Each word is looked up whole, and a word
+outside the vocabulary is split into pieces by WordPiece, exactly as bigmodel does.
 
 ```python
 import jieba                                    # bigmodel used: {segmenter}
@@ -81,7 +83,8 @@ logits = model(**batch).logits
 
 For identical ids, clean the text first as bigmodel did (settings in bigmodel_meta.json:
 NFKC, HTML, URLs and e-mails to [URL]/[EMAIL]) and use the same jieba dictionary and
-HMM setting. Words outside the vocabulary become [UNK], as in bigmodel.
+HMM setting. Only a word with a character never seen in training becomes [UNK]
+(every such word, without pieces), as in bigmodel.
 """
 
 

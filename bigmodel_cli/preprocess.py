@@ -32,7 +32,7 @@ from bigmodel_cli.segment import SegmentOptions, Segmenter, describe_segmenter, 
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
 from bigmodel_cli.textio import Doc, Reader, Reject, check_encoding, detect_encoding, discover, file_format, read_sample
-from bigmodel_cli.vocab import Vocab
+from bigmodel_cli.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 
 SPLITS = ("train", "dev", "test")
 CHUNK_DOCS = 256
@@ -467,7 +467,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     elapsed = time.perf_counter() - started
 
     _check_outcome(stats, plan)
-    vocab = Vocab.build(stats.train_counts, cfg.min_count, cfg.max_vocab)
+    vocab = Vocab.build(stats.train_counts, cfg.min_count, cfg.max_vocab, pieces=cfg.pieces)
     with atomic_write(staging / "vocab.txt") as handle:
         vocab.save(handle)
     stop = load_stopwords(cfg.stopwords, lang)
@@ -481,7 +481,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         "stopwords": cfg.stopwords if cfg.stopwords in ("builtin", "none") else f"file:{cfg.stopwords}",
         "stopword_count": len(stop),
         "labels": labels,
-        "vocab": {"min_count": cfg.min_count, "max_vocab": cfg.max_vocab, "size": len(vocab)},
+        "vocab": {"min_count": cfg.min_count, "max_vocab": cfg.max_vocab, "pieces": cfg.pieces, "size": len(vocab)},
         "splits": {s: stats.split_docs[s] for s in SPLITS},
     }
     write_json(staging / "meta.json", meta)
@@ -535,6 +535,9 @@ def _check_outcome(stats: Stats, plan) -> None:
 def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int, plan, given_splits: bool) -> dict[str, Any]:
     dev_tokens = sum(stats.dev_counts.values())
     dev_oov = sum(c for t, c in stats.dev_counts.items() if t not in vocab)
+    # With pieces an OOV word is split, not lost; [UNK] remains only for unseen characters.
+    unk_id = vocab.id(UNK)
+    dev_unk = sum(c for t, c in stats.dev_counts.items() if t not in vocab and unk_id in vocab.encode([t]))
     warnings = []
     if stats.conflicts:
         warnings.append(f"{stats.conflicts:,} duplicates carried a different label from the copy kept (see label_conflicts)")
@@ -556,7 +559,11 @@ def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int
         "tokens": {s: stats.split_tokens[s] for s in SPLITS},
         "types_train": len(stats.train_counts),
         "vocab_size": len(vocab),
+        # entries there only as pieces: `##c`, and characters not frequent enough as words
+        "vocab_pieces": sum(1 for t in vocab.tokens[len(SPECIAL_TOKENS):]
+                            if t.startswith(CONTINUATION) or stats.train_counts.get(t, 0) < meta["vocab"]["min_count"]),
         "oov_dev": {"token_rate": round(dev_oov / dev_tokens, 4) if dev_tokens else None,
+                    "unk_rate": round(dev_unk / dev_tokens, 4) if dev_tokens else None,
                     "type_rate": round(sum(1 for t in stats.dev_counts if t not in vocab) / len(stats.dev_counts), 4) if stats.dev_counts else None},
         "lengths": {"chars": _percentiles(stats.char_hist), "tokens": _percentiles(stats.token_hist)},
         "top_tokens": stats.train_counts.most_common(20),

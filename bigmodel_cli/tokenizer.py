@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json
-from bigmodel_cli.vocab import CLS, SEP, SPECIAL_TOKENS, Vocab
+from bigmodel_cli.vocab import CLS, CONTINUATION, SEP, SPECIAL_TOKENS, Vocab
 
 FILES = ("meta.json", "vocab.txt")
 
@@ -69,6 +69,9 @@ def detokenize(tokens: list[str]) -> str:
     out = ""
     for token in tokens:
         if token in SPECIAL_TOKENS:
+            continue
+        if len(token) == 3 and token.startswith(CONTINUATION):  # a piece inside a word
+            out += token[2:]
             continue
         if out and _ASCII_WORD.match(token[0]) and _ASCII_WORD.match(out[-1]):
             out += " "

@@ -2,6 +2,14 @@
 
 `vocab.txt` holds one `token<TAB>count` per line; a token's id is its line number
 (starting at 0). Special tokens carry count 0.
+
+Words are the units (jieba's or NLTK's), but a word vocabulary alone turns every rare word
+into [UNK], and in a review corpus the rare words carry much of the meaning ("超值", "坑爹").
+So with `preprocess --pieces` the vocabulary also holds character pieces: each character seen at the start of
+a training word, and each seen inside one as `##c`. A word outside the vocabulary is then split
+into the longest pieces that are in it, left to right: exactly BERT's WordPiece, so the
+exported tokenizer (Hugging Face's, with the word vocabulary as its WordPiece vocabulary)
+gives the same ids.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from bigmodel_cli.errors import InputError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS
+CONTINUATION = "##"
+# BERT's WordPiece gives [UNK] for a longer token without looking it up; so do we.
+MAX_WORD_CHARS = 100
 
 
 @dataclass
@@ -23,6 +34,9 @@ class Vocab:
 
     def __post_init__(self) -> None:
         self.index = {t: i for i, t in enumerate(self.tokens)}
+        # Vocabularies built with pieces=False (or before pieces existed) hold no `##c`
+        # entries; their unknown words stay [UNK] without a search.
+        self.has_pieces = any(len(t) == 3 and t.startswith(CONTINUATION) for t in self.tokens)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -36,14 +50,60 @@ class Vocab:
     def encode(self, tokens: list[str]) -> list[int]:
         unk = self.index[UNK]
         get = self.index.get
-        return [get(t, unk) for t in tokens]
+        if not self.has_pieces:
+            return [get(t, unk) for t in tokens]
+        ids: list[int] = []
+        for token in tokens:
+            i = get(token) if len(token) <= MAX_WORD_CHARS else unk
+            if i is None:
+                ids.extend(get(p) for p in self.pieces(token))
+            else:
+                ids.append(i)
+        return ids
+
+    def pieces(self, word: str) -> list[str]:
+        """The vocabulary entries that spell `word`: itself when it is in the vocabulary, else
+        WordPiece's greedy longest-match-first split (`##` marks a piece inside the word), or
+        [UNK] when no split exists. Same result as transformers' WordpieceTokenizer."""
+        if len(word) > MAX_WORD_CHARS:
+            return [UNK]
+        if word in self.index or not self.has_pieces:
+            return [word if word in self.index else UNK]
+        out, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else CONTINUATION + word[start:end]
+                if piece in self.index:
+                    break
+                end -= 1
+            else:
+                return [UNK]
+            out.append(piece)
+            start = end
+        return out
 
     @classmethod
-    def build(cls, counter: Counter, min_count: int = 1, max_size: int = 0) -> "Vocab":
+    def build(cls, counter: Counter, min_count: int = 1, max_size: int = 0, pieces: bool = False) -> "Vocab":
+        """Words with at least min_count occurrences; with pieces, also the characters that
+        start (`c`) or continue (`##c`) at least min_count training words, counted by the
+        occurrences of the words they come from."""
+        entries = {w: c for w, c in counter.items() if c >= min_count and w not in SPECIAL_TOKENS and len(w) <= MAX_WORD_CHARS}
+        if pieces:
+            piece_counts: Counter = Counter()
+            for word, count in counter.items():
+                if word in SPECIAL_TOKENS or len(word) > MAX_WORD_CHARS:
+                    continue
+                piece_counts[word[0]] += count
+                for char in word[1:]:
+                    piece_counts[CONTINUATION + char] += count
+            for piece, count in piece_counts.items():
+                if count >= min_count:
+                    # A character that is also a word: its count as a piece includes the word's.
+                    entries[piece] = max(entries.get(piece, 0), count)
         # Ties in count are broken by the token itself so that the vocabulary is the same
         # whatever order the documents arrived in.
-        words = sorted(((c, w) for w, c in counter.items() if c >= min_count and w not in SPECIAL_TOKENS),
-                       key=lambda cw: (-cw[0], cw[1]))
+        words = sorted(((c, w) for w, c in entries.items()), key=lambda cw: (-cw[0], cw[1]))
         if max_size:
             words = words[: max(0, max_size - len(SPECIAL_TOKENS))]
         return cls(list(SPECIAL_TOKENS) + [w for _, w in words], [0] * len(SPECIAL_TOKENS) + [c for c, _ in words])

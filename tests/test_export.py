@@ -100,3 +100,21 @@ def test_onnx_export_is_verified_with_onnxruntime(ws, save_run, run_cli, kind):
     got = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     with torch.no_grad():
         assert abs(got - ours(model, ids, mask.bool()).numpy()).max() < 1e-4
+
+
+def test_exported_tokenizer_splits_unknown_words_into_our_pieces(ws, save_run, run_cli):
+    """With character pieces in the vocabulary, Hugging Face's tokenizer splits an unknown word
+    exactly as bigmodel does, so the ids match beyond the word vocabulary too."""
+    transformers = pytest.importorskip("transformers")
+    from bigmodel_cli.tokenizer import TextPipeline
+
+    words = WORDS + ["房", "干", "坑", "##间", "##净", "##爹", "t", "##h", "##e"]
+    model = Transformer(ModelConfig(vocab_size=len(words), layers=1, dim=16, heads=2, ffn=32, max_positions=20))
+    folder = save_run(ws, "mlm", model, words)
+    assert run_cli(["export", "mlm", "--format", "hf"], ws.root).exit_code == 0
+    tokenizer = transformers.BertTokenizer.from_pretrained(ws.root / "exports" / "mlm-hf")
+    segmented = ["房间", "坑爹", "干净间", "teh", "unseen", "房坑"]
+    ours = TextPipeline(folder).encode(segmented)
+    assert tokenizer(" ".join(segmented))["input_ids"] == ours
+    assert [words[i] for i in ours] == ["[CLS]", "房间", "坑", "##爹", "干净", "##间", "t", "##e", "##h",
+                                         "[UNK]", "[UNK]", "[SEP]"]

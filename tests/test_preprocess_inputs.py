@@ -504,8 +504,18 @@ def test_vocab_from_training_split_only(corpus_dir, helpers, run_pre, out):
     assert "zebra" not in vocab and "dragonfruit" not in vocab
     assert {t: c for t, c in vocab.items() if t not in SPECIAL_TOKENS} == {"apple": 2, "banana": 1, "cherry": 1}
     # dev: apple dragonfruit banana -> one of three tokens (and of three types) unknown.
-    assert report["oov_dev"] == {"token_rate": round(1 / 3, 4), "type_rate": round(1 / 3, 4)}
-    assert report["types_train"] == 3
+    assert report["oov_dev"] == {"token_rate": round(1 / 3, 4), "unk_rate": round(1 / 3, 4), "type_rate": round(1 / 3, 4)}
+    assert report["types_train"] == 3 and report["vocab_pieces"] == 0
+
+    # with pieces: the words, plus their characters counted by word occurrences
+    report = run_pre(train=train, dev=dev, test=test, lang="en", min_count=1, pieces=True).report
+    vocab = out.vocab()
+    assert {t: vocab[t] for t in ("apple", "a", "##p", "##a", "b", "c", "##y")} == {
+        "apple": 2, "a": 2, "##p": 4, "##a": 3, "b": 1, "c": 1, "##y": 1}
+    assert "d" not in vocab and "z" not in vocab
+    assert report["vocab_pieces"] == len(vocab) - 5 - 3
+    # dragonfruit is outside the vocabulary and no training word starts with 'd': still [UNK]
+    assert report["oov_dev"]["unk_rate"] == round(1 / 3, 4)
 
 
 def test_vocab_file_layout_min_count_and_max_size(corpus_dir, helpers, run_pre, out):
@@ -540,7 +550,7 @@ def test_report_contents(corpus_dir, helpers, run_pre, out):
     assert report["tokens"] == {"train": 7, "dev": 2, "test": 3}
     assert report["types_train"] == 4
     assert report["vocab_size"] == 5 + 4
-    assert report["oov_dev"] == {"token_rate": 0.5, "type_rate": 0.5}
+    assert report["oov_dev"] == {"token_rate": 0.5, "unk_rate": 0.5, "type_rate": 0.5}
     # chars: 15 9 11 | 11 | 15; tokens: 3 2 2 | 2 | 3
     assert report["lengths"]["chars"] == {"p50": 11, "p90": 15, "p95": 15, "p99": 15, "max": 15, "mean": 12.2}
     assert report["lengths"]["tokens"] == {"p50": 2, "p90": 3, "p95": 3, "p99": 3, "max": 3, "mean": 2.4}

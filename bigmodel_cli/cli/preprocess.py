@@ -38,6 +38,7 @@ def preprocess_cli(
     stopwords: Optional[str] = typer.Option(None, help="builtin, none, or a file; used by embeddings and the TF-IDF baseline, never by the Transformer.  [default: builtin]", show_default=False),
     min_count: Optional[int] = typer.Option(None, help="Vocabulary: minimum count in train.  [default: 2]", show_default=False),
     max_vocab: Optional[int] = typer.Option(None, help="Vocabulary: maximum size with special tokens (0: no limit).  [default: 30000]", show_default=False),
+    pieces: Optional[bool] = typer.Option(None, "--pieces/--no-pieces", help="Vocabulary: add characters (c, ##c) so that rare words split into pieces instead of [UNK].  [default: off]", show_default=False),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (0: one per core).  [default: 0]", show_default=False),
     on_error: Optional[str] = typer.Option(None, help="Bad records: skip (into rejects.jsonl) or fail.  [default: skip]", show_default=False),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record (same as --on-error fail)."),
@@ -66,7 +67,7 @@ def preprocess_cli(
                      strip_html=strip_html, urls=urls, emails=emails, lowercase=lowercase, stem=stem,
                      min_chars=min_chars, max_chars=max_chars, dedupe=dedupe, segmenter=segmenter, hmm=hmm,
                      user_dict=str(user_dict) if user_dict else None, stopwords=stopwords, min_count=min_count,
-                     max_vocab=max_vocab, workers=workers, on_error="fail" if strict else on_error)
+                     max_vocab=max_vocab, pieces=pieces, workers=workers, on_error="fail" if strict else on_error)
     cfg = resolve(PreprocessConfig, config.get("preprocess"), overrides)
     result = preprocess(ws, inputs or [], train=train, dev=dev, test=test, config=cfg, lang=project.lang,
                         seed=project.seed, fmt=fmt, label_required=label_field is not None, force=force,
@@ -91,8 +92,11 @@ def print_report(report: dict, out_dir: str) -> None:
                   + ("  (as given)" if report["splits_given"] else ""))
     table.add_row("tokens", "  ".join(f"{s} {n:,}" for s, n in report["tokens"].items()))
     oov = report["oov_dev"]["token_rate"]
-    table.add_row("vocabulary", f"{report['vocab_size']:,} (types in train {report['types_train']:,}; "
-                  f"dev OOV {'n/a' if oov is None else f'{oov:.2%}'})")
+    unk = report["oov_dev"].get("unk_rate")
+    pieces = f", {report['vocab_pieces']:,} of them character pieces" if report.get("vocab_pieces") else ""
+    table.add_row("vocabulary", f"{report['vocab_size']:,}{pieces} (types in train {report['types_train']:,}; "
+                  f"dev OOV {'n/a' if oov is None else f'{oov:.2%}'}"
+                  + (f", [UNK] after pieces {unk:.2%}" if pieces and unk is not None else "") + ")")
     for kind in ("chars", "tokens"):
         p = report["lengths"][kind]
         if p:
