@@ -29,9 +29,9 @@ from bigmodel_cli.errors import UserError
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "zh": {
         "embed": {"dim": 128, "epochs": 3},
-        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "max_steps": 600, "max_time": "6m", "eval_every": 200,
-                     "checkpoint_every": 200, "lr": 1e-3},
-        "finetune": {"max_steps": 870, "max_time": "3m", "eval_every": 435, "lr": 3e-4},
+        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "max_steps": 840, "max_time": "10m", "eval_every": 280,
+                     "checkpoint_every": 280, "lr": 1e-3},
+        "finetune": {"max_steps": 1000, "max_time": "3m", "eval_every": 250, "lr": 3e-4},
     },
     "en": {
         "preprocess": {"min_count": 1},

@@ -47,7 +47,7 @@ def quickstart_cli(
     console.print(summary)
     ev = result.evaluation
     if ev.get("model"):
-        table = Table(title=f"test split: the Transformer beside TF-IDF + LogisticRegression")
+        table = Table(title="test split: the Transformer and the TF-IDF + LR baseline", title_justify="left")
         for col in ("", "accuracy", "macro-F1", "weighted F1", "docs/s"):
             table.add_column(col, justify="right")
         for name, m in (("Transformer", ev["model"]), ("TF-IDF + LR", ev["baseline"])):
