@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -259,10 +259,13 @@ def parse_ints(overrides: dict[str, Any], keys: tuple[str, ...]) -> tuple[list[s
 
 
 def resolve_checked(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any], int_options: tuple[str, ...],
-                    validate) -> Any:
+                    validate, rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
     """Defaults < the config section < options, with whole numbers parsed and `validate`
-    run: every problem is reported at once, in one line."""
+    run: every problem is reported at once, in one line. `rename` maps the options as typed
+    to config fields after parsing, so that messages name the option the user gave."""
     problems, overrides = parse_ints(overrides, int_options)
+    if rename is not None:
+        overrides = rename(overrides)
     try:
         cfg = resolve(cls, section, overrides)
     except UserError as exc:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bigmodel_cli.config import EmbedConfig, resolve
+from bigmodel_cli.config import EmbedConfig, resolve_checked
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.embed_eval import (TOPN, VECTORS, EvalFiles, evaluate_vectors, export_name, load_vectors, neighbors,
                                      save_vectors)
@@ -62,30 +62,15 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
     Whole-number options may come as text (from the command line). `window` and `epochs`
     given for `--method glove` set `glove_window` and `glove_epochs`.
     """
-    problems: list[str] = []
-    overrides = dict(overrides)
-    for key in INT_OPTIONS:
-        value = overrides.get(key)
-        if isinstance(value, str):
-            try:
-                overrides[key] = int(value.strip())
-            except ValueError:
-                kind = "a whole number, 0 or more" if key == "workers" else "a positive integer"
-                problems.append(f"--{key.replace('_', '-')} must be {kind}, got '{value}'")
-                overrides[key] = None
-    method = overrides.get("method") or (section or {}).get("method") or EmbedConfig.method
-    if method == "glove":
-        for key in ("window", "epochs"):
-            if overrides.get(key) is not None:
-                overrides[f"glove_{key}"] = overrides.pop(key)
-    try:
-        cfg = resolve(EmbedConfig, section, overrides)
-    except UserError as exc:
-        raise UserError("; ".join([*problems, exc.message]), hint=exc.hint) from None
-    problems += validate(cfg)
-    if problems:
-        raise UserError("; ".join(problems))
-    return cfg
+    def for_glove(options: dict[str, Any]) -> dict[str, Any]:
+        method = options.get("method") or (section or {}).get("method") or EmbedConfig.method
+        if method == "glove":
+            for key in ("window", "epochs"):
+                if options.get(key) is not None:
+                    options[f"glove_{key}"] = options.pop(key)
+        return options
+
+    return resolve_checked(EmbedConfig, section, overrides, INT_OPTIONS, validate, rename=for_glove)
 
 
 def validate(cfg: EmbedConfig) -> list[str]:

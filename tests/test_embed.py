@@ -436,11 +436,12 @@ def test_min_count_that_leaves_no_vocabulary(done, run_cli, helpers):
 @pytest.mark.parametrize("args,names", [
     (["--dim", "0"], ["--dim", "positive integer", "0"]),
     (["--dim", "-3"], ["--dim", "positive integer"]),
-    (["--dim", "abc"], ["--dim", "positive integer", "'abc'"]),
-    (["--dim", "1.5"], ["--dim", "positive integer", "'1.5'"]),
+    (["--dim", "abc"], ["--dim", "whole number", "'abc'"]),
+    (["--dim", "1.5"], ["--dim", "whole number", "'1.5'"]),
     (["--window", "0"], ["--window", "positive integer"]),
-    (["--window", "x"], ["--window", "positive integer", "'x'"]),
+    (["--window", "x"], ["--window", "whole number", "'x'"]),
     (["--method", "glove", "--window", "-1"], ["--window", "positive integer"]),
+    (["--method", "glove", "--epochs", "x"], ["--epochs", "whole number", "'x'"]),  # named as typed, not glove_epochs
     (["--dim", "0", "--window", "0", "--epochs", "0"], ["--dim", "--window", "--epochs"]),  # all at once
     (["--method", "elmo"], ["--method", "word2vec, fasttext, glove"]),
     (["--name", "../x"], ["--name"]),
