@@ -336,7 +336,8 @@ class FinetuneResult:
 def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, seed: int = 42, resume: str | None = None,
              force: bool = False, show_progress: bool = False, console=None) -> FinetuneResult:
     """Finetune one classifier into runs/NAME/ (see the module docstring)."""
-    from bigmodel_cli.pretrain import check_name, find_processed, resume_point
+    from bigmodel_cli.pretrain import check_name, find_processed, no_lock, resume_point
+    from bigmodel_cli.train import Dist
     from bigmodel_cli.workspace import StageRun, unchanged
 
     cfg = cfg or FinetuneConfig()
@@ -365,23 +366,29 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     if resume is None and not force and (folder / "checkpoints").exists():
         raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
                         hint="continue it with --resume auto, start over with --force, or pick another --name")
-    with ws.lock(f"finetune --name {name}"):
-        if force and start is None and folder.exists():
+    # Under torchrun every process runs this; rank 0 alone holds the lock, clears the folder
+    # and writes the record (as in pretrain).
+    dist = Dist.from_env()
+    with ws.lock(f"finetune --name {name}") if dist.main else no_lock():
+        if dist.main and force and start is None and folder.exists():
             shutil.rmtree(folder)
         run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "finetune"))
         try:
-            report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, show_progress, console)
+            report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, dist, show_progress, console)
         except UserError as exc:
-            run.finish([], {}, status="failed", extra={"error": exc.one_line()})
+            if dist.main:
+                run.finish([], {}, status="failed", extra={"error": exc.one_line()})
             raise
-        outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
-        outputs.append(ws.absolute(report["checkpoint"]) / "model.safetensors")
-        record = run.finish([p for p in outputs if p.exists()], _headline(report))
+        record = None
+        if dist.main:
+            outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
+            outputs.append(ws.absolute(report["checkpoint"]) / "model.safetensors")
+            record = run.finish([p for p in outputs if p.exists()], _headline(report))
         return FinetuneResult(False, name, folder, record, report)
 
 
 def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,
-         dev_path: Path | None, vocab_path: Path, start: Path | None, show_progress: bool, console) -> dict[str, Any]:
+         dev_path: Path | None, vocab_path: Path, start: Path | None, dist, show_progress: bool, console) -> dict[str, Any]:
     from bigmodel_cli import checkpoint as ckpt
     from bigmodel_cli.model import Transformer
     from bigmodel_cli.tokenizer import copy_tokenizer_files
@@ -397,8 +404,9 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     if len(train) < cfg.batch_size:
         raise UserError(f"{ws.relative(train_path)} holds {len(train):,} documents, fewer than one batch (--batch-size {cfg.batch_size})",
                         hint=f"lower --batch-size to {len(train)} or less, or add labelled documents")
-    if cfg.batch_size % cfg.accumulate:
-        raise UserError(f"--batch-size ({cfg.batch_size}) must be a multiple of --accumulate ({cfg.accumulate})")
+    if cfg.batch_size % (dist.world * cfg.accumulate):
+        raise UserError(f"--batch-size ({cfg.batch_size}) must be a multiple of processes x --accumulate "
+                        f"({dist.world} x {cfg.accumulate})")
     weights = class_weights(train.labels, len(labels)) if cfg.balance else None
     task = ClassifyTask(train, dev, cfg.batch_size, seed, vocab.id(PAD), len(labels), weights, cfg.eval_batches)
 
@@ -412,12 +420,14 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         if saved != mcfg.to_dict():
             diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in mcfg.to_dict().items() if saved.get(k) != v)
             raise UserError(f"cannot resume {start}: the model differs ({diff})", hint="resume with the options of the original run, or start over with --force")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "config.json", mcfg.to_dict())
-    copy_tokenizer_files(ws.processed, folder)
-    if base is not None:  # the ids are the base run's
-        shutil.copyfile(base / "vocab.txt", folder / "vocab.txt")
-    write_json(folder / "train.json", {**dataclasses.asdict(cfg), "seed": seed, "base": base.name if base else "scratch"})
+    if dist.main:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "config.json", mcfg.to_dict())
+        copy_tokenizer_files(ws.processed, folder)
+        if base is not None:  # the ids are the base run's
+            shutil.copyfile(base / "vocab.txt", folder / "vocab.txt")
+        write_json(folder / "train.json", {**dataclasses.asdict(cfg), "seed": seed, "base": base.name if base else "scratch",
+                                           "world_size": dist.world})
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
                  show_progress=show_progress, console=console, extra_state={"task": "classify", "labels": labels})
     if init is None and start is not None:
@@ -442,10 +452,11 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         "tokens": result.tokens, "seconds": round(result.seconds, 3), "tokens_per_s": round(result.tokens_per_s, 1),
         "resumed_from": ws.relative(start) if start else None,
         "checkpoint": ws.relative(result.checkpoint) if result.checkpoint else None,
-        "precision": cfg.precision, "device": str(next(model.parameters()).device),
+        "world_size": dist.world, "precision": cfg.precision, "device": str(next(model.parameters()).device),
         "warnings": _warnings(ws, dev_path, dev, base),
     }
-    write_json(folder / "report.json", report)
+    if dist.main:
+        write_json(folder / "report.json", report)
     return report
 
 

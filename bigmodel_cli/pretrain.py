@@ -334,7 +334,7 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     if resume is None and not force and (folder / "checkpoints").exists():
         raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
                         hint="continue it with --resume auto, start over with --force, or pick another --name")
-    lock = ws.lock(f"pretrain --name {name}") if dist.main else _no_lock()
+    lock = ws.lock(f"pretrain --name {name}") if dist.main else no_lock()
     with lock:
         if dist.main and force and start is None and folder.exists():
             shutil.rmtree(folder)
@@ -444,7 +444,9 @@ def _read(path: Path) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
 
-class _no_lock:
+class no_lock:
+    """What a process other than rank 0 holds instead of the workspace lock."""
+
     def __enter__(self):
         return self
 

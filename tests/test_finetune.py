@@ -217,3 +217,36 @@ def test_sigkill_then_resume_equals_uninterrupted_run(cws):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda ms: [{k: v for k, v in m.items() if k not in ("tokens_per_s", "elapsed_s")} for m in ms]  # noqa: E731
     assert strip(metrics(crash)) == strip(metrics(straight))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(cws):
+    """finetune --nproc 2 (torchrun, gloo): each process takes half of every batch; the
+    losses, the dev scores, the chosen best step and the weights match one process."""
+    common = ["-w", str(cws.root), *FINETUNE_ARGS, *_scratch_args(), "--dropout", "0", "--log-every", "1",
+              "--eval-every", "4", "--max-steps", "8"]
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "bigmodel_cli", "finetune", *common, *args], capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        return proc
+
+    cli("--name", "one")
+    two = cli("--name", "ddp", "--nproc", "2")
+    assert two.stdout.count("finetune ddp") == 1  # rank 0 alone prints the report
+    one_m, two_m = metrics(cws.root / "runs" / "one"), metrics(cws.root / "runs" / "ddp")
+    assert [m["step"] for m in two_m] == [m["step"] for m in one_m] and len(two_m) >= 10
+    for x, y in zip(one_m, two_m):
+        assert y.get("split") == x.get("split")
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5)
+        if "macro_f1" in x:
+            assert y["macro_f1"] == pytest.approx(x["macro_f1"], abs=1e-6)
+    a = load_file(cws.root / "runs" / "one" / "checkpoints" / "last" / "model.safetensors")
+    b = load_file(cws.root / "runs" / "ddp" / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    report = json.loads((cws.root / "runs" / "ddp" / "report.json").read_text())
+    assert report["world_size"] == 2 and report["best"]["step"] == json.loads(
+        (cws.root / "runs" / "one" / "report.json").read_text())["best"]["step"]
+    records = cws.records("finetune:ddp")  # rank 0 alone writes the record
+    assert len(records) == 1 and records[0]["status"] == "ok" and records[0]["metrics"]["steps"] == 8

@@ -34,6 +34,32 @@ WorkspaceOption = typer.Option(
     show_default=False,
 )
 
+# Several processes through torchrun (bigmodel_cli/distributed.py): the same options on every
+# training command.
+NprocOption = typer.Option(1, "--nproc", help="Processes on this machine (torchrun; gloo on CPU, NCCL on GPU).")
+NnodesOption = typer.Option(1, "--nnodes", help="Machines taking part (run the same command on each).")
+NodeRankOption = typer.Option(0, "--node-rank", help="This machine's rank, 0 to nnodes-1.")
+MasterAddrOption = typer.Option(None, "--master-addr", help="Address of the rank-0 machine.", show_default=False)
+MasterPortOption = typer.Option(None, "--master-port", help="Port on the rank-0 machine.  [default: 29500]", show_default=False)
+
+
+def launch_if_asked(nproc: int, nnodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:
+    """With --nproc or --nnodes above 1, run this same command under torchrun and exit with
+    its code; inside the launch (or with one process) return and train here."""
+    from bigmodel_cli.distributed import inside_launch, launch
+
+    if (nproc > 1 or nnodes > 1) and not inside_launch():
+        if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
+            raise typer.BadParameter("--nproc and --nnodes must be at least 1 and --node-rank in 0..nnodes-1")
+        raise typer.Exit(launch(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that prints."""
+    from bigmodel_cli.train import Dist
+
+    return Dist.from_env().main
+
 
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)

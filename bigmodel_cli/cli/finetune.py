@@ -7,7 +7,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, print_skipped
+from bigmodel_cli.cli._util import (MasterAddrOption, MasterPortOption, NnodesOption, NodeRankOption, NprocOption, WorkspaceOption, app,
+                                    console, err_console, handle_errors, is_main_process, launch_if_asked, open_workspace,
+                                    print_skipped)
 
 _INT = "<int>"  # whole numbers read as text: '--epochs 1.5' gets a one-line error, not click's box
 
@@ -45,6 +47,11 @@ def finetune_cli(
     keep: Optional[str] = typer.Option(None, metavar=_INT, help="Step checkpoints to keep (best always kept).  [default: 3]", show_default=False),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps.  [default: auto]", show_default=False),
     resume: Optional[str] = typer.Option(None, help="auto (the run's last checkpoint) or a checkpoint folder.", show_default=False),
+    nproc: int = NprocOption,
+    nnodes: int = NnodesOption,
+    node_rank: int = NodeRankOption,
+    master_addr: Optional[str] = MasterAddrOption,
+    master_port: Optional[int] = MasterPortOption,
     seed: Optional[int] = typer.Option(None, help="Seed.  [default: from bigmodel.toml]", show_default=False),
     force: bool = typer.Option(False, "--force", "-f", help="Start over even if the run exists or is up to date."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -61,6 +68,7 @@ def finetune_cli(
       bigmodel finetune --from scratch --size tiny        # the no-pretraining comparison
       bigmodel finetune --balance --lr 5e-5 --max-time 10m
       bigmodel finetune --resume auto                     # continue after a crash or --max-time
+      bigmodel finetune --nproc 2                         # two processes (DDP), same global batch
     """
     from bigmodel_cli.config import ProjectConfig, resolve
     from bigmodel_cli.finetune import finetune, resolve_config
@@ -74,9 +82,13 @@ def finetune_cli(
                      dim=dim, heads=heads, ffn=ffn, accumulate=accumulate, weight_decay=weight_decay, clip=clip,
                      max_steps=max_steps, precision=precision, compile=compile, log_every=log_every,
                      checkpoint_every=checkpoint_every, keep=keep, device=device)
-    cfg = resolve_config(config.get("finetune"), overrides)
+    cfg = resolve_config(config.get("finetune"), overrides)  # problems are reported before any launch
+    launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
+    main = is_main_process()
     result = finetune(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
-                      show_progress=err_console.is_terminal, console=err_console)
+                      show_progress=main and err_console.is_terminal, console=err_console)
+    if not main:
+        return
     if result.skipped:
         print_skipped(f"finetune {result.name}", result.record, " or --resume auto to continue")
         return

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -8,7 +7,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, print_skipped
+from bigmodel_cli.cli._util import (MasterAddrOption, MasterPortOption, NnodesOption, NodeRankOption, NprocOption, WorkspaceOption, app,
+                                    console, err_console, handle_errors, is_main_process, launch_if_asked, open_workspace,
+                                    print_skipped)
 
 _INT = "<int>"  # whole numbers read as text: '--dim 1.5' gets a one-line error, not click's box
 
@@ -47,11 +48,11 @@ def pretrain_cli(
     early_stopping: Optional[str] = typer.Option(None, metavar=_INT, help="Stop after N evaluations without a better dev loss (0: never).", show_default=False),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps.  [default: auto]", show_default=False),
     resume: Optional[str] = typer.Option(None, help="auto (the run's last checkpoint) or a checkpoint folder.", show_default=False),
-    nproc: int = typer.Option(1, help="Processes on this machine (torchrun; gloo on CPU, NCCL on GPU)."),
-    nnodes: int = typer.Option(1, help="Machines taking part (run the same command on each)."),
-    node_rank: int = typer.Option(0, help="This machine's rank, 0 to nnodes-1."),
-    master_addr: Optional[str] = typer.Option(None, help="Address of the rank-0 machine.", show_default=False),
-    master_port: Optional[int] = typer.Option(None, help="Port on the rank-0 machine.  [default: 29500]", show_default=False),
+    nproc: int = NprocOption,
+    nnodes: int = NnodesOption,
+    node_rank: int = NodeRankOption,
+    master_addr: Optional[str] = MasterAddrOption,
+    master_port: Optional[int] = MasterPortOption,
     seed: Optional[int] = typer.Option(None, help="Seed.  [default: from bigmodel.toml]", show_default=False),
     force: bool = typer.Option(False, "--force", "-f", help="Start over even if the run exists or is up to date."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -71,7 +72,6 @@ def pretrain_cli(
       bigmodel pretrain --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc 8
     """
     from bigmodel_cli.config import ProjectConfig, resolve
-    from bigmodel_cli.distributed import inside_launch, launch
     from bigmodel_cli.pretrain import resolve_config
 
     ws = open_workspace(workspace)
@@ -85,15 +85,11 @@ def pretrain_cli(
                      eval_every=eval_every, checkpoint_every=checkpoint_every, keep=keep, early_stopping=early_stopping,
                      device=device)
     cfg = resolve_config(config.get("pretrain"), overrides)  # problems are reported before any launch
-    if (nproc > 1 or nnodes > 1) and not inside_launch():
-        if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
-            raise typer.BadParameter("--nproc and --nnodes must be at least 1 and --node-rank in 0..nnodes-1")
-        raise typer.Exit(launch(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port))
+    launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
 
     from bigmodel_cli.pretrain import pretrain
-    from bigmodel_cli.train import Dist
 
-    main = Dist.from_env().main
+    main = is_main_process()
     result = pretrain(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
                       show_progress=main and err_console.is_terminal, console=err_console)
     if not main:
