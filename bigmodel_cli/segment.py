@@ -140,12 +140,18 @@ class ChineseSegmenter:
                     run = x
             else:
                 if run >= 0:
-                    self._flush(block[run:x], out)
+                    if x - run == 1:  # a lone character: itself (what _flush would do, without the call)
+                        append(block[run])
+                    else:
+                        self._flush(block[run:x], out)
                     run = -1
                 append(block[x:y])
             x = y
         if run >= 0:
-            self._flush(block[run:], out)
+            if n - run == 1:
+                append(block[run])
+            else:
+                self._flush(block[run:], out)
 
     def _flush(self, buf: str, out: list[str]) -> None:
         if len(buf) == 1:

@@ -49,14 +49,20 @@ def _sub_urls(text: str, how: str) -> str:
 
 
 # Full-width ASCII and the ideographic space are what Chinese text mostly holds of NFKC's
-# work; mapping them with str.translate first and running the full normalisation only on
-# what is still not NFKC gives the same result at half the cost. (These characters are
-# starters that decompose to single starters, so NFKC(translate(s)) == NFKC(s).)
-_FULLWIDTH = str.maketrans({c: unicodedata.normalize("NFKC", chr(c)) for c in [*range(0xFF01, 0xFF5F), 0x3000]})
+# work; mapping them first and running the full normalisation only on what is still not
+# NFKC gives the same result at half the cost. (These characters are starters that
+# decompose to single starters, so NFKC(map(s)) == NFKC(s).) A regex substitution maps
+# them about twice as fast as str.translate with a dict, which looks up every character.
+_FULLWIDTH = {chr(c): unicodedata.normalize("NFKC", chr(c)) for c in [*range(0xFF01, 0xFF5F), 0x3000]}
+_FULLWIDTH_RE = re.compile("[\uff01-\uff5e\u3000]")
+
+
+def _half_width(match: re.Match) -> str:
+    return _FULLWIDTH[match.group()]
 
 
 def nfkc(text: str) -> str:
-    text = text.translate(_FULLWIDTH)
+    text = _FULLWIDTH_RE.sub(_half_width, text)
     return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
 
 
