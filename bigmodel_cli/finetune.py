@@ -47,8 +47,7 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
 
 
 def validate(cfg: FinetuneConfig) -> list[str]:
-    from bigmodel_cli.model import SIZES
-    from bigmodel_cli.pretrain import architecture
+    from bigmodel_cli.pretrain import validate_shape
     from bigmodel_cli.train import validate as validate_loop
 
     problems = validate_loop(cfg)
@@ -60,15 +59,7 @@ def validate(cfg: FinetuneConfig) -> list[str]:
         problems.append(f"--max-len must be at least 3 ([CLS], one token, [SEP]), got {cfg.max_len}")
     if not cfg.from_run:
         problems.append("--from must name a pretrain run, latest or scratch")
-    if cfg.size not in SIZES:
-        problems.append(f"--size must be one of {', '.join(SIZES)}, got '{cfg.size}'")
-    for key in ("layers", "dim", "heads", "ffn"):
-        if getattr(cfg, key) < 0:
-            problems.append(f"--{key} must be a positive integer (0 takes it from --size), got {getattr(cfg, key)}")
-    _, dim, heads, _ = architecture(cfg)
-    if dim > 0 and heads > 0 and dim % heads:
-        problems.append(f"--heads ({heads}) must divide --dim ({dim})")
-    return problems
+    return problems + validate_shape(cfg)
 
 
 # -- data -----------------------------------------------------------------------------------

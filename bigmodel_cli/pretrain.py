@@ -42,21 +42,30 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
     return resolve_checked(PretrainConfig, section, overrides, INT_OPTIONS, validate)
 
 
-def validate(cfg: PretrainConfig) -> list[str]:
+def validate_shape(cfg) -> list[str]:
+    """--size and the --layers/--dim/--heads/--ffn that override it (pretrain, and finetune
+    --from scratch)."""
     from bigmodel_cli.model import SIZES
-    from bigmodel_cli.train import validate as validate_loop
 
-    problems = validate_loop(cfg)
-    if cfg.objective not in OBJECTIVES:
-        problems.append(f"--objective must be mlm or clm, got '{cfg.objective}'")
+    problems = []
     if cfg.size not in SIZES:
         problems.append(f"--size must be one of {', '.join(SIZES)}, got '{cfg.size}'")
     for key in ("layers", "dim", "heads", "ffn"):
         if getattr(cfg, key) < 0:
             problems.append(f"--{key} must be a positive integer (0 takes it from --size), got {getattr(cfg, key)}")
-    layers, dim, heads, ffn = architecture(cfg)
+    _, dim, heads, _ = architecture(cfg)
     if dim > 0 and heads > 0 and dim % heads:
         problems.append(f"--heads ({heads}) must divide --dim ({dim})")
+    return problems
+
+
+def validate(cfg: PretrainConfig) -> list[str]:
+    from bigmodel_cli.train import validate as validate_loop
+
+    problems = validate_loop(cfg)
+    if cfg.objective not in OBJECTIVES:
+        problems.append(f"--objective must be mlm or clm, got '{cfg.objective}'")
+    problems += validate_shape(cfg)
     if cfg.seq_len < 8:
         problems.append(f"--seq-len must be at least 8, got {cfg.seq_len}")
     if cfg.max_positions < 1:
