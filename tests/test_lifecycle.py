@@ -78,3 +78,17 @@ def test_quickstart_runs_every_stage_and_then_skips_them(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert second.returncode == 0
     assert second.stdout.count("up to date") == 6
+
+
+@pytest.mark.slow
+def test_quickstart_en_learns_news_from_encyclopedia(tmp_path):
+    """--lang en: gensim's news and Wikipedia sentences, labelled by source; well above chance."""
+    target = tmp_path / "qs-en"
+    run = subprocess.run([sys.executable, "-m", "bigmodel_cli", "quickstart", str(target), "--lang", "en"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    records = [json.loads(line) for line in (target / "data" / "raw" / "gensim_news_or_encyclopedia.jsonl").read_text().splitlines()]
+    labels = [r["label"] for r in records]
+    assert len(records) > 4000 and labels.count("news") == labels.count("encyclopedia")
+    report = json.loads((target / "reports" / "classifier" / "test" / "report.json").read_text())
+    assert report["model"]["accuracy"] > 0.75  # two balanced classes: chance is 0.5

