@@ -5,11 +5,11 @@
 
 Words are the units (jieba's or NLTK's), but a word vocabulary alone turns every rare word
 into [UNK], and in a review corpus the rare words carry much of the meaning ("超值", "坑爹").
-So with `preprocess --pieces` the vocabulary also holds character pieces: each character seen at the start of
-a training word, and each seen inside one as `##c`. A word outside the vocabulary is then split
-into the longest pieces that are in it, left to right: exactly BERT's WordPiece, so the
-exported tokenizer (Hugging Face's, with the word vocabulary as its WordPiece vocabulary)
-gives the same ids.
+So with `preprocess --pieces` the vocabulary also holds character pieces: each character
+seen at the start of a training word, and each seen inside one as `##c`. A word outside the
+vocabulary is then split into the longest pieces that are in it, left to right: exactly
+BERT's WordPiece, so the exported tokenizer (Hugging Face's, with the word vocabulary as its
+WordPiece vocabulary) gives the same ids.
 """
 
 from __future__ import annotations
