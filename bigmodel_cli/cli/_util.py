@@ -40,7 +40,7 @@ NprocOption = typer.Option(1, "--nproc", help="Processes on this machine (torchr
 NnodesOption = typer.Option(1, "--nnodes", help="Machines taking part (run the same command on each).")
 NodeRankOption = typer.Option(0, "--node-rank", help="This machine's rank, 0 to nnodes-1.")
 MasterAddrOption = typer.Option(None, "--master-addr", help="Address of the rank-0 machine.", show_default=False)
-MasterPortOption = typer.Option(None, "--master-port", help="Port on the rank-0 machine.  [default: 29500]", show_default=False)
+MasterPortOption = typer.Option(None, "--master-port", help="Port on the rank-0 machine.  \\[default: 29500]", show_default=False)
 
 
 def launch_if_asked(nproc: int, nnodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:

@@ -21,23 +21,23 @@ _INT = "<int>"
 @handle_errors
 def embed_cli(
     ctx: typer.Context,
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="word2vec, fasttext or glove.  [default: word2vec]", show_default=False),
-    name: Optional[str] = typer.Option(None, help="Name of the run: embeddings/NAME/.  [default: the method]", show_default=False),
-    dim: Optional[str] = typer.Option(None, metavar=_INT, help="Vector size.  [default: 100]", show_default=False),
-    window: Optional[str] = typer.Option(None, metavar=_INT, help="Context words on each side.  [default: 5; glove 15]", show_default=False),
-    min_count: Optional[str] = typer.Option(None, metavar=_INT, help="Ignore rarer words.  [default: 5]", show_default=False),
-    epochs: Optional[str] = typer.Option(None, metavar=_INT, help="Passes over the corpus.  [default: 5; glove 15]", show_default=False),
-    negative: Optional[str] = typer.Option(None, metavar=_INT, help="word2vec/fasttext: negative samples.  [default: 5]", show_default=False),
-    sg: Optional[bool] = typer.Option(None, "--sg/--cbow", help="word2vec/fasttext: skip-gram or CBOW.  [default: sg]", show_default=False),
-    x_max: Optional[float] = typer.Option(None, help="glove: count where the weight reaches 1.  [default: 100]", show_default=False),
-    lr: Optional[float] = typer.Option(None, "--lr", help="glove: AdaGrad learning rate.  [default: 0.05]", show_default=False),
-    stopwords: Optional[bool] = typer.Option(None, "--stopwords/--no-stopwords", help="Remove data/processed/stopwords.txt words.  [default: on]", show_default=False),
-    binary: Optional[bool] = typer.Option(None, "--binary/--text", help="word2vec-format export as vectors.bin or vectors.txt.  [default: text]", show_default=False),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="word2vec, fasttext or glove.  \\[default: word2vec]", show_default=False),
+    name: Optional[str] = typer.Option(None, help="Name of the run: embeddings/NAME/.  \\[default: the method]", show_default=False),
+    dim: Optional[str] = typer.Option(None, metavar=_INT, help="Vector size.  \\[default: 100]", show_default=False),
+    window: Optional[str] = typer.Option(None, metavar=_INT, help="Context words on each side.  \\[default: 5; glove 15]", show_default=False),
+    min_count: Optional[str] = typer.Option(None, metavar=_INT, help="Ignore rarer words.  \\[default: 5]", show_default=False),
+    epochs: Optional[str] = typer.Option(None, metavar=_INT, help="Passes over the corpus.  \\[default: 5; glove 15]", show_default=False),
+    negative: Optional[str] = typer.Option(None, metavar=_INT, help="word2vec/fasttext: negative samples.  \\[default: 5]", show_default=False),
+    sg: Optional[bool] = typer.Option(None, "--sg/--cbow", help="word2vec/fasttext: skip-gram or CBOW.  \\[default: sg]", show_default=False),
+    x_max: Optional[float] = typer.Option(None, help="glove: count where the weight reaches 1.  \\[default: 100]", show_default=False),
+    lr: Optional[float] = typer.Option(None, "--lr", help="glove: AdaGrad learning rate.  \\[default: 0.05]", show_default=False),
+    stopwords: Optional[bool] = typer.Option(None, "--stopwords/--no-stopwords", help="Remove data/processed/stopwords.txt words.  \\[default: on]", show_default=False),
+    binary: Optional[bool] = typer.Option(None, "--binary/--text", help="word2vec-format export as vectors.bin or vectors.txt.  \\[default: text]", show_default=False),
     analogies: Optional[Path] = typer.Option(None, help="Analogy questions (questions-words.txt format) to evaluate."),
     pairs: Optional[Path] = typer.Option(None, help="Word pairs with scores (word<TAB>word<TAB>score) to evaluate."),
     probe: Optional[List[str]] = typer.Option(None, help="A word whose neighbours to list (repeatable)."),
-    workers: Optional[str] = typer.Option(None, "--workers", "-j", metavar=_INT, help="Threads (0: one per core; 1: same vectors every run).  [default: 0]", show_default=False),
-    seed: Optional[int] = typer.Option(None, help="Seed.  [default: from bigmodel.toml]", show_default=False),
+    workers: Optional[str] = typer.Option(None, "--workers", "-j", metavar=_INT, help="Threads (0: one per core; 1: same vectors every run).  \\[default: 0]", show_default=False),
+    seed: Optional[int] = typer.Option(None, help="Seed.  \\[default: from bigmodel.toml]", show_default=False),
     force: bool = typer.Option(False, "--force", "-f", help="Run even if inputs and options are unchanged."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -81,9 +81,9 @@ def embed_cli(
 @embed_app.command("evaluate")
 @handle_errors
 def evaluate_cli(
-    name: Optional[str] = typer.Argument(None, help="Run name (embeddings/NAME/).  [default: the latest run]", show_default=False),
-    analogies: Optional[Path] = typer.Option(None, help="Analogy questions (questions-words.txt format).  [default: [embed] analogies]", show_default=False),
-    pairs: Optional[Path] = typer.Option(None, help="Word pairs (word<TAB>word<TAB>score).  [default: [embed] pairs]", show_default=False),
+    name: Optional[str] = typer.Argument(None, help="Run name (embeddings/NAME/).  \\[default: the latest run]", show_default=False),
+    analogies: Optional[Path] = typer.Option(None, help="Analogy questions (questions-words.txt format).  \\[default: [embed] analogies]", show_default=False),
+    pairs: Optional[Path] = typer.Option(None, help="Word pairs (word<TAB>word<TAB>score).  \\[default: [embed] pairs]", show_default=False),
     probe: Optional[List[str]] = typer.Option(None, help="A word whose neighbours to list (repeatable)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -113,7 +113,7 @@ def evaluate_cli(
 @handle_errors
 def neighbors_cli(
     word: str = typer.Argument(..., help="The word to look up (as segmented)."),
-    name: Optional[str] = typer.Option(None, help="Run name.  [default: the latest run]", show_default=False),
+    name: Optional[str] = typer.Option(None, help="Run name.  \\[default: the latest run]", show_default=False),
     topn: int = typer.Option(10, "--topn", "-n", help="How many neighbours."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:

@@ -13,9 +13,9 @@ from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, h
 @app.command("evaluate")
 @handle_errors
 def evaluate_cli(
-    run: Optional[str] = typer.Argument(None, help="A run in runs/.  [default: the newest finetune run, else the newest pretrain run]", show_default=False),
+    run: Optional[str] = typer.Argument(None, help="A run in runs/.  \\[default: the newest finetune run, else the newest pretrain run]", show_default=False),
     split: str = typer.Option("test", help="test or dev."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Documents per forward pass.  [default: 64]", show_default=False),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Documents per forward pass.  \\[default: 64]", show_default=False),
     force: bool = typer.Option(False, "--force", "-f", help="Evaluate again even if nothing changed."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:

@@ -12,9 +12,9 @@ from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors,
 @app.command("export")
 @handle_errors
 def export_cli(
-    run: Optional[str] = typer.Argument(None, help="Run name (runs/NAME/).  [default: the latest run]", show_default=False),
+    run: Optional[str] = typer.Argument(None, help="Run name (runs/NAME/).  \\[default: the latest run]", show_default=False),
     fmt: str = typer.Option("hf", "--format", help="hf (Hugging Face transformers folder) or onnx."),
-    out: Optional[Path] = typer.Option(None, help="Output folder.  [default: exports/RUN-FORMAT/]", show_default=False),
+    out: Optional[Path] = typer.Option(None, help="Output folder.  \\[default: exports/RUN-FORMAT/]", show_default=False),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Export a run for the rest of the ecosystem.

@@ -13,7 +13,7 @@ from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors,
 @handle_errors
 def generate_cli(
     prompt: str = typer.Argument(..., help="The text to continue (raw: it is cleaned and segmented as in training)."),
-    run: Optional[str] = typer.Option(None, help="A causal pretrain run (runs/NAME/).  [default: the latest pretrain run]", show_default=False),
+    run: Optional[str] = typer.Option(None, help="A causal pretrain run (runs/NAME/).  \\[default: the latest pretrain run]", show_default=False),
     temperature: float = typer.Option(0.8, help="Sampling temperature; 0 is greedy."),
     top_k: int = typer.Option(50, help="Sample among the k most likely words (0: all)."),
     top_p: float = typer.Option(0.95, help="Sample among the most likely words covering this probability."),

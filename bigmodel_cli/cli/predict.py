@@ -14,11 +14,11 @@ from bigmodel_cli.cli._util import WorkspaceOption, app, err_console, handle_err
 def predict_cli(
     texts: Optional[List[str]] = typer.Argument(None, help="Raw texts to classify; - alone reads standard input.", show_default=False),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="A file (txt, jsonl, csv, tsv, also compressed) read as preprocess reads it; - for standard input.", show_default=False),
-    run: Optional[str] = typer.Option(None, help="A finetune run (runs/NAME/).  [default: the newest finetune run]", show_default=False),
+    run: Optional[str] = typer.Option(None, help="A finetune run (runs/NAME/).  \\[default: the newest finetune run]", show_default=False),
     top_k: int = typer.Option(0, help="Classes listed in probs, most probable first (0: all)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Documents per forward pass."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Read the input as txt, jsonl, csv or tsv whatever its name (standard input: txt).", show_default=False),
-    text_field: Optional[str] = typer.Option(None, help="JSONL field / CSV column with the text.  [default: preprocess's text_field]", show_default=False),
+    text_field: Optional[str] = typer.Option(None, help="JSONL field / CSV column with the text.  \\[default: preprocess's text_field]", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSONL here instead of standard output.", show_default=False),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:

@@ -14,10 +14,10 @@ def segment_cli(
     text: Optional[str] = typer.Argument(None, help="Text to segment.", show_default=False),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="File of raw lines to segment (one per line)."),
     gold: Optional[Path] = typer.Option(None, help="Gold segmentation, space-separated words per line: prints word precision, recall and F1."),
-    lang: Optional[str] = typer.Option(None, "--lang", "-l", help="zh, en or auto.  [default: workspace's, else auto]", show_default=False),
-    segmenter: Optional[str] = typer.Option(None, help="auto, jieba or jieba_next.  [default: workspace's, else auto]", show_default=False),
+    lang: Optional[str] = typer.Option(None, "--lang", "-l", help="zh, en or auto.  \\[default: workspace's, else auto]", show_default=False),
+    segmenter: Optional[str] = typer.Option(None, help="auto, jieba or jieba_next.  \\[default: workspace's, else auto]", show_default=False),
     user_dict: Optional[Path] = typer.Option(None, help="jieba user dictionary to try."),
-    hmm: Optional[bool] = typer.Option(None, "--hmm/--no-hmm", help="jieba's HMM for unknown words.  [default: on]", show_default=False),
+    hmm: Optional[bool] = typer.Option(None, "--hmm/--no-hmm", help="jieba's HMM for unknown words.  \\[default: on]", show_default=False),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Use this workspace's segmentation settings."),
 ) -> None:
     """Show how a text is segmented, or score segmentation against a gold file.
