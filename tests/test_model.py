@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigmodel_cli.model import HF_NAMES, IGNORE, ModelConfig, Transformer, hf_name, training_flops
+from bigmodel_cli.model import HF_NAMES, IGNORE, ModelConfig, Transformer, dropout, hf_name, training_flops
 
 
 def tiny(**kw) -> Transformer:
@@ -82,6 +82,58 @@ def test_clm_loss_is_next_token_loss_skipping_padding():
     target[target == 0] = IGNORE
     expected = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="sum")
     assert int(n) == 3 * 11 - 3 and torch.allclose(loss, expected, atol=1e-4)
+
+
+def test_fused_head_cross_entropy_equals_unfused_loss_hits_and_gradients():
+    model = tiny()
+    head, embedding = model.lm_head, model.embeddings.tokens.weight
+    torch.manual_seed(2)
+    h = torch.randn(40, 32, requires_grad=True)
+    target = torch.randint(0, 60, (40,))
+    target[:5] = F.linear(head.transform(h), embedding, head.bias)[:5].argmax(-1).detach()  # some hits
+    loss, correct = head.loss(h, embedding, target)
+    (0.3 * loss).backward()
+    fused = [t.grad.clone() for t in (h, embedding, head.bias)]
+    for t in (h, embedding, head.bias):
+        t.grad = None
+    logits = F.linear(head.transform(h), embedding, head.bias)
+    expected = F.cross_entropy(logits, target, reduction="sum")
+    (0.3 * expected).backward()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert int(correct) == int((logits.argmax(-1) == target).sum()) >= 5
+    for got, t in zip(fused, (h, embedding, head.bias)):
+        assert torch.allclose(got, t.grad, atol=1e-5), float((got - t.grad).abs().max())
+
+
+def test_cpu_dropout_drops_p_scales_the_rest_and_is_seeded():
+    x = torch.full((1000, 1001), 2.0, requires_grad=True)  # numel not a multiple of 4
+    torch.manual_seed(5)
+    y = dropout(x, 0.25, training=True)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.25) < 0.003
+    assert torch.allclose(y[y != 0], torch.tensor(2.0 / 0.75))
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, (y.detach() != 0).float() / 0.75)  # gradient flows only where kept
+    torch.manual_seed(5)
+    assert torch.equal(dropout(x, 0.25, training=True), y)
+    assert dropout(x, 0.25, training=False) is x and dropout(x, 0.0, training=True) is x
+    # every 16-bit lane of the random words counts: no position is always kept or dropped
+    hits = sum((dropout(torch.ones(8), 0.5, True) == 0).float() for _ in range(400))
+    assert 140 < float(hits.min()) and float(hits.max()) < 260
+
+
+def test_training_attention_is_softmax_then_dropout_then_values():
+    model = tiny(layers=1, attention_dropout=0.3).train()
+    attn = model.blocks[0].attn
+    x = torch.randn(3, 12, 32)
+    torch.manual_seed(7)
+    got, _ = attn(x, None, False, False)
+    torch.manual_seed(7)
+    keep = dropout(torch.ones(3, 4, 12, 12), 0.3, training=True)  # the same draw, in the same order
+    q, k, v = (proj(x).view(3, 12, 4, 8).transpose(1, 2) for proj in (attn.query, attn.key, attn.value))
+    y = ((q @ k.transpose(-2, -1) / math.sqrt(8)).softmax(-1) * keep) @ v
+    assert torch.allclose(got, attn.out(y.transpose(1, 2).reshape(3, 12, 32)), atol=1e-5)
+    assert float((keep == 0).float().mean()) > 0.1  # dropout really happened
 
 
 def test_causal_prefix_does_not_see_the_future():
