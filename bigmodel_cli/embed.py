@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 from bigmodel_cli.config import EmbedConfig, resolve_checked
 from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.embed_eval import (TOPN, VECTORS, EvalFiles, evaluate_vectors, export_name, load_vectors, neighbors,
+from bigmodel_cli.embed_eval import (SAFE_VECTORS, SAFE_WORDS, TOPN, VECTORS, EvalFiles, evaluate_vectors, export_name, load_vectors, neighbors,
                                      save_vectors)
 from bigmodel_cli.fileio import read_json, recover_dir, replace_dir, write_json
 
@@ -574,7 +574,8 @@ def _run(ws, cfg: EmbedConfig, name: str, seed: int, workers: int, train: Path, 
         "training": trained.stats,
         "seconds": {"read": round(corpus.seconds, 3), "train": round(trained_at - started - corpus.seconds, 3),
                     "export_evaluate": round(finished - trained_at, 3), "total": round(finished - started, 3)},
-        "files": {"keyed_vectors": VECTORS, "word2vec_format": export_name(cfg.binary), "binary": cfg.binary},
+        "files": {"keyed_vectors": VECTORS, "word2vec_format": export_name(cfg.binary), "binary": cfg.binary,
+                  "read_by_bigmodel": [SAFE_VECTORS, SAFE_WORDS]},
     }
     from bigmodel_cli.workspace import library_versions
 

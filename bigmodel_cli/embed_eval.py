@@ -1,9 +1,13 @@
 """Evaluating and exporting word vectors: nearest neighbours, analogies (3CosAdd, the
 questions-words.txt format), word-pair similarity (Spearman, Pearson, OOV share), and the
-.kv and word2vec formats that gensim loads."""
+.kv and word2vec formats that gensim loads.
+
+bigmodel itself reads vectors back only from vectors.safetensors and vectors.json:
+gensim's .kv file is a pickle, and a workspace may come from someone else."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +18,8 @@ from bigmodel_cli.errors import InputError, UserError
 TOPN = 10
 TOP_PROBES = 5  # the most frequent words whose neighbours are listed after training
 RESTRICT_VOCAB = 300_000  # analogies and pairs: the most frequent words searched (as gensim)
-VECTORS = "vectors.kv"
+VECTORS = "vectors.kv"  # for users: gensim's own format (a pickle, never read by bigmodel)
+SAFE_VECTORS, SAFE_WORDS = "vectors.safetensors", "vectors.json"
 
 
 # -- evaluation -----------------------------------------------------------------------
@@ -194,8 +199,10 @@ def export_name(binary: bool) -> str:
 
 def save_vectors(kv, folder: Path, binary: bool) -> None:
     """gensim's KeyedVectors format (vectors.kv, with .npy files beside it for large arrays)
-    and the word2vec format (text or binary), most frequent words first."""
+    and the word2vec format (text or binary), most frequent words first; and the same
+    vectors as safetensors + JSON, which is what bigmodel reads back."""
     kv.save(str(folder / VECTORS))
+    save_safe_vectors(kv, folder)
     if binary:
         kv.save_word2vec_format(str(folder / export_name(binary)), binary=True)
     else:
@@ -213,7 +220,50 @@ def write_word2vec_text(kv, path: Path) -> None:
             out.write(f"{word} {row_format % tuple(row)}\n")
 
 
-def load_vectors(folder: Path):
-    from gensim.models import KeyedVectors
+def save_safe_vectors(kv, folder: Path) -> None:
+    """vectors.safetensors (the arrays) and vectors.json (words, counts and, for fastText,
+    the n-gram settings), enough to rebuild the KeyedVectors without a pickle."""
+    import numpy as np
+    from safetensors.numpy import save_file
 
-    return KeyedVectors.load(str(folder / VECTORS))
+    arrays = {"vectors": np.ascontiguousarray(kv.vectors, dtype=np.float32)}
+    meta: dict[str, Any] = {"kind": "word2vec", "dim": int(kv.vector_size), "words": list(kv.index_to_key),
+                            "counts": kv.expandos["count"].tolist() if "count" in kv.expandos else [0] * len(kv)}
+    if hasattr(kv, "vectors_ngrams"):  # FastTextKeyedVectors: out-of-vocabulary words need the n-grams
+        arrays["vectors_vocab"] = np.ascontiguousarray(kv.vectors_vocab, dtype=np.float32)
+        arrays["vectors_ngrams"] = np.ascontiguousarray(kv.vectors_ngrams, dtype=np.float32)
+        meta.update(kind="fasttext", min_n=int(kv.min_n), max_n=int(kv.max_n), bucket=int(kv.bucket))
+    save_file(arrays, str(folder / SAFE_VECTORS))
+    (folder / SAFE_WORDS).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+
+
+def load_vectors(folder: Path):
+    """The KeyedVectors (FastTextKeyedVectors for fastText) that save_safe_vectors wrote."""
+    import numpy as np
+    from gensim.models import KeyedVectors
+    from gensim.models.fasttext import FastTextKeyedVectors
+    from safetensors.numpy import load_file
+
+    if not (folder / SAFE_VECTORS).is_file() or not (folder / SAFE_WORDS).is_file():
+        raise UserError(f"{folder.name}: no {SAFE_VECTORS} (written by bigmodel since session 4; "
+                        f"the older {VECTORS} is a pickle, which bigmodel does not load)",
+                        hint=f"train the run again: bigmodel embed --name {folder.name} --force")
+    meta = json.loads((folder / SAFE_WORDS).read_text(encoding="utf-8"))
+    arrays = load_file(str(folder / SAFE_VECTORS))
+    words, dim = meta["words"], meta["dim"]
+    if arrays["vectors"].shape != (len(words), dim):
+        raise InputError(folder / SAFE_VECTORS, f"holds {arrays['vectors'].shape} vectors but {SAFE_WORDS} lists "
+                         f"{len(words)} words of {dim} dimensions", hint=f"train the run again: bigmodel embed --name {folder.name} --force")
+    if meta["kind"] == "fasttext":
+        kv = FastTextKeyedVectors(dim, meta["min_n"], meta["max_n"], meta["bucket"], count=len(words))
+        kv.vectors_vocab, kv.vectors_ngrams = arrays["vectors_vocab"], arrays["vectors_ngrams"]
+    else:
+        kv = KeyedVectors(dim, count=len(words))
+    kv.index_to_key = list(words)
+    kv.key_to_index = {w: i for i, w in enumerate(words)}
+    kv.vectors = arrays["vectors"]
+    if any(meta["counts"]):
+        kv.expandos["count"] = np.asarray(meta["counts"], dtype=np.int64)
+    if meta["kind"] == "fasttext":
+        kv.recalc_char_ngram_buckets()
+    return kv

@@ -18,7 +18,7 @@ import pytest
 
 from bigmodel_cli.config import EmbedConfig
 from bigmodel_cli.embed import MAX_SENTENCE, LossProbe, chunked, embed, read_corpus, resolve_config
-from bigmodel_cli.embed_eval import EvalFiles, evaluate_analogies, evaluate_pairs, read_analogies, read_pairs
+from bigmodel_cli.embed_eval import EvalFiles, evaluate_analogies, evaluate_pairs, load_vectors, read_analogies, read_pairs
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.workspace import Workspace, stale_reasons
 
@@ -118,7 +118,7 @@ def test_cli_run_writes_folder_record_and_losses(lee_ws, run_cli):
     assert result.exit_code == 0, result.output
     folder = lee_ws.root / "embeddings" / "word2vec"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "evaluation.json", "losses.json", "report.json",
-                                                       "vectors.kv", "vectors.txt"]
+                                                       "vectors.json", "vectors.kv", "vectors.safetensors", "vectors.txt"]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder, no token file left
     (record,) = records(lee_ws, "word2vec")
     assert record["status"] == "ok" and record["stage"] == "embed:word2vec"
@@ -385,6 +385,34 @@ def test_neighbors_command(trained, run_cli):
     assert_fails(unknown_run, "nope", "fasttext", "word2vec")
     oov = run_cli(["embed", "neighbors", "presidentship", "--name", "fasttext"], ws.root)  # from n-grams
     assert oov.exit_code == 0 and "n-grams" in oov.stdout
+
+
+@pytest.mark.parametrize("method", ["word2vec", "fasttext"])
+def test_vectors_read_back_without_a_pickle_equal_gensims_own_file(trained, method):
+    ws, runs = trained
+    folder = runs[method].folder
+    mine, theirs = load_vectors(folder), KeyedVectors.load(str(folder / "vectors.kv"))
+    assert type(mine) is type(theirs) and mine.index_to_key == theirs.index_to_key
+    assert np.array_equal(mine.vectors, theirs.vectors)
+    assert [mine.get_vecattr(w, "count") for w in mine.index_to_key[:50]] == \
+           [theirs.get_vecattr(w, "count") for w in theirs.index_to_key[:50]]
+    assert mine.most_similar("president", topn=5) == theirs.most_similar("president", topn=5)
+    if method == "fasttext":  # out-of-vocabulary words come from the n-grams, as in gensim
+        assert "presidentship" not in mine.key_to_index
+        assert np.allclose(mine["presidentship"], theirs["presidentship"])
+
+
+def test_commands_never_unpickle_vectors_kv(done, run_cli, helpers):
+    ws, _ = done
+    folder = ws.root / "embeddings/word2vec"
+    kv = KeyedVectors.load(str(folder / "vectors.kv"))
+    word = kv.index_to_key[10]
+    (folder / "vectors.kv").write_bytes(b"not a pickle: bigmodel must not read this file")
+    result = run_cli(["embed", "neighbors", word, "--name", "word2vec", "-n", "3"], ws.root)
+    assert result.exit_code == 0, result.output
+    assert kv.most_similar(word, topn=1)[0][0] in result.stdout
+    (folder / "vectors.safetensors").unlink()  # a run from before bigmodel wrote it
+    assert_fails(run_cli(["embed", "neighbors", word, "--name", "word2vec"], ws.root), "vectors.safetensors", "--force")
 
 
 # -- bad input: one line, exit 2, nothing of an earlier run overwritten ---------------
