@@ -144,7 +144,7 @@ def cached_blocks(path: Path, vocab: Vocab, seq_len: int, cache_dir: Path, write
             old.unlink()
         with atomic_write(cache, "wb") as handle:
             np.save(handle, blocks)
-    return np.load(cache, mmap_mode="r")
+    return np.load(cache, mmap_mode="r", allow_pickle=False)
 
 
 class LMTask:
