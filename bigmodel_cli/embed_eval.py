@@ -245,7 +245,7 @@ def load_vectors(folder: Path):
     from safetensors.numpy import load_file
 
     if not (folder / SAFE_VECTORS).is_file() or not (folder / SAFE_WORDS).is_file():
-        raise UserError(f"{folder.name}: no {SAFE_VECTORS} (written by bigmodel since session 4; "
+        raise UserError(f"{folder.name}: no {SAFE_VECTORS} (the run predates it; "
                         f"the older {VECTORS} is a pickle, which bigmodel does not load)",
                         hint=f"train the run again: bigmodel embed --name {folder.name} --force")
     meta = json.loads((folder / SAFE_WORDS).read_text(encoding="utf-8"))
