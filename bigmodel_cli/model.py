@@ -65,6 +65,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
 
+
 # name: (layers, dim, heads, ffn). tiny and small as in Google's BERT miniatures, base as BERT-base.
 SIZES = {
     "tiny": (2, 128, 2, 512),
@@ -203,11 +204,11 @@ class LMHead(nn.Module):
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """cross_entropy(x Wᵀ + b, target, reduction="sum") and the argmax hits, with the
-    (positions x vocabulary) logits made once and reused in place: the forward turns them
-    into exp(logit - max), the backward into the gradient softmax - onehot. Unfused, torch
-    also copies them, fills a zero matrix of their size and runs log-softmax forward and
-    backward, about a tenth of a small model's CPU step."""
+    """cross_entropy(x Wᵀ + b, target, reduction="sum") and the hits (targets scored
+    highest), with the (positions x vocabulary) logits made once and reused in place: the
+    forward turns them into exp(logit - max), the backward into the gradient softmax -
+    onehot. Unfused, torch also copies them, fills a zero matrix of their size and runs
+    log-softmax forward and backward, about a tenth of a small model's CPU step."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, target: torch.Tensor):
