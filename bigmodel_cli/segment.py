@@ -10,6 +10,10 @@ Viterbi in Rust. Used as it is, its output differs from jieba's in two places:
 The walk over the route is ours, a tight loop that builds a list (jieba and jieba_next
 both yield word by word from a generator). The result equals jieba's on every line of
 35,000 reviews and 19,000 People's Daily sentences (tested), at several times the speed.
+
+Plain jieba (`backend='jieba'`, the fallback) goes through the same walk, with jieba's
+route computed in one pass instead of get_DAG then calc (same scores, same ties), and
+repeated HMM runs remembered: the same words as `jieba.lcut`, about 1.6x as fast.
 """
 
 from __future__ import annotations
@@ -48,6 +52,46 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def _jieba_route(tokenizer):
+    """jieba's best route through a block (its get_DAG and calc in one pass), as a list:
+    route[x] is where the word starting at x ends.
+
+    jieba scores a word as log(count or 1) - log(total) + (the rest of the route), and
+    takes the max of (score, end) over the words that start at x. The first term is
+    computed once per dictionary word here instead of at every visit, with the same
+    operations in the same order, so the scores, and the ties, are bit for bit jieba's.
+    """
+    from math import log
+
+    freq = tokenizer.FREQ  # every word and every prefix of a word (prefixes count 0)
+    log_total = log(tokenizer.total)
+    word_score = {w: log(n) - log_total for w, n in freq.items() if n}
+    unknown = log(1) - log_total  # a character that is no word: jieba counts it once
+
+    def route(block: str) -> list[int]:
+        n = len(block)
+        rest = [0.0] * (n + 1)  # best score of block[x:]
+        ends = [0] * n
+        for k in range(n - 1, -1, -1):
+            best, end = None, k
+            i, frag = k, block[k]
+            while frag in freq:
+                score = word_score.get(frag)
+                if score is not None:
+                    score += rest[i + 1]
+                    if best is None or score >= best:  # >=: on a tie jieba's max takes the later end
+                        best, end = score, i
+                i += 1
+                if i >= n:
+                    break
+                frag = block[k:i + 1]
+            if best is None:
+                best = unknown + rest[k + 1]
+            rest[k], ends[k] = best, end
+        return ends
+    return route
+
+
 class ChineseSegmenter:
     """jieba's precise mode; `backend='jieba_next'` gives the same words, faster."""
 
@@ -67,34 +111,39 @@ class ChineseSegmenter:
             jieba_cache.initialize(tokenizer, "jieba", Path(jieba.get_dict_file().name))
             if user_dict:
                 tokenizer.load_userdict(str(user_dict))
-            self._lcut = tokenizer.lcut
-            return
-        import jieba_next
+            # jieba's dictionary, route scores and Viterbi; the route in one pass, the
+            # walk over it and the memory of HMM runs already cut are ours.
+            self._route = _jieba_route(tokenizer)
+            self._dag_no_hmm = getattr(tokenizer, "_Tokenizer__cut_DAG_NO_HMM")
+            self._viterbi = None
+        else:
+            import jieba_next
 
-        jieba_next.set_log_level(logging.WARNING)
-        tokenizer = jieba_next.Tokenizer() if user_dict else jieba_next.dt
-        jieba_cache.initialize(tokenizer, "jieba_next", Path(jieba_next.__file__).with_name("dict.txt"))
-        if user_dict:
-            tokenizer.load_userdict(str(user_dict))
-            # Words added with frequency 0 must be split by the HMM too, in both copies.
-            finalseg.Force_Split_Words |= jieba_next.finalseg.Force_Split_Words
-        tokenizer._ensure_rust_prefix()
-        self._route = tokenizer._rust_prefix.get_dag_and_calc
+            jieba_next.set_log_level(logging.WARNING)
+            tokenizer = jieba_next.Tokenizer() if user_dict else jieba_next.dt
+            jieba_cache.initialize(tokenizer, "jieba_next", Path(jieba_next.__file__).with_name("dict.txt"))
+            if user_dict:
+                tokenizer.load_userdict(str(user_dict))
+                # Words added with frequency 0 must be split by the HMM too, in both copies.
+                finalseg.Force_Split_Words |= jieba_next.finalseg.Force_Split_Words
+            tokenizer._ensure_rust_prefix()
+            self._route = tokenizer._rust_prefix.get_dag_and_calc
+            self._dag_no_hmm = tokenizer._cut_dag_no_hmm
+            self._viterbi = jieba_next.finalseg.viterbi_hmm
         self._freq = tokenizer.FREQ
-        self._dag_no_hmm = tokenizer._cut_dag_no_hmm
-        self._viterbi = jieba_next.finalseg.viterbi_hmm
         self._hmm_tables = ("BMES", finalseg.start_P, finalseg.trans_P, finalseg.emit_P)
         self._hmm_exact = getattr(finalseg, "__cut")  # jieba's pure-Python Viterbi over one Han run
         self._force_split = finalseg.Force_Split_Words
         self._hmm_han, self._hmm_skip = finalseg.re_han.split, finalseg.re_skip.split
         self._flushed: dict[str, list[str]] = {}
-        seen = set().union(*finalseg.emit_P.values())
-        unseen = "".join(chr(c) for c in range(0x4E00, 0x9FD6) if chr(c) not in seen)
-        self._unseen = re.compile(f"[{unseen}]").search if unseen else (lambda _: None)
+        if self._viterbi is None:
+            self._unseen = lambda _: True  # every run goes to jieba's own Viterbi
+        else:
+            seen = set().union(*finalseg.emit_P.values())
+            unseen = "".join(chr(c) for c in range(0x4E00, 0x9FD6) if chr(c) not in seen)
+            self._unseen = re.compile(f"[{unseen}]").search if unseen else (lambda _: None)
 
     def cut(self, text: str) -> list[str]:
-        if self.backend == "jieba":
-            return self._lcut(text, HMM=self.hmm)
         # jieba.Tokenizer.cut(cut_all=False): Han/alphanumeric blocks are cut by the
         # dictionary route, what lies between them character by character.
         out: list[str] = []

