@@ -147,6 +147,7 @@ class ChineseSegmenter:
         # jieba.Tokenizer.cut(cut_all=False): Han/alphanumeric blocks are cut by the
         # dictionary route, what lies between them character by character.
         out: list[str] = []
+        append, extend, flush, route = out.append, out.extend, self._flush, self._route
         pos = 0
         for match in self._blocks(text):
             start, end = match.span()
@@ -155,16 +156,38 @@ class ChineseSegmenter:
                 if "\r\n" in between:
                     self._between(between, out)
                 else:
-                    out.extend(between)  # punctuation and whitespace: one token per character
-            block = text[start:end]
-            if self.hmm:
-                # One route per block, as jieba does. Routing the whole line in one call
-                # is faster but not the same: words of equal probability in another order
-                # ("太太/太" against "太/太太") then tie-break differently by rounding.
-                self._walk(block, self._route(block), out)
-            else:
-                out.extend(self._dag_no_hmm(block))
+                    extend(between)  # punctuation and whitespace: one token per character
             pos = end
+            block = text[start:end]
+            if not self.hmm:
+                extend(self._dag_no_hmm(block))
+                continue
+            # jieba's __cut_DAG, inlined (this loop is most of the time): dictionary words
+            # as routed; runs of single characters that are not a dictionary word go
+            # through the HMM. One route per block, as jieba does: routing the whole line
+            # in one call is faster but not the same, because words of equal probability
+            # in another order ("太太/太" against "太/太太") then tie-break differently.
+            ends = route(block)
+            n, x, run = len(block), 0, -1
+            while x < n:
+                y = ends[x] + 1
+                if y - x == 1:
+                    if run < 0:
+                        run = x
+                else:
+                    if run >= 0:
+                        if x - run == 1:  # a lone character: itself (what _flush would do, without the call)
+                            append(block[run])
+                        else:
+                            flush(block[run:x], out)
+                        run = -1
+                    append(block[x:y])
+                x = y
+            if run >= 0:
+                if n - run == 1:
+                    append(block[run])
+                else:
+                    flush(block[run:], out)
         if pos < len(text):
             self._between(text[pos:], out)
         return out
@@ -178,31 +201,6 @@ class ChineseSegmenter:
                 out.append(part)
             else:
                 out.extend(part)
-
-    def _walk(self, block: str, route: list[int], out: list[str]) -> None:
-        """jieba's __cut_DAG: dictionary words as routed; runs of single characters
-        that are not a dictionary word go through the HMM."""
-        append = out.append
-        n, x, run = len(block), 0, -1
-        while x < n:
-            y = route[x] + 1
-            if y - x == 1:
-                if run < 0:
-                    run = x
-            else:
-                if run >= 0:
-                    if x - run == 1:  # a lone character: itself (what _flush would do, without the call)
-                        append(block[run])
-                    else:
-                        self._flush(block[run:x], out)
-                    run = -1
-                append(block[x:y])
-            x = y
-        if run >= 0:
-            if n - run == 1:
-                append(block[run])
-            else:
-                self._flush(block[run:], out)
 
     def _flush(self, buf: str, out: list[str]) -> None:
         # Runs of unrouted characters repeat (names, rare words): about half of those in
