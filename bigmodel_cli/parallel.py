@@ -137,7 +137,8 @@ class OrderedWorkers:
                 finished += self._collect(ready, queued, block=True)
         for index in range(len(self.children)):
             with open(self.shard_dir / f"w{index}.counts", "rb") as handle:
-                for split, counts in marshal.load(handle).items():
+                # loads(read()): marshal.load on a file object reads item by item, 0.2 s here
+                for split, counts in marshal.loads(handle.read()).items():
                     self.counts.setdefault(split, Counter()).update(counts)
 
     def _collect(self, ready: dict, queued: list[int], block: bool) -> int:

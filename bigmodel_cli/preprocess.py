@@ -534,10 +534,11 @@ def _check_outcome(stats: Stats, plan) -> None:
 
 def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int, plan, given_splits: bool) -> dict[str, Any]:
     dev_tokens = sum(stats.dev_counts.values())
-    dev_oov = sum(c for t, c in stats.dev_counts.items() if t not in vocab)
+    dev_oov_types = {t: c for t, c in stats.dev_counts.items() if t not in vocab}
+    dev_oov = sum(dev_oov_types.values())
     # With pieces an OOV word is split, not lost; [UNK] remains only for unseen characters.
     unk_id = vocab.id(UNK)
-    dev_unk = sum(c for t, c in stats.dev_counts.items() if t not in vocab and unk_id in vocab.encode([t]))
+    dev_unk = sum(c for t, c in dev_oov_types.items() if unk_id in vocab.encode([t])) if meta["vocab"]["pieces"] else dev_oov
     warnings = []
     if stats.conflicts:
         warnings.append(f"{stats.conflicts:,} duplicates carried a different label from the copy kept (see label_conflicts)")
@@ -564,7 +565,7 @@ def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int
                             if t.startswith(CONTINUATION) or stats.train_counts.get(t, 0) < meta["vocab"]["min_count"]),
         "oov_dev": {"token_rate": round(dev_oov / dev_tokens, 4) if dev_tokens else None,
                     "unk_rate": round(dev_unk / dev_tokens, 4) if dev_tokens else None,
-                    "type_rate": round(sum(1 for t in stats.dev_counts if t not in vocab) / len(stats.dev_counts), 4) if stats.dev_counts else None},
+                    "type_rate": round(len(dev_oov_types) / len(stats.dev_counts), 4) if stats.dev_counts else None},
         "lengths": {"chars": _percentiles(stats.char_hist), "tokens": _percentiles(stats.token_hist)},
         "top_tokens": stats.train_counts.most_common(20),
         "labels": {s: dict(sorted(c.items())) for s, c in stats.labels.items() if c},

@@ -102,11 +102,13 @@ class Vocab:
                     # A character that is also a word: its count as a piece includes the word's.
                     entries[piece] = max(entries.get(piece, 0), count)
         # Ties in count are broken by the token itself so that the vocabulary is the same
-        # whatever order the documents arrived in.
-        words = sorted(((c, w) for w, c in entries.items()), key=lambda cw: (-cw[0], cw[1]))
+        # whatever order the documents arrived in: sorted by token, then (stably, and
+        # reverse=True keeps that) by count.
+        words = sorted(entries)
+        words.sort(key=entries.__getitem__, reverse=True)
         if max_size:
             words = words[: max(0, max_size - len(SPECIAL_TOKENS))]
-        return cls(list(SPECIAL_TOKENS) + [w for _, w in words], [0] * len(SPECIAL_TOKENS) + [c for c, _ in words])
+        return cls(list(SPECIAL_TOKENS) + words, [0] * len(SPECIAL_TOKENS) + [entries[w] for w in words])
 
     def save(self, handle) -> None:
         for token, count in zip(self.tokens, self.counts):

@@ -37,6 +37,10 @@ def test_build_with_pieces_adds_start_and_inside_characters_counted_by_words():
 def test_build_without_pieces_is_words_only():
     vocab = Vocab.build(COUNTS, min_count=2)
     assert vocab.tokens == list(SPECIAL_TOKENS) + ["很", "房间", "干净", "好", "the"]
+    assert vocab.counts[len(SPECIAL_TOKENS):] == [9, 5, 4, 3, 2]
+    # max_size counts the special tokens; ties in count go to the smaller token
+    assert Vocab.build(COUNTS, min_count=1, max_size=7).tokens[5:] == ["很", "房间"]
+    assert Vocab.build(COUNTS, min_count=1).tokens[-2:] == ["坑爹", "超值"]
     assert not vocab.has_pieces
     assert vocab.encode(["房间", "坑爹"]) == [6, 1]
     assert vocab.pieces("坑爹") == [UNK]
