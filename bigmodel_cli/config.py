@@ -139,6 +139,7 @@ class FinetuneConfig(TrainConfig):
     dropout: float = doc("Dropout in the encoder and before the classifier.", 0.1)
     balance: bool = doc("Weight the loss by inverse class frequency (for skewed labels).", False)
     freeze_embeddings: bool = doc("Keep the embedding layer as pretrained (train the blocks and the head only).", False)
+    rdrop: float = doc("R-Drop weight (0: off): each batch runs twice, under different dropout, and the symmetric KL divergence between the two predictions, times this, is added to the loss. Steadier on small data; each step costs twice as much.", 0.0)
     max_len: int = doc("Tokens per document, [CLS] and [SEP] included; longer ones are cut.", 128)
     size: str = doc("--from scratch only: model size preset, tiny, small or base.", "small")
     layers: int = doc("--from scratch only: layers (0: from --size).", 0)

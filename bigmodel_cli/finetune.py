@@ -55,6 +55,10 @@ def validate(cfg: FinetuneConfig) -> list[str]:
         problems.append(f"--pooling must be cls or mean, got '{cfg.pooling}'")
     if not 0 <= cfg.dropout < 1:
         problems.append(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.rdrop < 0:
+        problems.append(f"--rdrop must be 0 (off) or positive, got {cfg.rdrop}")
+    elif cfg.rdrop and not cfg.dropout:
+        problems.append("--rdrop needs dropout: with --dropout 0 both passes give the same prediction")
     if cfg.max_len < 3:
         problems.append(f"--max-len must be at least 3 ([CLS], one token, [SEP]), got {cfg.max_len}")
     if not cfg.from_run:
@@ -195,8 +199,9 @@ class ClassifyTask:
     higher_is_better = True
 
     def __init__(self, train: Encoded, dev: Encoded | None, batch_size: int, seed: int, pad_id: int, num_labels: int,
-                 weights: np.ndarray | None = None, eval_batches: int = 0, eval_batch_size: int = 64):
+                 weights: np.ndarray | None = None, eval_batches: int = 0, eval_batch_size: int = 64, rdrop: float = 0.0):
         self.train, self.dev, self.batch_size, self.seed = train, dev, batch_size, seed
+        self.rdrop = rdrop
         self.pad, self.num_labels, self.weights = pad_id, num_labels, weights
         self.eval_batches, self.eval_batch_size = eval_batches, eval_batch_size
         self.steps_per_epoch = len(train) // batch_size
@@ -233,17 +238,36 @@ class ClassifyTask:
     def count(self, batch) -> float:
         return float(batch["weights"].sum()) if "weights" in batch else len(batch["labels"])
 
-    @staticmethod
-    def loss(model, batch):
+    def loss(self, model, batch):
+        """(summed loss, its number of terms, correct predictions) of one batch.
+
+        With R-Drop (Liang et al., 2021) the batch goes through the model twice in one
+        forward pass (stacked), so the two copies draw different dropout masks. The loss
+        of each document is the mean of its two cross-entropies plus rdrop times the
+        symmetric KL divergence between the two predicted distributions."""
+        import torch
         import torch.nn.functional as F
 
-        hidden, _ = model.encode(batch["ids"], attention_mask=batch["attention_mask"])
-        logits = model.classify(hidden, batch["attention_mask"]).float()
-        losses = F.cross_entropy(logits, batch["labels"], reduction="none")
-        correct = (logits.argmax(-1) == batch["labels"]).sum()
+        ids, mask, labels = batch["ids"], batch["attention_mask"], batch["labels"]
+        rdrop = self.rdrop if model.training else 0.0
+        if rdrop:
+            ids, mask = torch.cat([ids, ids]), torch.cat([mask, mask])
+        hidden, _ = model.encode(ids, attention_mask=mask)
+        logits = model.classify(hidden, mask).float()
+        if rdrop:
+            first, second = logits.chunk(2)
+            losses = (F.cross_entropy(first, labels, reduction="none") + F.cross_entropy(second, labels, reduction="none")) / 2
+            log_p, log_q = F.log_softmax(first, -1), F.log_softmax(second, -1)
+            kl = (F.kl_div(log_p, log_q, log_target=True, reduction="none")
+                  + F.kl_div(log_q, log_p, log_target=True, reduction="none")).sum(-1) / 2
+            losses = losses + rdrop * kl
+            logits = first
+        else:
+            losses = F.cross_entropy(logits, labels, reduction="none")
+        correct = (logits.argmax(-1) == labels).sum()
         if "weights" in batch:  # a weighted sum, whose terms are the summed weights (see count)
             return (losses * batch["weights"]).sum(), batch["weights"].sum(), correct
-        return losses.sum(), batch["labels"].new_tensor(len(losses)), correct
+        return losses.sum(), labels.new_tensor(len(losses)), correct
 
     def tokens(self, batch) -> int:
         return int(batch["attention_mask"].sum())
@@ -399,7 +423,8 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         raise UserError(f"--batch-size ({cfg.batch_size}) must be a multiple of processes x --accumulate "
                         f"({dist.world} x {cfg.accumulate})")
     weights = class_weights(train.labels, len(labels)) if cfg.balance else None
-    task = ClassifyTask(train, dev, cfg.batch_size, seed, vocab.id(PAD), len(labels), weights, cfg.eval_batches)
+    task = ClassifyTask(train, dev, cfg.batch_size, seed, vocab.id(PAD), len(labels), weights, cfg.eval_batches,
+                        rdrop=cfg.rdrop)
 
     seed_everything(seed)
     model = Transformer(mcfg)

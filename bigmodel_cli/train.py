@@ -52,9 +52,9 @@ class Task(Protocol):
     def count(self, batch: Batch) -> int:
         """How many loss terms the batch holds (masked tokens, sequences): the denominator."""
 
-    @staticmethod
-    def loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(summed loss, number of terms, number correct) for the batch."""
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed loss, number of terms, number correct) for the batch. It may read the
+        task's settings (finetune's R-Drop weight) but must not keep state between calls."""
 
     def tokens(self, batch: Batch) -> int:
         """Real (non-padding) tokens in the batch, for tokens/s."""
@@ -255,7 +255,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
     if dist.main:
         ckpt.clean_partial(checkpoints)
 
-    runner: nn.Module = Objective(model, type(task).loss)
+    runner: nn.Module = Objective(model, task.loss)
     if dist.world > 1:
         runner = nn.parallel.DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:

@@ -121,10 +121,73 @@ def test_class_weights_and_the_weighted_loss():
         def classify(self, hidden, mask):
             return torch.tensor([[2.0, 0.0]]).expand(hidden.shape[0], 2)
 
-    loss, terms, correct = ClassifyTask.loss(Const(), batch)
+    loss, terms, correct = task.loss(Const(), batch)
     ce = torch.nn.functional.cross_entropy(torch.tensor([[2.0, 0.0]] * 100), torch.from_numpy(labels), reduction="none")
     assert float(loss) == pytest.approx(float((ce * torch.from_numpy(w[labels])).sum()), rel=1e-5)
     assert float(terms) == pytest.approx(100.0) and int(correct) == 90
+
+
+class Noisy(torch.nn.Module):
+    """A classifier small enough to check R-Drop by hand: mean of embeddings, dropout, linear."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.out, self.drop = torch.nn.Embedding(10, 8), torch.nn.Linear(8, 2), torch.nn.Dropout(p)
+
+    def encode(self, ids, attention_mask=None):
+        return self.drop(self.emb(ids)), None
+
+    def classify(self, hidden, mask):
+        return self.out(hidden.mean(1))
+
+
+def rdrop_batch():
+    data = Encoded.from_lists([[2, 5, 3], [2, 6, 7, 3], [2, 8, 3], [2, 9, 9, 3]] * 4, [0, 1, 0, 1] * 4)
+    return ClassifyTask(data, None, batch_size=16, seed=0, pad_id=0, num_labels=2).batch(0, 0, slice(None))
+
+
+def test_rdrop_without_randomness_is_the_plain_loss():
+    batch = rdrop_batch()
+    plain = ClassifyTask.__new__(ClassifyTask)
+    plain.rdrop = 0.0
+    rdrop = ClassifyTask.__new__(ClassifyTask)
+    rdrop.rdrop = 5.0
+    model = Noisy(0.0)  # no dropout: both passes agree, the KL term is 0
+    assert torch.allclose(rdrop.loss(model, batch)[0], plain.loss(model, batch)[0], rtol=1e-6)
+    model = Noisy(0.5).eval()  # in evaluation R-Drop is off: one pass, no dropout
+    assert torch.equal(rdrop.loss(model, batch)[0], plain.loss(model, batch)[0])
+    assert torch.equal(rdrop.loss(model, batch)[1], torch.tensor(16))
+
+
+def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes():
+    import torch.nn.functional as F
+
+    batch = rdrop_batch()
+    task = ClassifyTask.__new__(ClassifyTask)
+    task.rdrop = 2.0
+    model = Noisy(0.5)
+    torch.manual_seed(1)
+    loss, terms, _ = task.loss(model, batch)
+    # the same two passes by hand: one stacked forward, so the same dropout draws
+    torch.manual_seed(1)
+    hidden, _ = model.encode(torch.cat([batch["ids"]] * 2))
+    first, second = model.classify(hidden, None).chunk(2)
+    y = batch["labels"]
+    ce = (F.cross_entropy(first, y, reduction="none") + F.cross_entropy(second, y, reduction="none")) / 2
+    p, q = F.softmax(first, -1), F.softmax(second, -1)
+    kl = ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)) / 2
+    assert float(kl.sum().detach()) > 1e-3  # the passes differ
+    assert float(loss.detach()) == pytest.approx(float((ce + 2.0 * kl).sum().detach()), rel=1e-5)
+    assert int(terms) == 16
+    loss.backward()
+    assert model.emb.weight.grad.abs().sum() > 0
+
+
+def test_finetune_with_rdrop(cws):
+    result = finetune(cws, tiny(rdrop=1.0, max_steps=4, eval_every=2), name="rdrop", seed=3)
+    assert result.report["steps"] == 4 and cws.last_record("finetune:rdrop")["params"]["rdrop"] == 1.0
+    assert all(np.isfinite(m["loss"]) for m in metrics(result.folder) if "loss" in m)
 
 
 def test_encode_ids_cuts_like_the_text_pipeline():
@@ -167,12 +230,15 @@ def test_no_pretrain_run_suggests_scratch(tmp_path, run_cli):
 
 def test_option_problems_at_once(tmp_path, run_cli):
     ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": label} for t, label in reviews(20)])
-    result = run_cli(["finetune", "--pooling", "max", "--dropout", "1.5", "--lr", "0", "--epochs", "x", "--max-len", "2"], ws.root)
+    result = run_cli(["finetune", "--pooling", "max", "--dropout", "1.5", "--lr", "0", "--epochs", "x", "--max-len", "2",
+                      "--rdrop", "-1"], ws.root)
     assert result.exit_code == 2
     out = " ".join(result.output.split())
     for piece in ("--pooling must be cls or mean", "--dropout must be in [0, 1)", "--lr must be a positive number",
-                  "--epochs must be a whole number", "--max-len must be at least 3"):
+                  "--epochs must be a whole number", "--max-len must be at least 3", "--rdrop must be 0 (off) or positive"):
         assert piece in out, piece
+    result = run_cli(["finetune", "--rdrop", "1", "--dropout", "0"], ws.root)
+    assert result.exit_code == 2 and "--rdrop needs dropout" in " ".join(result.output.split())
 
 
 def test_finetune_refuses_a_classifier_as_base(cws, run_cli):

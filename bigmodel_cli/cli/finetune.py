@@ -28,6 +28,7 @@ def finetune_cli(
     warmup: Optional[float] = typer.Option(None, help="Warm-up: fraction of steps (<1) or steps.  \\[default: 0.06]", show_default=False),
     max_time: Optional[str] = typer.Option(None, help="Stop after this long, with a checkpoint: 90s, 10m, 2h.", show_default=False),
     freeze_embeddings: Optional[bool] = typer.Option(None, "--freeze-embeddings/--no-freeze-embeddings", help="Keep the embedding layer as pretrained.  \\[default: off]", show_default=False),
+    rdrop: Optional[float] = typer.Option(None, help="R-Drop weight: each batch twice under different dropout, their predictions pulled together (KL). Steadier on small data; steps cost 2x.  \\[default: 0, off]", show_default=False),
     max_len: Optional[str] = typer.Option(None, metavar=_INT, help="Tokens per document with [CLS] and [SEP]; longer ones are cut.  \\[default: 128]", show_default=False),
     early_stopping: Optional[str] = typer.Option(None, metavar=_INT, help="Stop after N evaluations without a better dev macro-F1 (0: never).  \\[default: 2]", show_default=False),
     eval_every: Optional[str] = typer.Option(None, metavar=_INT, help="Evaluate on dev every N steps (0: each epoch's end).  \\[default: 0]", show_default=False),
@@ -77,7 +78,7 @@ def finetune_cli(
     config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"seed": seed})
     overrides = dict(from_run=from_run, pooling=pooling, dropout=dropout, lr=lr, epochs=epochs, batch_size=batch_size,
-                     balance=balance, warmup=warmup, max_time=max_time, freeze_embeddings=freeze_embeddings,
+                     balance=balance, warmup=warmup, max_time=max_time, freeze_embeddings=freeze_embeddings, rdrop=rdrop,
                      max_len=max_len, early_stopping=early_stopping, eval_every=eval_every, size=size, layers=layers,
                      dim=dim, heads=heads, ffn=ffn, accumulate=accumulate, weight_decay=weight_decay, clip=clip,
                      max_steps=max_steps, precision=precision, compile=compile, log_every=log_every,
