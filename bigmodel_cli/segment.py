@@ -92,6 +92,22 @@ def _jieba_route(tokenizer):
     return route
 
 
+def _load_userdict_next(tokenizer, user_dict: str | Path) -> None:
+    """jieba_next's load_userdict, with its Rust trie built once instead of once a word.
+
+    Every added word drops jieba_next's trie, and a word given without a count is priced
+    by cutting it, which rebuilds the trie (0.1 s): 100 such words took 8 s. While the
+    words go in, routes come from the dictionary itself (jieba_next's own fallback, the
+    same route as jieba's), and the trie is built after the last one.
+    """
+    tokenizer._ensure_rust_prefix = lambda: None  # an instance attribute: hides the method
+    try:
+        tokenizer.load_userdict(str(user_dict))
+    finally:
+        del tokenizer._ensure_rust_prefix
+    tokenizer._rust_prefix = None
+
+
 class ChineseSegmenter:
     """jieba's precise mode; `backend='jieba_next'` gives the same words, faster."""
 
@@ -120,10 +136,14 @@ class ChineseSegmenter:
             import jieba_next
 
             jieba_next.set_log_level(logging.WARNING)
-            tokenizer = jieba_next.Tokenizer() if user_dict else jieba_next.dt
-            jieba_cache.initialize(tokenizer, "jieba_next", Path(jieba_next.__file__).with_name("dict.txt"))
+            # A tokenizer of our own, whose routes all come from the Rust trie: its FREQ
+            # can then hold the words alone (a third faster to load), without leaving
+            # jieba_next's shared default tokenizer short of the prefix entries it uses.
+            tokenizer = jieba_next.Tokenizer()
+            jieba_cache.initialize(tokenizer, "jieba_next", Path(jieba_next.__file__).with_name("dict.txt"),
+                                   words_only=not user_dict)
             if user_dict:
-                tokenizer.load_userdict(str(user_dict))
+                _load_userdict_next(tokenizer, user_dict)
                 # Words added with frequency 0 must be split by the HMM too, in both copies.
                 finalseg.Force_Split_Words |= jieba_next.finalseg.Force_Split_Words
             tokenizer._ensure_rust_prefix()

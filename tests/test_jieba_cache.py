@@ -56,3 +56,27 @@ def test_unwritable_cache_folder_still_initialises(tmp_path, monkeypatch):
     tokenizer = jieba.Tokenizer()
     jieba_cache.initialize(tokenizer, "jieba", DICT)
     assert tokenizer.initialized and tokenizer.lcut("我爱北京天安门") == ["我", "爱", "北京", "天安门"]
+
+
+def test_words_only_read_gives_the_words_and_their_counts(cache):
+    full = jieba.Tokenizer()
+    jieba_cache.initialize(full, "jieba", DICT)  # builds the cache
+    words = jieba.Tokenizer()
+    jieba_cache.initialize(words, "jieba", DICT, words_only=True)
+    assert words.FREQ == {w: n for w, n in full.FREQ.items() if n}
+    assert 300_000 < len(words.FREQ) < len(full.FREQ) and words.total == full.total
+    # and the first start, which builds the cache, gives the words alone too
+    cache_files = list(cache.glob("*.bin"))
+    for path in cache_files:
+        path.unlink()
+    first = jieba.Tokenizer()
+    jieba_cache.initialize(first, "jieba", DICT, words_only=True)
+    assert first.FREQ == words.FREQ
+
+
+def test_cache_of_another_format_is_not_read(cache):
+    jieba_cache.initialize(jieba.Tokenizer(), "jieba", DICT)
+    (path,) = cache.glob("jieba-prefix-*.bin")
+    header, rest = path.read_bytes().split(b"\n", 1)
+    path.write_bytes(header.replace(b'"format": 2', b'"format": 1') + b"\n" + rest)
+    assert jieba_cache._read(path, False) is None

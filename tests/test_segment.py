@@ -316,6 +316,40 @@ def test_segment_user_dict(outside):
     assert out.stdout.splitlines() == ["我 / 叫 / 艾伦斯基摩 / 今天 / 来 / 了"] * len(backends)
 
 
+# Words with and without counts and tags; none with count 0, which would change
+# jieba's process-wide Force_Split_Words.
+USER_WORDS = ["艾伦斯基摩", "小蓝鲸 20 nz", "云计算平台", "深度学习框架 5", "床垫实在", "太太太", "南京市长江大桥",
+              "入住体验 n", "性价比超高", "前台小姐姐"] + [f"测试词{i}号" for i in range(30)]
+USER_TEXTS = ["我叫艾伦斯基摩今天来了", "南京市长江大桥的云计算平台和深度学习框架", "床垫实在是太太太硬了，性价比超高",
+              "前台小姐姐的入住体验不错", "测试词7号和测试词12号都在"]
+
+
+@needs_jieba_next
+def test_jieba_next_user_dict_prices_words_as_jieba_and_builds_its_trie_once(tmp_path, monkeypatch):
+    import logging
+
+    import jieba
+    import jieba_next.tokenizer
+
+    path = tmp_path / "terms.txt"
+    path.write_text("\n".join(USER_WORDS) + "\n", encoding="utf-8")
+    rust = jieba_next.tokenizer.jieba_next_rust
+    builds, build = [], rust.PrefixDict
+    monkeypatch.setattr(rust, "PrefixDict", lambda *args: builds.append(1) or build(*args))
+    ours = ChineseSegmenter("jieba_next", user_dict=path)
+    # one trie for the dictionary, one after the user words: not one per word priced
+    assert len(builds) <= 2
+
+    jieba.setLogLevel(logging.WARNING)
+    reference = jieba.Tokenizer()
+    reference.load_userdict(str(path))
+    for line in USER_WORDS:
+        word = line.split()[0]
+        assert ours._freq[word] == reference.FREQ[word], word
+    assert [ours.cut(text) for text in USER_TEXTS] == [reference.lcut(text) for text in USER_TEXTS]
+    assert ours.cut(USER_TEXTS[0]) == ["我", "叫", "艾伦斯基摩", "今天", "来", "了"]
+
+
 def test_segment_uses_workspace_settings(tmp_path, monkeypatch):
     root = tmp_path / "ws"
     assert invoke("init", root, "--lang", "zh").exit_code == 0
