@@ -17,12 +17,14 @@ A bounded number of chunks is in flight, so memory does not grow with the corpus
 from __future__ import annotations
 
 import gc
+import operator
 import marshal
 import multiprocessing as mp
 import queue
 import sys
 import traceback
 from collections import Counter
+from itertools import repeat
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -49,7 +51,7 @@ def _child(index: int, tasks, results, shard_dir: str) -> None:
                 counts.setdefault(split, Counter()).update(words)
             results.put((number, index, spans, info))
         with open(Path(shard_dir) / f"w{index}.counts", "wb") as handle:
-            marshal.dump({split: dict(c) for split, c in counts.items()}, handle)
+            marshal.dump({split: (list(c), list(c.values())) for split, c in counts.items()}, handle)
         results.put(("done", index, None, None))
     except BaseException:  # noqa: BLE001 - reported to the main process, which re-raises
         results.put(("error", index, traceback.format_exc(), None))
@@ -125,9 +127,33 @@ class OrderedWorkers:
                 info, write = ready.pop(emitted)
                 yield metas.pop(emitted), info, write
                 emitted += 1
-        for _, tasks in self.children:
+        # The input is done, and the children may still have several chunks queued each.
+        # Each gets its end mark now (so that it writes its counts as soon as it is done),
+        # and what it has not started is taken back and worked here, so that the
+        # processes finish together rather than this one waiting out the queues.
+        finished = 0  # children done (their counts written)
+        for index, (_, tasks) in enumerate(self.children):
             tasks.put(None)
-        finished = 0
+            while True:
+                try:
+                    # A short wait, not none: what was put last may still be on its way
+                    # into the pipe (the queue's feeder thread writes it).
+                    stolen = tasks.get(timeout=0.01)
+                except queue.Empty:
+                    break
+                if stolen is None:  # nothing left before the end mark: give it back
+                    tasks.put(None)
+                    break
+                queued[index] -= 1
+                task_number, payload = stolen
+                blobs, info, tokens = self.work(payload)
+                self._count(tokens)
+                ready[task_number] = (info, _writer(blobs))
+                finished += self._collect(ready, queued, block=False)
+                while emitted in ready:
+                    info, write = ready.pop(emitted)
+                    yield metas.pop(emitted), info, write
+                    emitted += 1
         while emitted < number or finished < len(self.children):
             if emitted in ready:
                 info, write = ready.pop(emitted)
@@ -138,8 +164,8 @@ class OrderedWorkers:
         for index in range(len(self.children)):
             with open(self.shard_dir / f"w{index}.counts", "rb") as handle:
                 # loads(read()): marshal.load on a file object reads item by item, 0.2 s here
-                for split, counts in marshal.loads(handle.read()).items():
-                    self.counts.setdefault(split, Counter()).update(counts)
+                for split, (words, counts) in marshal.loads(handle.read()).items():
+                    _add_counts(self.counts.setdefault(split, Counter()), words, counts)
 
     def _collect(self, ready: dict, queued: list[int], block: bool) -> int:
         """Take results off the queue (at least one if `block`); returns children finished."""
@@ -163,9 +189,12 @@ class OrderedWorkers:
             ready[number] = (info, self._copier(index, spans))
 
     def _check_alive(self) -> None:
+        """Called after a minute with no result: a dead child would otherwise be waited for forever."""
         for process, _ in self.children:
             if not process.is_alive() and process.exitcode not in (0, None):
                 raise RuntimeError(f"a preprocess worker died (exit code {process.exitcode})")
+        if not any(process.is_alive() for process, _ in self.children):
+            raise RuntimeError("the preprocess workers ended without reporting all their results")
 
     def _copier(self, index: int, spans: dict[str, tuple[int, int]]) -> Callable[[dict[str, BinaryIO]], None]:
         def write(files: dict[str, BinaryIO]) -> None:
@@ -191,6 +220,13 @@ class OrderedWorkers:
             tasks.close()
         if self.children:
             self.results.close()
+
+
+def _add_counts(total: Counter, words: list[str], counts: list[int]) -> None:
+    """total[w] += n for each pair, with C loops throughout: Counter.update loops in Python
+    over a mapping, which took 0.06 s for a child's 100,000 words."""
+    sums = list(map(operator.add, counts, map(total.get, words, repeat(0))))
+    dict.update(total, zip(words, sums))
 
 
 def _writer(blobs: dict[str, bytes]) -> Callable[[dict[str, BinaryIO]], None]:

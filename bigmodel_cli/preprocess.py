@@ -13,6 +13,7 @@ run succeeds, so an interrupted or failed run leaves the previous output untouch
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import os
 import random
@@ -21,6 +22,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import compress, repeat
+from operator import ge
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -532,9 +535,21 @@ def _check_outcome(stats: Stats, plan) -> None:
         raise UserError("the training split is empty", hint="give more documents or a larger train fraction in --split")
 
 
+def top_counts(counts: Counter, n: int) -> list[tuple[str, int]]:
+    """The n most frequent tokens, ties broken by the token: the same list whatever order
+    the documents were counted in (most_common keeps insertion order on ties, which the
+    number of workers changes). C loops throughout, so it takes milliseconds."""
+    if len(counts) <= n:
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    floor = heapq.nlargest(n, counts.values())[-1]
+    candidates = compress(counts.items(), map(ge, counts.values(), repeat(floor)))
+    return sorted(candidates, key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
 def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int, plan, given_splits: bool) -> dict[str, Any]:
     dev_tokens = sum(stats.dev_counts.values())
-    dev_oov_types = {t: c for t, c in stats.dev_counts.items() if t not in vocab}
+    index = vocab.index
+    dev_oov_types = {t: c for t, c in stats.dev_counts.items() if t not in index}
     dev_oov = sum(dev_oov_types.values())
     # With pieces an OOV word is split, not lost; [UNK] remains only for unseen characters.
     unk_id = vocab.id(UNK)
@@ -562,12 +577,13 @@ def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int
         "vocab_size": len(vocab),
         # entries there only as pieces: `##c`, and characters not frequent enough as words
         "vocab_pieces": sum(1 for t in vocab.tokens[len(SPECIAL_TOKENS):]
-                            if t.startswith(CONTINUATION) or stats.train_counts.get(t, 0) < meta["vocab"]["min_count"]),
+                            if t.startswith(CONTINUATION) or stats.train_counts.get(t, 0) < meta["vocab"]["min_count"])
+                        if meta["vocab"]["pieces"] else 0,
         "oov_dev": {"token_rate": round(dev_oov / dev_tokens, 4) if dev_tokens else None,
                     "unk_rate": round(dev_unk / dev_tokens, 4) if dev_tokens else None,
                     "type_rate": round(len(dev_oov_types) / len(stats.dev_counts), 4) if stats.dev_counts else None},
         "lengths": {"chars": _percentiles(stats.char_hist), "tokens": _percentiles(stats.token_hist)},
-        "top_tokens": stats.train_counts.most_common(20),
+        "top_tokens": top_counts(stats.train_counts, 20),
         "labels": {s: dict(sorted(c.items())) for s, c in stats.labels.items() if c},
         "langs": dict(stats.langs),
         "rejects": {"count": stats.rejected, "first": stats.reject_examples},

@@ -1,0 +1,78 @@
+"""The ordered worker map behind preprocess: order, counts, and the end of the input."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+
+import pytest
+
+from bigmodel_cli.parallel import OrderedWorkers, _add_counts
+
+needs_fork = pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="workers need fork")
+MAIN = os.getpid()
+
+
+def _work(payload):
+    """A chunk: its lines, who worked it, and its words to count per split."""
+    number, words, child_delay = payload
+    if os.getpid() != MAIN:
+        time.sleep(child_delay)
+    lines = "".join(f"{number}:{w}\n" for w in words).encode()
+    split = "train" if number % 3 else "dev"
+    return {split: lines}, (number, os.getpid()), {split: words}
+
+
+def _run(workers: int, chunks, tmp_path):
+    runner = OrderedWorkers(_work, workers, tmp_path / f"shards{workers}")
+    files = {"train": io.BytesIO(), "dev": io.BytesIO()}
+    metas, infos = [], []
+    try:
+        for meta, info, write in runner.map(iter(chunks)):
+            write(files)
+            metas.append(meta)
+            infos.append(info)
+    finally:
+        runner.close()
+    return metas, infos, {k: f.getvalue() for k, f in files.items()}, runner.counts
+
+
+@needs_fork
+@pytest.mark.parametrize("workers", [2, 3])
+def test_several_workers_give_one_workers_output_in_order(tmp_path, workers):
+    chunks = [(f"meta{i}", (i, [f"w{(i * 7 + j) % 23}" for j in range(i % 5 + 1)], 0.002 * (i % 4))) for i in range(60)]
+    metas1, infos1, files1, counts1 = _run(1, chunks, tmp_path)
+    metas, infos, files, counts = _run(workers, chunks, tmp_path)
+    assert metas == metas1 == [f"meta{i}" for i in range(60)]
+    assert [number for number, _ in infos] == list(range(60))
+    assert files == files1 and files["train"].startswith(b"1:w7\n")
+    assert counts == counts1
+    assert counts["train"] + counts["dev"] == Counter(w for _, (_, words, _) in chunks for w in words)
+    assert len({pid for _, pid in infos}) > 1  # the children did work
+
+
+@needs_fork
+def test_chunks_a_busy_child_has_not_started_are_worked_by_the_main_process(tmp_path):
+    # Chunks 0-3 are queued for the child, which sleeps a second on each; 4-9 the main
+    # process works (the child's queue is full). At the end of the input, the queued
+    # chunks the child has not started are taken back rather than waited for: the child
+    # works one at most, and the child still gets its end mark.
+    chunks = [(i, (i, [f"w{i}"], 1.0)) for i in range(10)]
+    started = time.perf_counter()
+    metas, infos, files, counts = _run(2, chunks, tmp_path)
+    assert metas == list(range(10))
+    pids = [pid for _, pid in infos]
+    assert pids[4:] == [MAIN] * 6
+    assert sum(pid != MAIN for pid in pids) <= 1
+    assert time.perf_counter() - started < 3.5  # one chunk's sleep at most, not four
+    assert sum(counts["train"].values()) + sum(counts["dev"].values()) == 10
+
+
+def test_add_counts_adds_new_and_existing_words():
+    total = Counter({"a": 2, "b": 1})
+    _add_counts(total, ["b", "c", "a"], [4, 1, 1])
+    assert total == Counter({"a": 3, "b": 5, "c": 1})
+    assert isinstance(total, Counter)
