@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from bigmodel_cli.parallel import OrderedWorkers, _add_counts
+from bigmodel_cli.parallel import OrderedWorkers
 
 needs_fork = pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="workers need fork")
 MAIN = os.getpid()
@@ -69,10 +69,3 @@ def test_chunks_a_busy_child_has_not_started_are_worked_by_the_main_process(tmp_
     assert sum(pid != MAIN for pid in pids) <= 1
     assert time.perf_counter() - started < 3.5  # one chunk's sleep at most, not four
     assert sum(counts["train"].values()) + sum(counts["dev"].values()) == 10
-
-
-def test_add_counts_adds_new_and_existing_words():
-    total = Counter({"a": 2, "b": 1})
-    _add_counts(total, ["b", "c", "a"], [4, 1, 1])
-    assert total == Counter({"a": 3, "b": 5, "c": 1})
-    assert isinstance(total, Counter)
