@@ -22,12 +22,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import ge
 from pathlib import Path
 from typing import Any, Iterator
 
 from bigmodel_cli.config import LANGS, PreprocessConfig
+from bigmodel_cli.dedupe import SeenIndex, kept_sources
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.parallel import OrderedWorkers
 from bigmodel_cli.fileio import atomic_write, replace_dir, write_json
@@ -39,6 +40,7 @@ from bigmodel_cli.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 
 SPLITS = ("train", "dev", "test")
 CHUNK_DOCS = 256
+DEDUPE_FLUSH = 1 << 16  # kept documents held in a dict before they move to the compact arrays
 # Above this share of records lacking a label, the corpus is "labelled in only some
 # records": an error, not a handful of bad lines to skip.
 MAX_MISSING_LABEL_SHARE = 0.10
@@ -372,8 +374,9 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     splitter = None if given_splits else Splitter(parse_split(cfg.split), seed)
 
     stats = Stats()
-    seen: dict[int, tuple[str | None, str]] = {}  # hash of clean text -> (label, split)
-    raw_seen: dict[int, tuple[str | None, str | None]] = {}
+    seen = SeenIndex(DEDUPE_FLUSH)  # every kept document: hash of its clean text -> (id, label, split)
+    label_ids: dict[str | None, int] = {None: 0}
+    labels_by_id: list[str | None] = [None]
     total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
     progress = Progress(TextColumn("[bold]preprocess"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[docs]:,} docs"),
                         TextColumn("{task.fields[rate]:,.0f} docs/s"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -399,42 +402,48 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
 
     def chunks() -> Iterator[tuple[list, tuple[int, list[tuple]]]]:
         metas, docs, next_id = [], [], 0
-        for split, item in _doc_stream(ws, plan, cfg, label_required, on_bytes):
-            if isinstance(item, Reject):
-                reject(item, split)
-                continue
-            stats.read += 1
-            if cfg.dedupe:
-                # Identical raw text gives identical clean text: skip it before cleaning.
-                key = hash((item.text, split if given_splits else None))
-                first = raw_seen.get(key)
-                if first is not None:
-                    _duplicate(stats, first, item)
+        for batch in _batches(_doc_stream(ws, plan, cfg, label_required, on_bytes), CHUNK_DOCS):
+            cleaned = []
+            for split, item in batch:
+                if isinstance(item, Reject):
+                    reject(item, split)
                     continue
-                raw_seen[key] = (item.label, item.source)
-            clean, reason = processor.clean_doc(item.text)
-            if clean is None:
-                stats.dropped[reason] += 1
-                continue
+                stats.read += 1
+                clean, reason = processor.clean_doc(item.text)
+                if clean is None:
+                    stats.dropped[reason] += 1
+                    continue
+                cleaned.append((split, item, clean))
             if cfg.dedupe:
-                key = hash(clean)
-                first = seen.get(key)
-                if first is not None:
-                    if not given_splits or first[2] == split:
-                        _duplicate(stats, first, item)
-                        continue
-                    if first[2] == "train":
-                        stats.overlap[split] += 1
-                else:
-                    seen[key] = (item.label, item.source, split)
-            if split is None:
-                split = splitter.assign(item.label)
-            metas.append((split, item, len(clean)))
-            docs.append((split, clean, item.source, item.label))
-            if len(docs) >= CHUNK_DOCS:
-                yield metas, (next_id, docs)
-                next_id += len(docs)
-                metas, docs = [], []
+                keys = [hash(clean) for _, _, clean in cleaned]
+                older = seen.find_flushed(keys)  # one search for the batch
+            for k, (split, item, clean) in enumerate(cleaned):
+                if cfg.dedupe:
+                    first = older[k]
+                    if first is None:
+                        first = seen.recent.get(keys[k])
+                    if first is not None:
+                        first_id, first_label, first_split = SeenIndex.unpack(first)
+                        if not given_splits or first_split == split:
+                            _duplicate(stats, first_id, labels_by_id[first_label], item)
+                            continue
+                        if first_split == "train":
+                            stats.overlap[split] += 1
+                    else:
+                        label_id = label_ids.get(item.label)
+                        if label_id is None:
+                            label_id = label_ids[item.label] = len(labels_by_id)
+                            labels_by_id.append(item.label)
+                        seen.add(keys[k], SeenIndex.pack(next_id + len(docs), label_id, split))
+                if split is None:
+                    split = splitter.assign(item.label)
+                metas.append((split, item, len(clean)))
+                docs.append((split, clean, item.source, item.label))
+                if len(docs) >= CHUNK_DOCS:
+                    yield metas, (next_id, docs)
+                    next_id += len(docs)
+                    metas, docs = [], []
+            seen.flush_if_full()
         if docs:
             yield metas, (next_id, docs)
 
@@ -467,6 +476,10 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     shutil.rmtree(staging / "shards", ignore_errors=True)
     stats.train_counts = runner.counts.get("train", Counter())
     stats.dev_counts = runner.counts.get("dev", Counter())
+    if stats.conflict_examples:
+        sources = kept_sources([staging / f"{s}.jsonl" for s in SPLITS], {e["kept"] for e in stats.conflict_examples})
+        for example in stats.conflict_examples:
+            example["kept"] = sources.get(example["kept"])
     elapsed = time.perf_counter() - started
 
     _check_outcome(stats, plan)
@@ -499,13 +512,20 @@ def _show_bar(show_progress: bool, console) -> bool:
     return show_progress and (console is None or console.is_terminal)
 
 
-def _duplicate(stats: Stats, first: tuple, doc: Doc) -> None:
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def _duplicate(stats: Stats, first_id: int, first_label: str | None, doc: Doc) -> None:
     stats.duplicates += 1
     stats.dropped["duplicate"] += 1
-    if first[0] != doc.label:
+    if first_label != doc.label:
         stats.conflicts += 1
         if len(stats.conflict_examples) < 5:
-            stats.conflict_examples.append({"kept": first[1], "kept_label": first[0], "dropped": doc.source, "dropped_label": doc.label})
+            # "kept" holds the kept copy's document id until the run ends, then its source.
+            stats.conflict_examples.append({"kept": first_id, "kept_label": first_label, "dropped": doc.source,
+                                            "dropped_label": doc.label})
 
 
 def _check_outcome(stats: Stats, plan) -> None:
