@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bigmodel_cli.config import LANGS, PreprocessConfig
-from bigmodel_cli.dedupe import SeenIndex, kept_sources
+from bigmodel_cli.dedupe import LABEL_BITS, SeenIndex, kept_sources
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.parallel import OrderedWorkers
 from bigmodel_cli.fileio import atomic_write, replace_dir, write_json
@@ -432,6 +432,9 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
                     else:
                         label_id = label_ids.get(item.label)
                         if label_id is None:
+                            if len(labels_by_id) >= 1 << LABEL_BITS:
+                                raise UserError(f"{item.source}: more than {1 << LABEL_BITS:,} distinct labels",
+                                                hint="check --label-field: it names a column of labels, not of text")
                             label_id = label_ids[item.label] = len(labels_by_id)
                             labels_by_id.append(item.label)
                         seen.add(keys[k], SeenIndex.pack(next_id + len(docs), label_id, split))
