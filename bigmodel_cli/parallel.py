@@ -106,6 +106,14 @@ class OrderedWorkers:
         queued = [0] * len(self.children)
         emitted = 0
         number = 0
+
+        def emit():  # the chunks that are ready, in order
+            nonlocal emitted
+            while emitted in ready:
+                info, write = ready.pop(emitted)
+                yield metas.pop(emitted), info, write
+                emitted += 1
+
         for meta, payload in chunks:
             metas[number] = meta
             child = min(range(len(self.children)), key=queued.__getitem__)
@@ -113,18 +121,13 @@ class OrderedWorkers:
                 self.children[child][1].put((number, payload))
                 queued[child] += 1
             else:  # the children have enough to do: work this chunk here rather than wait
-                blobs, info, tokens = self.work(payload)
-                self._count(tokens)
-                ready[number] = (info, _writer(blobs))
+                self._work_here(number, payload, ready)
             number += 1
             self._collect(ready, queued, block=False)
-            while emitted in ready or number - emitted >= self.window:
-                if emitted not in ready:
-                    self._collect(ready, queued, block=True)
-                    continue
-                info, write = ready.pop(emitted)
-                yield metas.pop(emitted), info, write
-                emitted += 1
+            yield from emit()
+            while number - emitted >= self.window:
+                self._collect(ready, queued, block=True)
+                yield from emit()
         # The input is done, and the children may still have several chunks queued each.
         # Each gets its end mark now (so that it writes its counts as soon as it is done),
         # and what it has not started is taken back and worked here, so that the
@@ -143,27 +146,23 @@ class OrderedWorkers:
                     tasks.put(None)
                     break
                 queued[index] -= 1
-                task_number, payload = stolen
-                blobs, info, tokens = self.work(payload)
-                self._count(tokens)
-                ready[task_number] = (info, _writer(blobs))
+                self._work_here(*stolen, ready)
                 finished += self._collect(ready, queued, block=False)
-                while emitted in ready:
-                    info, write = ready.pop(emitted)
-                    yield metas.pop(emitted), info, write
-                    emitted += 1
+                yield from emit()
         while emitted < number or finished < len(self.children):
-            if emitted in ready:
-                info, write = ready.pop(emitted)
-                yield metas.pop(emitted), info, write
-                emitted += 1
-            else:
+            yield from emit()
+            if emitted < number or finished < len(self.children):
                 finished += self._collect(ready, queued, block=True)
         for index in range(len(self.children)):
             with open(self.shard_dir / f"w{index}.counts", "rb") as handle:
                 # loads(read()): marshal.load on a file object reads item by item, 0.2 s here
                 for split, counts in marshal.loads(handle.read()).items():
                     self.counts.setdefault(split, Counter()).update(counts)
+
+    def _work_here(self, number: int, payload: Any, ready: dict) -> None:
+        blobs, info, tokens = self.work(payload)
+        self._count(tokens)
+        ready[number] = (info, _writer(blobs))
 
     def _collect(self, ready: dict, queued: list[int], block: bool) -> int:
         """Take results off the queue (at least one if `block`); returns children finished."""
