@@ -4,6 +4,7 @@ stopwords, vocabulary and the report (issue #2). Tiny corpora, one worker unless
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing as mp
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -587,3 +588,23 @@ def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out):
     assert {k: v for k, v in two.items() if k not in ("workers", "seconds", "throughput")} == \
         {k: v for k, v in one.items() if k not in ("workers", "seconds", "throughput")}
     assert two["documents"]["kept"] == 700
+
+
+def test_workers_share_the_dictionary_the_main_process_loaded(corpus_dir, helpers, run_pre, out, monkeypatch, tmp_path):
+    # Loaded once before the workers fork, the dictionary's pages are shared, not copied
+    # into every worker (about 90 MB each), and no worker spends time loading its own.
+    from bigmodel_cli import segment
+
+    loads = tmp_path / "loads.txt"
+    initialize = segment.jieba_cache.initialize
+
+    def recording(*args, **kwargs):
+        with open(loads, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return initialize(*args, **kwargs)
+
+    monkeypatch.setattr(segment.jieba_cache, "initialize", recording)
+    path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(1500)])
+    report = run_pre([path], lang="zh", workers=3).report
+    assert report["workers"] == 3 and report["documents"]["kept"] == 1500
+    assert loads.read_text().split() == [str(os.getpid())]
