@@ -76,3 +76,4 @@ def test_preprocess_results_do_not_depend_on_the_flush(corpus_dir, helpers, run_
         assert example["kept"].split(":")[0].endswith(".txt") and example["kept_label"] != example["dropped_label"]
     if given_splits:
         assert flushed["overlap_with_train"]["dev"] >= 10  # the 10 repeated, and copies among the last 200
+

@@ -608,3 +608,15 @@ def test_workers_share_the_dictionary_the_main_process_loaded(corpus_dir, helper
     report = run_pre([path], lang="zh", workers=3).report
     assert report["workers"] == 3 and report["documents"]["kept"] == 1500
     assert loads.read_text().split() == [str(os.getpid())]
+
+
+def test_top_counts_breaks_ties_by_token_whatever_the_counting_order():
+    from collections import Counter
+
+    from bigmodel_cli.preprocess import top_counts
+
+    words = ["b", "a", "c", "a", "b", "d", "e", "e"]
+    one, other = Counter(words), Counter(reversed(words))
+    assert top_counts(one, 3) == top_counts(other, 3) == [("a", 2), ("b", 2), ("e", 2)]
+    assert top_counts(one, 10) == [("a", 2), ("b", 2), ("e", 2), ("c", 1), ("d", 1)]
+    assert one.most_common(3) != other.most_common(3)  # the order most_common would have given depends on it
