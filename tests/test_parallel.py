@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from bigmodel_cli.parallel import OrderedWorkers
+from bigmodel_cli.parallel import OrderedWorkers, add_counts
 
 needs_fork = pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="workers need fork")
 MAIN = os.getpid()
@@ -69,3 +69,12 @@ def test_chunks_a_busy_child_has_not_started_are_worked_by_the_main_process(tmp_
     assert sum(pid != MAIN for pid in pids) <= 1
     assert time.perf_counter() - started < 3.5  # one chunk's sleep at most, not four
     assert sum(counts["train"].values()) + sum(counts["dev"].values()) == 10
+
+
+def test_add_counts_sums_like_counter_update_and_keeps_its_order():
+    counter = Counter({"a": 2, "b": 1})
+    expected = Counter(counter)
+    expected.update({"b": 3, "c": 5, "a": 1, "d": 2})
+    add_counts(counter, ["b", "c", "a", "d"], [3, 5, 1, 2])
+    assert counter == expected == Counter({"b": 4, "c": 5, "a": 3, "d": 2})
+    assert list(counter) == list(expected) == ["a", "b", "c", "d"]
