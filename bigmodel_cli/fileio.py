@@ -8,8 +8,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 _CHUNK = 1 << 20
 
@@ -20,6 +21,27 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_in_background(paths: list[Path]) -> Callable[[], dict[Path, str]]:
+    """Start hashing finished files on a thread; the function returned waits for it and
+    gives {path: sha256}. hashlib and file reads release the GIL, so the hashing runs on
+    another core beside the caller's own work. A file that fails is left out (hashing
+    it again later shows the error where it belongs)."""
+    hashes: dict[Path, str] = {}
+
+    def work() -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                hashes[path] = sha256_file(path)
+
+    thread = threading.Thread(target=work, name="sha256", daemon=True)
+    thread.start()
+
+    def wait() -> dict[Path, str]:
+        thread.join()
+        return hashes
+    return wait
 
 
 def sha256_path(path: str | os.PathLike) -> str:

@@ -25,13 +25,13 @@ from fractions import Fraction
 from itertools import compress, islice, repeat
 from operator import ge
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from bigmodel_cli.config import LANGS, PreprocessConfig
 from bigmodel_cli.dedupe import LABEL_BITS, SeenIndex, kept_sources
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.parallel import OrderedWorkers
-from bigmodel_cli.fileio import atomic_write, replace_dir, write_json
+from bigmodel_cli.fileio import atomic_write, replace_dir, sha256_in_background, write_json
 from bigmodel_cli.segment import SegmentOptions, Segmenter, describe_segmenter, resolve_backend
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
@@ -316,7 +316,7 @@ def preprocess(
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         try:
-            report = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress, console)
+            report, output_hashes = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress, console)
             replace_dir(staging, ws.processed)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -324,7 +324,8 @@ def preprocess(
                 run.finish([], {}, status="failed", extra={"error": exc.one_line()})
             raise
         outputs = sorted(p for p in ws.processed.iterdir() if p.is_file())
-        record = run.finish(outputs, _headline(report))
+        known = {ws.processed / path.name: sha for path, sha in output_hashes().items()}
+        record = run.finish(outputs, _headline(report), known_hashes=known)
         return PreprocessResult(False, report, record, ws.processed)
 
 
@@ -354,7 +355,10 @@ def _doc_stream(ws, plan, cfg: PreprocessConfig, label_required: bool, progress)
         progress(done_bytes)
 
 
-def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show_progress, console) -> dict[str, Any]:
+def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show_progress,
+         console) -> tuple[dict[str, Any], Callable[[], dict[Path, str]]]:
+    """Writes the outputs into `staging`; returns the report, and a function that gives
+    the hashes of the data files (taken on a thread while the report is made)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     started = time.perf_counter()
@@ -481,6 +485,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     finally:
         for handle in (*files.values(), rejects):
             handle.close()
+    output_hashes = sha256_in_background([staging / f"{s}.jsonl" for s in SPLITS] + [staging / "rejects.jsonl"])
     runner.close()
     shutil.rmtree(staging / "shards", ignore_errors=True)
     stats.train_counts = runner.counts.get("train", Counter())
@@ -512,7 +517,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     write_json(staging / "meta.json", meta)
     report = _report(stats, vocab, meta, elapsed, workers, plan, given_splits)
     write_json(staging / "report.json", report)
-    return report
+    return report, output_hashes
 
 
 def _show_bar(show_progress: bool, console) -> bool:

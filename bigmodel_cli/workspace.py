@@ -180,8 +180,10 @@ class Workspace:
             keys += [f"{stage}:{sub.name}" for sub in sorted(folder.iterdir()) if sub.is_dir()]
         return keys
 
-    def hash_paths(self, paths: list[Path]) -> list[dict[str, str]]:
-        return [{"path": self.relative(p), "sha256": sha256_path(p)} for p in paths]
+    def hash_paths(self, paths: list[Path], known: dict[Path, str] | None = None) -> list[dict[str, str]]:
+        """{path, sha256} per path; `known` holds hashes the caller has already taken."""
+        known = known or {}
+        return [{"path": self.relative(p), "sha256": known.get(p) or sha256_path(p)} for p in paths]
 
 
 def _try_lock(handle) -> None:
@@ -211,7 +213,7 @@ class StageRun:
     config: dict[str, Any] | None = None
 
     def finish(self, outputs: list[Path], metrics: dict[str, Any], status: str = "ok",
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None, known_hashes: dict[Path, str] | None = None) -> dict[str, Any]:
         ended = time.time()
         record = {
             "stage": self.stage,
@@ -222,7 +224,7 @@ class StageRun:
             "inputs": self.inputs,
             "params": self.params,
             "config": self.config,
-            "outputs": self.ws.hash_paths(outputs) if status == "ok" else [],
+            "outputs": self.ws.hash_paths(outputs, known_hashes) if status == "ok" else [],
             "metrics": metrics,
             "versions": library_versions(),
             "command": " ".join(["bigmodel", *sys.argv[1:]]) if sys.argv and "bigmodel" in sys.argv[0] else None,

@@ -610,3 +610,15 @@ def test_lock_recovers_interrupted_swap(ws):
     with ws.lock("preprocess"):
         assert snapshot(ws.processed) == before
     assert not ws.processed.with_name("processed.old").exists()
+
+
+def test_sha256_in_background_hashes_files_and_leaves_out_missing_ones(tmp_path):
+    from bigmodel_cli.fileio import sha256_in_background
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 20_000)  # several read blocks
+    small = tmp_path / "small.txt"
+    small.write_text("数据\n", encoding="utf-8")
+    hashes = sha256_in_background([big, small, tmp_path / "missing"])()
+    assert hashes == {big: hashlib.sha256(big.read_bytes()).hexdigest(),
+                      small: hashlib.sha256("数据\n".encode()).hexdigest()}
