@@ -610,6 +610,34 @@ def test_workers_share_the_dictionary_the_main_process_loaded(corpus_dir, helper
     assert loads.read_text().split() == [str(os.getpid())]
 
 
+def test_a_helper_cleans_the_first_documents_while_the_dictionary_loads(corpus_dir, helpers, run_pre, out, monkeypatch,
+                                                                       tmp_path):
+    # Each document is cleaned once: by the helper (in its own process, during the load)
+    # or by the main process, never by both; and the output is the one-worker output.
+    from bigmodel_cli import preprocess
+
+    calls = tmp_path / "calls.txt"
+    clean_doc = preprocess.DocProcessor.clean_doc
+
+    def recording(self, text):
+        with open(calls, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return clean_doc(self, text)
+
+    path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条 <b>粗体</b>" for i in range(1500)])
+    run_pre([path], lang="zh", workers=1)
+    expected = {n: (out.dir / n).read_bytes() for n in ("train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt")}
+    monkeypatch.setattr(preprocess.DocProcessor, "clean_doc", recording)
+    report = run_pre([path], lang="zh", workers=2).report
+    assert report["documents"]["kept"] == 1500
+    assert {n: (out.dir / n).read_bytes() for n in expected} == expected
+    by_process = Counter(calls.read_text().split())
+    here = by_process.pop(str(os.getpid()), 0)
+    assert len(by_process) == 1  # one helper
+    ahead = sum(by_process.values())
+    assert ahead + here == 1500 and ahead >= 256  # at least a batch in the time the dictionary took
+
+
 def test_top_counts_breaks_ties_by_token_whatever_the_counting_order():
     from collections import Counter
 
