@@ -638,6 +638,37 @@ def test_a_helper_cleans_the_first_documents_while_the_dictionary_loads(corpus_d
     assert ahead + here == 1500 and ahead >= 256  # at least a batch in the time the dictionary took
 
 
+def test_progress_bar_on_a_terminal_shows_documents_and_rate(ws, corpus_dir, helpers):
+    import io
+
+    from rich.console import Console
+
+    from bigmodel_cli.config import PreprocessConfig
+    from bigmodel_cli.preprocess import preprocess
+
+    path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(300)])
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160)
+    preprocess(ws, [path], config=PreprocessConfig(workers=1), lang="zh", force=True, show_progress=True, console=console)
+    shown = screen.getvalue()
+    assert "preprocess" in shown and "300 docs" in shown and "docs/s" in shown
+
+
+def test_without_a_bar_rich_is_not_imported(ws, corpus_dir, helpers):
+    # A library call without a bar skips rich's import (30 ms, most of a small run's setup).
+    import subprocess
+    import sys
+
+    path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(50)])
+    code = ("import sys; from pathlib import Path; from bigmodel_cli.config import PreprocessConfig; "
+            "from bigmodel_cli.preprocess import preprocess; from bigmodel_cli.workspace import Workspace; "
+            f"ws = Workspace.find(Path({str(ws.root)!r})); "
+            f"preprocess(ws, [Path({str(path)!r})], config=PreprocessConfig(workers=1), lang='zh', force=True); "
+            "print('rich.progress' in sys.modules, 'rich' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
 def test_top_counts_breaks_ties_by_token_whatever_the_counting_order():
     from collections import Counter
 
