@@ -472,8 +472,10 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         try:
             processor.load()
             runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
-        finally:
-            clean_doc.stop()
+        except BaseException:
+            clean_doc.close()
+            raise
+        clean_doc.stop()
     else:
         runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
     try:
@@ -539,7 +541,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
 
 class _Bar:
     """The progress bar: bytes read, documents, documents/s. rich is imported only to
-    show one (30 ms, a sixth of a small run's setup, otherwise)."""
+    show one (the import takes 30 ms)."""
 
     def __init__(self, show: bool, console, total_bytes: int):
         self.show, self.console, self.total, self.done = show, console, total_bytes, 0

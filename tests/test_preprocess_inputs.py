@@ -638,6 +638,22 @@ def test_a_helper_cleans_the_first_documents_while_the_dictionary_loads(corpus_d
     assert ahead + here == 1500 and ahead >= 256  # at least a batch in the time the dictionary took
 
 
+def test_a_failed_dictionary_load_stops_the_helper_and_keeps_no_output(corpus_dir, helpers, run_pre, out, monkeypatch):
+    from bigmodel_cli import preprocess
+    from bigmodel_cli.errors import UserError
+
+    def broken(self):
+        raise UserError("terms.txt line 3: not 'word [count] [tag]'")
+
+    monkeypatch.setattr(preprocess.DocProcessor, "load", broken)
+    # enough documents that the helper is still cleaning when the load fails
+    path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(30_000)])
+    with pytest.raises(UserError, match="terms.txt line 3"):
+        run_pre([path], lang="zh", workers=2)
+    assert mp.active_children() == []  # the helper was stopped, not left to run
+    assert not out.dir.exists() or not any(out.dir.iterdir())
+
+
 def test_progress_bar_on_a_terminal_shows_documents_and_rate(ws, corpus_dir, helpers):
     import io
 
