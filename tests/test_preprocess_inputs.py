@@ -590,6 +590,47 @@ def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out):
     assert two["documents"]["kept"] == 700
 
 
+@pytest.mark.parametrize("name", ["mixed.jsonl.gz", "mixed.csv", "gbk.txt"])
+def test_two_workers_match_one_with_bad_records_drops_and_duplicates(corpus_dir, helpers, run_pre, out, name,
+                                                                     monkeypatch, tmp_path):
+    # The clean-ahead helper skips the records the main process rejects, so its results
+    # must stay aligned past bad lines, drops (too short), duplicates and decoding. (Were
+    # they not, the main process would clean the rest itself: the same output, slower.)
+    from bigmodel_cli import preprocess
+
+    texts = [f"{ZH[i % 600 % len(ZH)]}第{i % 600}条 <i>斜体</i>" if i % 11 else "短" for i in range(1200)]
+    labels = ["pos" if i % 3 else "neg" for i in range(1200)]
+    if name.endswith(".jsonl.gz"):
+        lines = [json.dumps({"text": t, "label": lab}, ensure_ascii=False) for t, lab in zip(texts, labels)]
+        for at in (5, 300, 301, 777):
+            lines[at] = "{not json" if at % 2 else json.dumps({"body": "no text field"})
+        path = helpers.write_lines(corpus_dir / name, lines)
+    elif name.endswith(".csv"):
+        path = helpers.write_table(corpus_dir / name, ["text", "label"], [[t, lab] for t, lab in zip(texts, labels)])
+    else:
+        path = helpers.write_lines(corpus_dir / name, [f"__label__{lab} {t}" for t, lab in zip(texts, labels)], encoding="gbk")
+    options = {"min_chars": 2, "text_field": "text", "label_field": "label"} if not name.endswith(".txt") else {"min_chars": 2}
+    names = ["train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "rejects.jsonl"]
+    one = run_pre([path], lang="zh", workers=1, **options).report
+    expected = {n: (out.dir / n).read_bytes() for n in names}
+    calls, clean_doc = tmp_path / "calls.txt", preprocess.DocProcessor.clean_doc
+
+    def recording(self, text):
+        with open(calls, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return clean_doc(self, text)
+
+    monkeypatch.setattr(preprocess.DocProcessor, "clean_doc", recording)
+    two = run_pre([path], lang="zh", workers=2, **options).report
+    assert {n: (out.dir / n).read_bytes() for n in names} == expected
+    cleaned_here = calls.read_text().split().count(str(os.getpid()))
+    assert cleaned_here < len(texts) // 2  # the helper's results were used past the bad records
+    same = {k: v for k, v in one.items() if k not in ("workers", "seconds", "throughput")}
+    assert {k: v for k, v in two.items() if k not in ("workers", "seconds", "throughput")} == same
+    assert one["duplicates"] > 0 and one["documents"]["dropped"].get("shorter than --min-chars", 0) > 0
+    assert one["documents"]["rejected"] == (4 if name.endswith(".jsonl.gz") else 0)
+
+
 def test_workers_share_the_dictionary_the_main_process_loaded(corpus_dir, helpers, run_pre, out, monkeypatch, tmp_path):
     # Loaded once before the workers fork, the dictionary's pages are shared, not copied
     # into every worker (about 90 MB each), and no worker spends time loading its own.
