@@ -9,7 +9,7 @@ once. Memory holds only the vocabulary counters and the de-duplication map.
       -> write in input order (main)
 
 With several workers, a helper cleans the first documents while the dictionaries load
-(clean_ahead.py), and the output files are hashed on a thread while the report is made.
+(clean_ahead.py). The output files are hashed on a thread while the report is made.
 
 Everything is written into a staging folder that replaces `data/processed/` only when the
 run succeeds, so an interrupted or failed run leaves the previous output untouched.
