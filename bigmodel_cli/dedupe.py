@@ -4,8 +4,8 @@ Preprocess streams, so the one thing that must grow with the corpus is the memor
 it has kept. Held as a Python dict of hash -> (label, source, split) that took about 240
 bytes a document: a corpus ten times larger needed 1.8x the memory. Here each kept
 document leaves a 64-bit hash of its text and one packed 64-bit integer (its document id,
-label and split). The newest few thousand sit in a dict; beyond that they move into two
-sorted numpy arrays, searched a batch of documents at a time.
+label and split). The newest ones (65,536 in preprocess) sit in a dict; beyond that they
+move into two sorted numpy arrays, searched a batch of documents at a time.
 
 The source of the copy kept is not stored: it is in the output, under the document id,
 and is looked up there for the few label conflicts the report shows.

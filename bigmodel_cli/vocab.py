@@ -15,9 +15,9 @@ WordPiece vocabulary) gives the same ids.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import ge, methodcaller
-from dataclasses import dataclass
 from pathlib import Path
 
 from bigmodel_cli.errors import InputError
