@@ -364,3 +364,39 @@ def test_segment_uses_workspace_settings(tmp_path, monkeypatch):
     result = invoke("segment", "我爱北京", "--segmenter", "jieba")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "我 / 爱 / 北京"
+
+
+def _fake_package(root: Path, name: str, with_extension: bool, body: str = "") -> None:
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text(body, encoding="utf-8")
+    if with_extension:
+        (package / "jieba_next_rust.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+
+
+def test_jieba_next_available_looks_for_the_compiled_part_without_importing(tmp_path, monkeypatch):
+    import bigmodel_cli.segment as segment
+
+    # A package without its compiled part counts as absent, so auto falls back to jieba.
+    _fake_package(tmp_path, "jieba_next", with_extension=False, body="raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "jieba_next", raising=False)
+    assert not segment.jieba_next_available()
+    assert segment.resolve_backend("auto") == "jieba"
+    with pytest.raises(UserError, match="not installed"):
+        segment.resolve_backend("jieba_next")
+    # With it, it counts as present, and the check imported nothing (the module raises).
+    (tmp_path / "jieba_next" / "jieba_next_rust.so").write_bytes(b"")
+    assert segment.jieba_next_available()
+    assert segment.resolve_backend("auto") == "jieba_next"
+    assert "jieba_next" not in sys.modules
+
+
+def test_jieba_next_that_does_not_import_is_a_one_line_error(tmp_path, monkeypatch):
+    _fake_package(tmp_path, "jieba_next", with_extension=True, body="raise ImportError('libfoo.so: cannot open')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "jieba_next", raising=False)
+    with pytest.raises(UserError) as caught:
+        ChineseSegmenter("jieba_next")
+    assert "installed but does not import (libfoo.so: cannot open)" in caught.value.one_line()
+    assert "--segmenter jieba" in caught.value.one_line()
