@@ -6,7 +6,8 @@ information, and token lists to count. With `workers` processes in all:
 * `workers - 1` child processes (forked after the dictionaries are loaded) append their
   lines to shard files of their own and keep their token counts to themselves; per chunk
   they report only where the lines went (byte spans) and the per-doc information, so
-  almost nothing crosses a pipe. Counts come back once, at the end.
+  almost nothing crosses a pipe. Counts come back near the end (`ship_counts`) and at
+  the end.
 * the main process keeps the children fed, works a chunk itself whenever they have
   enough queued, and emits chunks in input order, copying each one's byte spans into the
   final files.
@@ -28,6 +29,7 @@ from operator import add
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+SHIP = "ship counts"  # a task: send the counts so far (see OrderedWorkers.ship_counts)
 Work = Callable[[Any], tuple[dict[str, bytes], Any, dict[str, list[str]]]]
 _WORK: Work | None = None
 
@@ -35,8 +37,15 @@ _WORK: Work | None = None
 def _child(index: int, tasks, results, shard_dir: str) -> None:
     files: dict[str, BinaryIO] = {}
     counts: dict[str, Counter] = {}
+    shipped = 0
     try:
         while (task := tasks.get()) is not None:
+            if task == SHIP:  # the counts so far go now, while the main process has time to merge them
+                path = Path(shard_dir) / f"w{index}.counts.{shipped}"
+                _dump_counts(counts, path)
+                counts, shipped = {}, shipped + 1
+                results.put((SHIP, index, str(path), None))
+                continue
             number, payload = task
             blobs, info, tokens = _WORK(payload)
             spans = {}
@@ -50,16 +59,20 @@ def _child(index: int, tasks, results, shard_dir: str) -> None:
             for split, words in tokens.items():
                 counts.setdefault(split, Counter()).update(words)
             results.put((number, index, spans, info))
-        with open(Path(shard_dir) / f"w{index}.counts", "wb") as handle:
-            # Tokens and counts as two lists, marshal version 2 (no object references):
-            # both ends take half the time they took with a dict in version 4.
-            marshal.dump({split: (list(c), list(c.values())) for split, c in counts.items()}, handle, 2)
+        _dump_counts(counts, Path(shard_dir) / f"w{index}.counts")
         results.put(("done", index, None, None))
     except BaseException:  # noqa: BLE001 - reported to the main process, which re-raises
         results.put(("error", index, traceback.format_exc(), None))
     finally:
         for handle in files.values():
             handle.close()
+
+
+def _dump_counts(counts: dict[str, Counter], path: Path) -> None:
+    with open(path, "wb") as handle:
+        # Tokens and counts as two lists, marshal version 2 (no object references):
+        # both ends take half the time they took with a dict in version 4.
+        marshal.dump({split: (list(c), list(c.values())) for split, c in counts.items()}, handle, 2)
 
 
 class OrderedWorkers:
@@ -149,6 +162,8 @@ class OrderedWorkers:
                 if stolen is None:  # nothing left before the end mark: give it back
                     tasks.put(None)
                     break
+                if stolen == SHIP:  # not needed: the end mark makes it send all its counts
+                    continue
                 queued[index] -= 1
                 self._work_here(*stolen, ready)
                 finished += self._collect(ready, queued, block=False)
@@ -158,10 +173,21 @@ class OrderedWorkers:
             if emitted < number or finished < len(self.children):
                 finished += self._collect(ready, queued, block=True)
         for index in range(len(self.children)):
-            with open(self.shard_dir / f"w{index}.counts", "rb") as handle:
-                # loads(read()): marshal.load on a file object reads item by item, 0.2 s here
-                for split, (tokens, numbers) in marshal.loads(handle.read()).items():
-                    add_counts(self.counts.setdefault(split, Counter()), tokens, numbers)
+            self._merge_counts(self.shard_dir / f"w{index}.counts")
+
+    def ship_counts(self) -> None:
+        """Ask the children for their counts so far. Called near the end of the input:
+        merging them then overlaps the children's last chunks, and what is left to merge
+        after the last chunk (when the other cores are idle) is the counts of a few
+        chunks, not of the children's whole share."""
+        for _, tasks in self.children:
+            tasks.put(SHIP)
+
+    def _merge_counts(self, path: Path) -> None:
+        with open(path, "rb") as handle:
+            # loads(read()): marshal.load on a file object reads item by item, 0.2 s here
+            for split, (tokens, numbers) in marshal.loads(handle.read()).items():
+                add_counts(self.counts.setdefault(split, Counter()), tokens, numbers)
 
     def _work_here(self, number: int, payload: Any, ready: dict) -> None:
         blobs, info, tokens = self.work(payload)
@@ -185,6 +211,9 @@ class OrderedWorkers:
                 raise RuntimeError(f"preprocess worker {index} failed:\n{spans}")
             if number == "done":
                 finished += 1
+                continue
+            if number == SHIP:
+                self._merge_counts(Path(spans))
                 continue
             queued[index] -= 1
             ready[number] = (info, self._copier(index, spans))

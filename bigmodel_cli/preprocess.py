@@ -46,6 +46,7 @@ from bigmodel_cli.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 
 SPLITS = ("train", "dev", "test")
 CHUNK_DOCS = 256
+SHIP_COUNTS_AT = 0.85  # of the input read, workers send their counts so far (OrderedWorkers.ship_counts)
 DEDUPE_FLUSH = 1 << 16  # kept documents held in a dict before they move to the compact arrays
 # Above this share of records lacking a label, the corpus is "labelled in only some
 # records": an error, not a handful of bad lines to skip.
@@ -395,7 +396,11 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
     bar = _Bar(_show_bar(show_progress, console), console, total_bytes)
 
+    read_bytes = 0
+
     def on_bytes(done: int | None) -> None:  # None: the same bytes, more documents
+        nonlocal read_bytes
+        read_bytes = read_bytes if done is None else done
         bar.update(done, stats.read, stats.read / max(time.perf_counter() - started, 1e-9))
 
     files = {s: open(staging / f"{s}.jsonl", "wb") for s in SPLITS}
@@ -412,8 +417,11 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         rejects.write(_encode({"source": item.source, "reason": item.reason, "split": split, "raw": item.raw}) + "\n")
 
     def chunks() -> Iterator[tuple[list, tuple[int, list[tuple]]]]:
-        metas, docs, next_id = [], [], 0
+        metas, docs, next_id, shipped = [], [], 0, False
         for batch in _batches(_doc_stream(ws, plan, cfg, label_required, on_bytes), CHUNK_DOCS):
+            if not shipped and read_bytes >= SHIP_COUNTS_AT * total_bytes:
+                runner.ship_counts()
+                shipped = True
             cleaned = []
             for split, item in batch:
                 if isinstance(item, Reject):

@@ -78,3 +78,50 @@ def test_add_counts_sums_like_counter_update_and_keeps_its_order():
     add_counts(counter, ["b", "c", "a", "d"], [3, 5, 1, 2])
     assert counter == expected == Counter({"b": 4, "c": 5, "a": 3, "d": 2})
     assert list(counter) == list(expected) == ["a", "b", "c", "d"]
+
+
+def _run_shipping(chunks, tmp_path, ship_after: int):
+    """As _run with two workers, asking for the children's counts after chunk `ship_after`."""
+    runner = OrderedWorkers(_work, 2, tmp_path / "shards")
+
+    def feed():
+        for i, chunk in enumerate(chunks):
+            yield chunk
+            if i == ship_after:
+                runner.ship_counts()
+
+    files = {"train": io.BytesIO(), "dev": io.BytesIO()}
+    infos = []
+    try:
+        for _, info, write in runner.map(feed()):
+            write(files)
+            infos.append(info)
+    finally:
+        runner.close()
+    return infos, {k: f.getvalue() for k, f in files.items()}, runner.counts
+
+
+@needs_fork
+def test_counts_shipped_before_the_end_are_merged_once(tmp_path):
+    chunks = [(f"meta{i}", (i, [f"w{(i * 7 + j) % 23}" for j in range(i % 5 + 1)], 0.002 * (i % 4))) for i in range(60)]
+    _, _, files1, counts1 = _run(1, chunks, tmp_path)
+    infos, files, counts = _run_shipping(chunks, tmp_path, ship_after=10)
+    shipped = tmp_path / "shards" / "w0.counts.0"
+    assert shipped.stat().st_size > 0  # the child sent its counts midway
+    assert counts == counts1 and files == files1
+    child_words = Counter(w for (i, pid), (_, (_, words, _)) in zip(infos, chunks) if pid != MAIN for w in words)
+    assert sum(child_words.values()) > 0
+
+
+@needs_fork
+def test_a_ship_request_the_child_never_reached_is_dropped(tmp_path):
+    # The child sleeps on chunk 0 while 1-3 and the request wait in its queue; at the end
+    # of the input they are taken back, the request with them, and its counts come with
+    # its end mark instead.
+    chunks = [(i, (i, [f"w{i}"], 0.5)) for i in range(10)]
+    started = time.perf_counter()
+    infos, _, counts = _run_shipping(chunks, tmp_path, ship_after=9)
+    assert [number for number, _ in infos] == list(range(10))
+    assert not (tmp_path / "shards" / "w0.counts.0").exists()
+    assert counts["train"] + counts["dev"] == Counter(f"w{i}" for i in range(10))
+    assert time.perf_counter() - started < 2.0

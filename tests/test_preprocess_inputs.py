@@ -575,14 +575,19 @@ def test_cli_success_prints_summary(ws, helpers, run_cli, out):
 
 
 # -- workers ------------------------------------------------------------------------
-def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out):
+def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out, monkeypatch):
+    from bigmodel_cli.parallel import OrderedWorkers
+
     lines = [f"__label__{'pos' if i % 3 else 'neg'} {ZH[i % len(ZH)]}第{i}条" if i % 2 else
              f"__label__{'pos' if i % 3 else 'neg'} review {i}: works as described" for i in range(700)]
     path = helpers.write_lines(corpus_dir / "big.txt", lines)
     names = ["train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt"]
     one = run_pre([path], workers=1).report
     expected = {n: (out.dir / n).read_bytes() for n in names}
+    ships, ship_counts = [], OrderedWorkers.ship_counts
+    monkeypatch.setattr(OrderedWorkers, "ship_counts", lambda self: ships.append(len(self.children)) or ship_counts(self))
     two = run_pre([path], workers=2).report
+    assert ships == [1]  # the worker was asked once, near the end, for its counts so far
     assert two["workers"] == 2
     assert {n: (out.dir / n).read_bytes() for n in names} == expected
     assert {k: v for k, v in two.items() if k not in ("workers", "seconds", "throughput")} == \
