@@ -8,8 +8,9 @@ once. Memory holds only the vocabulary counters and the de-duplication map.
       -> segment, count, make JSON lines (workers; main too when they have enough queued)
       -> write in input order (main)
 
-With several workers, a helper cleans the first documents while the dictionaries load
-(clean_ahead.py). The output files are hashed on a thread while the report is made.
+With several workers, a helper reads and cleans the first documents while the
+dictionaries load (read_ahead.py). The output files are hashed on a thread while the
+report is made.
 
 Everything is written into a staging folder that replaces `data/processed/` only when the
 run succeeds, so an interrupted or failed run leaves the previous output untouched.
@@ -34,12 +35,12 @@ from operator import ge
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bigmodel_cli.clean_ahead import CleanAhead
 from bigmodel_cli.config import LANGS, PreprocessConfig
 from bigmodel_cli.dedupe import LABEL_BITS, SeenIndex, kept_sources
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.fileio import atomic_write, replace_dir, sha256_in_background, write_json
 from bigmodel_cli.parallel import OrderedWorkers
+from bigmodel_cli.read_ahead import CleanDoc, ReadAhead
 from bigmodel_cli.segment import SegmentOptions, Segmenter, describe_segmenter, resolve_backend
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
@@ -368,26 +369,38 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _doc_stream(ws, plan, cfg: PreprocessConfig, label_required: bool, progress) -> Iterator[tuple[str | None, Doc | Reject]]:
+def _doc_stream(ws, plan, cfg: PreprocessConfig, label_required: bool, progress,
+                ahead: ReadAhead | None = None) -> Iterator[tuple[str | None, Doc | CleanDoc | Reject]]:
+    """The records of every file in order; those the read-ahead helper spooled come from
+    it (already cleaned), and each file is read on from where it stopped."""
     done_bytes = 0
-    for split, path, fmt, encoding in plan:
-        reader = Reader(path, fmt, encoding, cfg.text_field, cfg.label_field, label_required, name=ws.relative(path))
-        try:
-            for i, item in enumerate(reader):
-                if i % 512 == 0:
-                    progress(done_bytes + reader.position())
-                yield split, item
-        finally:
-            reader.close()
+    for index, (split, path, fmt, encoding) in enumerate(plan):
+        resume = None
+        if ahead is not None:
+            for batch in ahead.batches(index):
+                progress(done_bytes + batch.position)
+                for record in ahead.records(batch):
+                    yield split, record
+            resume = ahead.resume(index)
+        if resume != "done":
+            reader = _reader(ws, plan, cfg, label_required, index, resume)
+            try:
+                for i, item in enumerate(reader):
+                    if i % 512 == 0:
+                        progress(done_bytes + reader.position())
+                    yield split, item
+            finally:
+                reader.close()
         done_bytes += path.stat().st_size
         progress(done_bytes)
 
 
-def _raw_texts(ws, plan, cfg: PreprocessConfig, label_required: bool) -> Iterator[str]:
-    """The raw text of every document, in the order `_doc_stream` yields them."""
-    for _, item in _doc_stream(ws, plan, cfg, label_required, lambda done: None):
-        if not isinstance(item, Reject):
-            yield item.text
+def _reader(ws, plan, cfg: PreprocessConfig, label_required: bool, index: int,
+            resume: tuple[int, bool] | None = None) -> Reader:
+    _, path, fmt, encoding = plan[index]
+    skip, labelled = resume or (0, None)
+    return Reader(path, fmt, encoding, cfg.text_field, cfg.label_field, label_required, name=ws.relative(path),
+                  skip_lines=skip, labelled=labelled)
 
 
 def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show_progress,
@@ -439,7 +452,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
 
     def chunks() -> Iterator[tuple[list, tuple[int, list[tuple]]]]:
         metas, docs, next_id, shipped = [], [], 0, False
-        for batch in _batches(_doc_stream(ws, plan, cfg, label_required, on_bytes), CHUNK_DOCS):
+        for batch in _batches(_doc_stream(ws, plan, cfg, label_required, on_bytes, ahead), CHUNK_DOCS):
             if not shipped and read_bytes >= SHIP_COUNTS_AT * total_bytes:
                 runner.ship_counts()
                 shipped = True
@@ -449,7 +462,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
                     reject(item, split)
                     continue
                 stats.read += 1
-                clean, reason = clean_doc(item.text)
+                clean, reason = item.clean if type(item) is CleanDoc else clean_doc(item.text)
                 if clean is None:
                     stats.dropped[reason] += 1
                     continue
@@ -491,20 +504,22 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
             yield metas, (next_id, docs)
 
     clean_doc = processor.clean_doc
+    ahead = None
     if workers > 1:
         # The dictionaries load once, here, and the workers inherit them by forking: they
         # share those pages (about 90 MB less private memory per extra worker) and skip
-        # the 0.2 s load. Meanwhile a helper cleans the first documents on another core.
+        # the 0.2 s load. Meanwhile a helper reads and cleans the first documents on
+        # another core.
         (staging / "shards").mkdir()
-        clean_doc = CleanAhead(lambda: _raw_texts(ws, plan, cfg, label_required), processor.clean_doc,
-                               staging / "shards" / "clean-ahead")
+        ahead = ReadAhead(lambda index: _reader(ws, plan, cfg, label_required, index) if index < len(plan) else None,
+                          processor.clean_doc, staging / "shards" / "read-ahead")
         try:
             processor.load()
             runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
         except BaseException:
-            clean_doc.close()
+            ahead.close()
             raise
-        clean_doc.stop()
+        ahead.stop()
     else:
         runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
     try:
@@ -531,8 +546,8 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     finally:
         for handle in (*files.values(), rejects):
             handle.close()
-        if isinstance(clean_doc, CleanAhead):
-            clean_doc.close()
+        if ahead is not None:
+            ahead.close()
     output_hashes = sha256_in_background([staging / f"{s}.jsonl" for s in SPLITS] + [staging / "rejects.jsonl"])
     runner.close()
     shutil.rmtree(staging / "shards", ignore_errors=True)

@@ -171,14 +171,24 @@ def check_encoding(path: Path, encoding: str) -> str:
 
 
 class Reader:
-    """Yields `Doc` and `Reject` objects from one file; `position()` is the raw byte offset."""
+    """Yields `Doc` and `Reject` objects from one file; `position()` is the raw byte offset.
+
+    `resume_line` is where another reader could take over: after it yields a record, the
+    last line of the file that record came from, when every record from the lines up to
+    there has been yielded (None otherwise). `Reader(..., skip_lines=n, labelled=x)` then
+    yields the records after line n, as this one would have, given `labelled` as this one
+    decided it from the file's first records (see read_ahead).
+    """
 
     def __init__(self, path: Path, fmt: str, encoding: str, text_field: str, label_field: str,
-                 label_required: bool = False, name: str | None = None):
+                 label_required: bool = False, name: str | None = None, skip_lines: int = 0,
+                 labelled: bool | None = None):
         self.path, self.fmt, self.encoding = path, fmt, encoding
         self.name = name or str(path)  # how records name their file: "name:line"
         self.text_field, self.label_field, self.label_required = text_field, label_field, label_required
         self.labelled = False
+        self.resume_line: int | None = None
+        self._skip, self._known_labelled = skip_lines, labelled
         self._stream, self._raw = open_binary(path)
 
     def position(self) -> int:
@@ -192,21 +202,24 @@ class Reader:
         self._raw.close()
 
     # -- lines --------------------------------------------------------------------
-    def lines(self) -> Iterator[tuple[int, str | Reject]]:
-        """(line number, decoded line without its newline, or a Reject for undecodable bytes)."""
+    def lines(self, skip: int = 0) -> Iterator[tuple[int, str | Reject]]:
+        """(line number, decoded line without its newline, or a Reject for undecodable bytes),
+        after the first `skip` lines (not decoded, in the ASCII-compatible encodings)."""
         if self.encoding.replace("_", "-").lower().startswith("utf-16"):
             text = io.TextIOWrapper(self._stream, encoding=self.encoding, newline=None)
             try:
-                for number, line in enumerate(text, 1):
+                for _ in itertools.islice(text, skip):
+                    pass
+                for number, line in enumerate(text, skip + 1):
                     yield number, line.rstrip("\n")
             except UnicodeDecodeError as exc:
                 raise InputError(self.path, f"cannot decode as {self.encoding} ({exc.reason})",
                                  hint="pass --encoding with the file's real encoding") from None
             return
-        offset = 0
         decode = codecs.getdecoder(self.encoding)
         try:
-            for number, raw in enumerate(self._stream, 1):
+            offset = sum(map(len, itertools.islice(self._stream, skip)))
+            for number, raw in enumerate(self._stream, skip + 1):
                 try:
                     line = decode(raw)[0]
                 except UnicodeDecodeError as exc:
@@ -230,11 +243,15 @@ class Reader:
         return self._table()
 
     def _txt(self) -> Iterator[Doc | Reject]:
-        lines = ((n, line) for n, line in self.lines() if isinstance(line, Reject) or line.strip())
+        lines = ((n, line) for n, line in self.lines(self._skip) if isinstance(line, Reject) or line.strip())
         # fastText's format: "__label__pos some text" marks a labelled file.
-        head, lines = _lookahead(lines)
-        self.labelled = any(isinstance(line, str) and line.startswith(FASTTEXT_LABEL) for _, line in head)
+        if self._known_labelled is None:
+            head, lines = _lookahead(lines)
+            self.labelled = any(isinstance(line, str) and line.startswith(FASTTEXT_LABEL) for _, line in head)
+        else:
+            self.labelled = self._known_labelled
         for number, line in lines:
+            self.resume_line = number  # one record per line: the one yielded next ends there
             if isinstance(line, Reject):
                 yield line
                 continue
@@ -248,11 +265,11 @@ class Reader:
                     continue
             yield Doc(line, label, f"{self.name}:{number}")
 
-    def _json_records(self) -> Iterator[tuple[str, str, dict | Reject]]:
-        """(location, line, parsed object or a Reject) for each non-blank line."""
-        for number, line in self.lines():
+    def _json_records(self) -> Iterator[tuple[int, str, str, dict | Reject]]:
+        """(line number, location, line, parsed object or a Reject) for each non-blank line."""
+        for number, line in self.lines(self._skip):
             if isinstance(line, Reject):
-                yield line.source, "", line
+                yield number, line.source, "", line
                 continue
             if not line.strip():
                 continue
@@ -260,17 +277,21 @@ class Reader:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield where, line, Reject(where, f"not valid JSON ({exc.msg} at column {exc.colno})", line)
+                yield number, where, line, Reject(where, f"not valid JSON ({exc.msg} at column {exc.colno})", line)
                 continue
             if not isinstance(record, dict):
-                yield where, line, Reject(where, f"a JSON {type(record).__name__}, not an object", line)
+                yield number, where, line, Reject(where, f"a JSON {type(record).__name__}, not an object", line)
                 continue
-            yield where, line, record
+            yield number, where, line, record
 
     def _jsonl(self) -> Iterator[Doc | Reject]:
-        head, records = _lookahead(self._json_records())
-        self.labelled = self.label_required or any(isinstance(r, dict) and self.label_field in r for _, _, r in head)
-        for where, line, record in records:
+        if self._known_labelled is None:
+            head, records = _lookahead(self._json_records())
+            self.labelled = self.label_required or any(isinstance(r, dict) and self.label_field in r for *_, r in head)
+        else:
+            records, self.labelled = self._json_records(), self._known_labelled
+        for number, where, line, record in records:
+            self.resume_line = number  # one record per line: the one yielded next ends there
             if isinstance(record, Reject):
                 yield record
                 continue
@@ -291,8 +312,15 @@ class Reader:
         delimiter = "\t" if fmt == "tsv" else ","
         decoded: list[Reject] = []
 
+        # Taking over after line `skip`: the header still comes from line 1, and the csv
+        # module's line numbers, which count the lines it was given, are shifted back.
+        skip = self._skip
+        shift = max(skip - 1, 0)
+
         def text_lines() -> Iterator[str]:
-            for _number, line in self.lines():
+            for number, line in self.lines():
+                if 1 < number <= skip:
+                    continue
                 if isinstance(line, Reject):
                     decoded.append(line)
                     yield ""
@@ -304,6 +332,9 @@ class Reader:
             header = next(reader)
         except StopIteration:
             raise InputError(self.path, "file is empty") from None
+        # A header over several lines (a quoted newline in a column name) would make the
+        # line arithmetic of taking over wrong: such a file is read from its start.
+        resumable = reader.line_num == 1
         header = [h.strip() for h in header]
         if self.text_field not in header:
             raise InputError(self.path, f"no column '{self.text_field}'", line=1,
@@ -316,11 +347,16 @@ class Reader:
         self.labelled = label_col is not None
         try:
             for row in reader:
+                # Undecodable lines read along with this row: not a place to take over,
+                # since the row itself is still to come.
+                self.resume_line = None
                 while decoded:
                     yield decoded.pop(0)
                 if not row or not any(cell.strip() for cell in row):
                     continue
-                where = f"{self.name}:{reader.line_num}"
+                line = reader.line_num + shift
+                where = f"{self.name}:{line}"
+                self.resume_line = line if resumable else None  # a record may span lines: the one yielded next ends there
                 if len(row) != len(header):
                     yield Reject(where, f"{len(row)} fields where the header has {len(header)}", delimiter.join(row))
                     continue
@@ -330,8 +366,9 @@ class Reader:
                     continue
                 yield Doc(row[text_col], label, where)
         except csv.Error as exc:
-            raise InputError(self.path, f"malformed {fmt.upper()} ({exc})", line=reader.line_num,
+            raise InputError(self.path, f"malformed {fmt.upper()} ({exc})", line=reader.line_num + shift,
                              hint="check the quoting on that line") from None
+        self.resume_line = None
         while decoded:
             yield decoded.pop(0)
 

@@ -595,13 +595,18 @@ def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out, mon
     assert two["documents"]["kept"] == 700
 
 
+@pytest.mark.parametrize("first_batch_only", [False, True])
 @pytest.mark.parametrize("name", ["mixed.jsonl.gz", "mixed.csv", "gbk.txt"])
 def test_two_workers_match_one_with_bad_records_drops_and_duplicates(corpus_dir, helpers, run_pre, out, name,
-                                                                     monkeypatch, tmp_path):
-    # The clean-ahead helper skips the records the main process rejects, so its results
-    # must stay aligned past bad lines, drops (too short), duplicates and decoding. (Were
-    # they not, the main process would clean the rest itself: the same output, slower.)
-    from bigmodel_cli import preprocess
+                                                                     monkeypatch, tmp_path, first_batch_only):
+    # The read-ahead helper's records (bad ones included) are taken as they are, and the
+    # main process reads on from the line after its last whole batch: the output is one
+    # worker's past bad lines, drops (too short), duplicates and decoding, whether the
+    # helper got through the file or (first_batch_only) stopped after one batch.
+    from bigmodel_cli import preprocess, read_ahead
+
+    if first_batch_only:
+        monkeypatch.setattr(read_ahead, "MAX_SPOOL_BYTES", 1)
 
     texts = [f"{ZH[i % 600 % len(ZH)]}第{i % 600}条 <i>斜体</i>" if i % 11 else "短" for i in range(1200)]
     labels = ["pos" if i % 3 else "neg" for i in range(1200)]
@@ -629,7 +634,10 @@ def test_two_workers_match_one_with_bad_records_drops_and_duplicates(corpus_dir,
     two = run_pre([path], lang="zh", workers=2, **options).report
     assert {n: (out.dir / n).read_bytes() for n in names} == expected
     cleaned_here = calls.read_text().split().count(str(os.getpid()))
-    assert cleaned_here < len(texts) // 2  # the helper's results were used past the bad records
+    if first_batch_only:
+        assert len(texts) - read_ahead.BATCH_DOCS - 4 <= cleaned_here <= len(texts) - read_ahead.BATCH_DOCS
+    else:
+        assert cleaned_here < len(texts) // 2  # the helper's records were used past the bad ones
     same = {k: v for k, v in one.items() if k not in ("workers", "seconds", "throughput")}
     assert {k: v for k, v in two.items() if k not in ("workers", "seconds", "throughput")} == same
     assert one["duplicates"] > 0 and one["documents"]["dropped"].get("shorter than --min-chars", 0) > 0
