@@ -235,14 +235,45 @@ class StageRun:
         return record
 
 
-def library_versions() -> dict[str, str]:
-    from importlib import metadata
+RECORDED_LIBRARIES = ("torch", "jieba", "jieba_next", "nltk", "gensim", "scikit-learn", "numpy", "charset-normalizer")
 
+
+def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "bigmodel": __version__}
-    for name in ("torch", "jieba", "jieba_next", "nltk", "gensim", "scikit-learn", "numpy", "charset-normalizer"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
+    installed = _dist_info_versions()
+    for name in RECORDED_LIBRARIES:
+        version = installed.get(_canonical(name))
+        if version is None:  # not installed as a wheel (an egg, a zip): ask importlib.metadata
+            from importlib import metadata
+
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                version = metadata.version(name)
+        if version is not None:
+            versions[name] = version
     return versions
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _dist_info_versions() -> dict[str, str]:
+    """Installed distributions' versions, read from their `NAME-VERSION.dist-info` folder
+    names (as a wheel install names them) in sys.path order, as importlib.metadata finds
+    them: one listing per folder, 1 ms, where asking importlib.metadata for eight
+    packages parses eight METADATA files (5 to 35 ms) at the end of every stage."""
+    found: dict[str, str] = {}
+    for folder in sys.path:
+        try:
+            with os.scandir(folder or ".") as entries:
+                for entry in entries:
+                    if entry.name.endswith(".dist-info"):
+                        name, _, version = entry.name[: -len(".dist-info")].partition("-")
+                        if version:
+                            found.setdefault(_canonical(name), version)
+        except OSError:
+            continue
+    return found
 
 
 def unchanged(ws: Workspace, record: dict[str, Any] | None, params: dict[str, Any], inputs: list[dict[str, str]]) -> bool:

@@ -622,3 +622,23 @@ def test_sha256_in_background_hashes_files_and_leaves_out_missing_ones(tmp_path)
     hashes = sha256_in_background([big, small, tmp_path / "missing"])()
     assert hashes == {big: hashlib.sha256(big.read_bytes()).hexdigest(),
                       small: hashlib.sha256("数据\n".encode()).hexdigest()}
+
+
+def test_library_versions_are_importlib_metadatas_found_faster(monkeypatch):
+    from importlib import metadata
+
+    from bigmodel_cli import workspace
+
+    expected = {}
+    for name in workspace.RECORDED_LIBRARIES:
+        try:
+            expected[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    assert {"torch", "jieba"} <= set(expected)
+    versions = workspace.library_versions()
+    assert {k: v for k, v in versions.items() if k in workspace.RECORDED_LIBRARIES} == expected
+    assert versions["bigmodel"] == workspace.__version__
+    # Where no dist-info folder names a package, importlib.metadata answers.
+    monkeypatch.setattr(workspace, "_dist_info_versions", lambda: {})
+    assert workspace.library_versions() == versions
