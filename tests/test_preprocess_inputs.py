@@ -8,6 +8,7 @@ import os
 import multiprocessing as mp
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -575,6 +576,19 @@ def test_cli_success_prints_summary(ws, helpers, run_cli, out):
 
 
 # -- workers ------------------------------------------------------------------------
+def _record_calls(monkeypatch, owner, name: str, log: Path, value=os.getpid) -> Path:
+    """Wrap `owner.name` so that each call, in whichever process, appends `value()` to `log`."""
+    original = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        with open(log, "a") as handle:
+            handle.write(f"{value()}\n")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return log
+
+
 def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out, monkeypatch):
     from bigmodel_cli.parallel import OrderedWorkers
 
@@ -623,14 +637,7 @@ def test_two_workers_match_one_with_bad_records_drops_and_duplicates(corpus_dir,
     names = ["train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "rejects.jsonl"]
     one = run_pre([path], lang="zh", workers=1, **options).report
     expected = {n: (out.dir / n).read_bytes() for n in names}
-    calls, clean_doc = tmp_path / "calls.txt", preprocess.DocProcessor.clean_doc
-
-    def recording(self, text):
-        with open(calls, "a") as handle:
-            handle.write(f"{os.getpid()}\n")
-        return clean_doc(self, text)
-
-    monkeypatch.setattr(preprocess.DocProcessor, "clean_doc", recording)
+    calls = _record_calls(monkeypatch, preprocess.DocProcessor, "clean_doc", tmp_path / "calls.txt")
     two = run_pre([path], lang="zh", workers=2, **options).report
     assert {n: (out.dir / n).read_bytes() for n in names} == expected
     cleaned_here = calls.read_text().split().count(str(os.getpid()))
@@ -649,15 +656,7 @@ def test_workers_share_the_dictionary_the_main_process_loaded(corpus_dir, helper
     # into every worker (about 90 MB each), and no worker spends time loading its own.
     from bigmodel_cli import segment
 
-    loads = tmp_path / "loads.txt"
-    initialize = segment.jieba_cache.initialize
-
-    def recording(*args, **kwargs):
-        with open(loads, "a") as handle:
-            handle.write(f"{os.getpid()}\n")
-        return initialize(*args, **kwargs)
-
-    monkeypatch.setattr(segment.jieba_cache, "initialize", recording)
+    loads = _record_calls(monkeypatch, segment.jieba_cache, "initialize", tmp_path / "loads.txt")
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(1500)])
     report = run_pre([path], lang="zh", workers=3).report
     assert report["workers"] == 3 and report["documents"]["kept"] == 1500
@@ -670,18 +669,10 @@ def test_a_helper_cleans_the_first_documents_while_the_dictionary_loads(corpus_d
     # or by the main process, never by both; and the output is the one-worker output.
     from bigmodel_cli import preprocess
 
-    calls = tmp_path / "calls.txt"
-    clean_doc = preprocess.DocProcessor.clean_doc
-
-    def recording(self, text):
-        with open(calls, "a") as handle:
-            handle.write(f"{os.getpid()}\n")
-        return clean_doc(self, text)
-
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条 <b>粗体</b>" for i in range(1500)])
     run_pre([path], lang="zh", workers=1)
     expected = {n: (out.dir / n).read_bytes() for n in ("train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt")}
-    monkeypatch.setattr(preprocess.DocProcessor, "clean_doc", recording)
+    calls = _record_calls(monkeypatch, preprocess.DocProcessor, "clean_doc", tmp_path / "calls.txt")
     report = run_pre([path], lang="zh", workers=2).report
     assert report["documents"]["kept"] == 1500
     assert {n: (out.dir / n).read_bytes() for n in expected} == expected
@@ -759,14 +750,8 @@ def test_the_collector_runs_less_often_during_the_stage_and_is_restored(corpus_d
     from bigmodel_cli import preprocess
     from bigmodel_cli.errors import UserError
 
-    seen, make_lines = tmp_path / "thresholds.txt", preprocess.DocProcessor.make_lines
-
-    def recording(self, payload):
-        with open(seen, "a") as handle:
-            handle.write(f"{gc.get_threshold()[0]}\n")
-        return make_lines(self, payload)
-
-    monkeypatch.setattr(preprocess.DocProcessor, "make_lines", recording)
+    seen = _record_calls(monkeypatch, preprocess.DocProcessor, "make_lines", tmp_path / "thresholds.txt",
+                         lambda: gc.get_threshold()[0])
     before = gc.get_threshold()
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(1200)])
     assert run_pre([path], lang="zh", workers=workers).report["documents"]["kept"] == 1200

@@ -177,16 +177,22 @@ def _no_fork(monkeypatch) -> None:
     monkeypatch.setattr(read_ahead.mp, "get_all_start_methods", lambda: ["spawn"])
 
 
-def test_stopped_early_the_main_process_reads_on_from_the_last_whole_batch(tmp_path, monkeypatch):
-    _no_fork(monkeypatch)
-    paths = _big_files(tmp_path)
-    spool = _spool(tmp_path, paths, stop_after_first_batch=True)
+def _take_over(paths, spool: Path) -> tuple[ReadAhead, list]:
+    """Read the plan as preprocess does from `spool`; checks the records are one reader's,
+    and returns where each came from."""
     ahead = ReadAhead(_plan_readers(paths), None, spool)
     ahead.stop()
     clean = lambda t: (t.lower(), "here")  # noqa: E731
     got, where = _read_all(ahead, paths, clean)
     assert got == _expected(paths, clean)
-    assert where == ["ahead"] * BATCH_DOCS + ["here"] * (len(got) - BATCH_DOCS)
+    return ahead, where
+
+
+def test_stopped_early_the_main_process_reads_on_from_the_last_whole_batch(tmp_path, monkeypatch):
+    _no_fork(monkeypatch)
+    paths = _big_files(tmp_path)
+    ahead, where = _take_over(paths, _spool(tmp_path, paths, stop_after_first_batch=True))
+    assert where == ["ahead"] * BATCH_DOCS + ["here"] * (len(where) - BATCH_DOCS)
     assert ahead.resume(0) == (BATCH_DOCS, True) and ahead.resume(1) is None
 
 
@@ -196,11 +202,7 @@ def test_a_batch_cut_short_is_not_used(tmp_path, monkeypatch):
     spool = _spool(tmp_path, paths, stop_after_first_batch=False)
     whole = spool.read_bytes()
     spool.write_bytes(whole[: len(whole) * 2 // 3])  # as if the helper was killed mid-write
-    ahead = ReadAhead(_plan_readers(paths), None, spool)
-    ahead.stop()
-    clean = lambda t: (t.lower(), "here")  # noqa: E731
-    got, where = _read_all(ahead, paths, clean)
-    assert got == _expected(paths, clean)
+    _, where = _take_over(paths, spool)
     assert where[0] == "ahead" and where[-1] == "here"
     assert where == sorted(where)  # every "ahead" before every "here": a prefix was used, no more
     assert where.count("ahead") % BATCH_DOCS == 0
@@ -225,13 +227,8 @@ def test_an_error_in_the_helper_leaves_what_it_finished(tmp_path, monkeypatch):
         wrapped = _Wrapped(reader, some_then_fail())
         return wrapped
 
-    spool = _spool(tmp_path, paths, stop_after_first_batch=False, open_reader=failing)
-    ahead = ReadAhead(_plan_readers(paths), None, spool)
-    ahead.stop()
-    clean = lambda t: (t.lower(), "here")  # noqa: E731
-    got, where = _read_all(ahead, paths, clean)
-    assert got == _expected(paths, clean)
-    assert where == ["ahead"] * BATCH_DOCS + ["here"] * (len(got) - BATCH_DOCS)
+    _, where = _take_over(paths, _spool(tmp_path, paths, stop_after_first_batch=False, open_reader=failing))
+    assert where == ["ahead"] * BATCH_DOCS + ["here"] * (len(where) - BATCH_DOCS)
 
 
 class _Wrapped:
@@ -250,11 +247,8 @@ class _Wrapped:
 def test_without_a_helper_everything_is_read_here(tmp_path, monkeypatch):
     _no_fork(monkeypatch)
     paths = _big_files(tmp_path)
-    ahead = ReadAhead(_plan_readers(paths), None, tmp_path / "spool")
-    ahead.stop()
-    clean = lambda t: (t.lower(), "here")  # noqa: E731
-    got, where = _read_all(ahead, paths, clean)
-    assert got == _expected(paths, clean) and set(where) == {"here"}
+    _, where = _take_over(paths, tmp_path / "spool")
+    assert set(where) == {"here"}
     assert not (tmp_path / "spool").exists()
 
 
@@ -282,9 +276,5 @@ def test_a_csv_whose_header_spans_lines_is_left_to_the_main_process(tmp_path, mo
     assert all(reader.resume_line is None for _ in reader)  # nowhere to take over
     reader.close()
     paths = [(path, "csv")]
-    spool = _spool(tmp_path, paths, stop_after_first_batch=False)
-    ahead = ReadAhead(_plan_readers(paths), None, spool)
-    ahead.stop()
-    clean = lambda t: (t.lower(), "here")  # noqa: E731
-    got, where = _read_all(ahead, paths, clean)
-    assert got == _expected(paths, clean) and set(where) == {"here"}  # the helper gave up, holding nothing
+    _, where = _take_over(paths, _spool(tmp_path, paths, stop_after_first_batch=False))
+    assert set(where) == {"here"}  # the helper gave up, holding nothing
