@@ -37,7 +37,7 @@ _has_space = re.compile(r"\s").search
 
 def jieba_next_available() -> bool:
     """jieba_next and its compiled part are installed. Looked up, not imported: the import
-    takes 40 ms, which a run with several workers would pay before its cleaning helper
+    takes 40 ms, which a run with several workers would pay before its read-ahead helper
     starts; the segmenter imports it when it loads its dictionary."""
     try:
         spec = importlib.util.find_spec("jieba_next")
