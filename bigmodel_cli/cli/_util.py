@@ -6,7 +6,10 @@ function of its stage. No stage logic lives in the CLI layer.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -61,9 +64,43 @@ def is_main_process() -> bool:
     return Dist.from_env().main
 
 
+# C0 controls but tab and newline, DEL and the C1 controls: a terminal acts on them (ESC starts
+# a sequence that can recolour, move the cursor or reset the screen), so text that came from a
+# user's files is shown with them spelled out, never sent raw.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def term_safe(text: object) -> str:
+    """`text` fit to echo to a terminal: control characters shown as \\xNN, rich markup escaped."""
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)))
+
+
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {term_safe(message)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space (or point the workspace at a larger disk) and run the command again",
+    errno.EDQUOT: "free some space within your quota and run the command again",
+    errno.EROFS: "the file system is read-only; copy the workspace somewhere writable or remount it",
+    errno.EACCES: "check the permissions of that path (ls -l) or run as a user who may use it",
+    errno.EPERM: "check the permissions of that path (ls -l) or run as a user who may use it",
+    errno.EIO: "the disk or network file system reported a read/write error; check it (dmesg) and retry",
+    errno.ENOENT: "check the path",
+    errno.EISDIR: "give a file, not a folder",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+}
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """One line for an operating-system error the user can act on, or None for the others
+    (those are bugs and keep their traceback)."""
+    advice = _OS_ADVICE.get(exc.errno)
+    if advice is None:
+        return None
+    where = exc.filename if exc.filename is not None else "a file"
+    return f"{where}: {exc.strerror or os.strerror(exc.errno)}; {advice}"
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,6 +112,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except UserError as exc:
             fail(exc.one_line(), exc.exit_code)
+        except OSError as exc:
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            fail(line)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: outputs of this run were not written; earlier outputs are intact")
             raise typer.Exit(130)
