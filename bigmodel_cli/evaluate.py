@@ -28,6 +28,7 @@ import numpy as np
 from bigmodel_cli.config import EvaluateConfig, resolve
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import atomic_write, read_json, write_json
+from bigmodel_cli.plots import CJK_HINT, plot_text, text_font
 
 SPLITS = ("test", "dev")
 AVERAGES = ("macro", "micro", "weighted")
@@ -109,60 +110,51 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def plot_confusion(matrices: dict[str, list[list[int]]], labels: list[str], path: Path) -> None:
-    """Confusion matrices side by side (rows: gold, columns: predicted), counts in the cells."""
+def plot_confusion(matrices: dict[str, list[list[int]]], labels: list[str], path: Path) -> bool:
+    """Confusion matrices side by side (rows: gold, columns: predicted), counts in the cells.
+    Returns False when the labels need a CJK font and none is installed."""
     plt = _pyplot()
-    _cjk_font(plt, labels)
     k = len(labels)
     side = min(2 + 0.5 * k, 10)
-    fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side), dpi=100, squeeze=False)
-    for ax, (title, matrix) in zip(axes[0], matrices.items()):
-        m = np.asarray(matrix)
-        ax.imshow(m, cmap="Blues")
-        ax.set_title(title)
-        ax.set_xticks(range(k), labels, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
-        ax.set_yticks(range(k), labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("gold")
-        if k <= 20:
-            for i in range(k):
-                for j in range(k):
-                    ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                            color="white" if m[i, j] > m.max() / 2 else "black", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
+    shown = [plot_text(label) for label in labels]
+    with text_font([*labels, *matrices]) as drawable:
+        fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side), dpi=100, squeeze=False)
+        for ax, (title, matrix) in zip(axes[0], matrices.items()):
+            m = np.asarray(matrix)
+            ax.imshow(m, cmap="Blues")
+            ax.set_title(plot_text(title))
+            ax.set_xticks(range(k), shown, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+            ax.set_yticks(range(k), shown)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("gold")
+            if k <= 20:
+                for i in range(k):
+                    for j in range(k):
+                        ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                                color="white" if m[i, j] > m.max() / 2 else "black", fontsize=9)
+        fig.tight_layout()
+        _save(fig, path)
+    return drawable
 
 
 def plot_reliability(tables: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Accuracy against confidence per bin; the diagonal is perfect calibration."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect")
-    for name, table in tables.items():
-        points = [(b["confidence"], b["accuracy"]) for b in table if b["count"]]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=name)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _cjk_font(plt, labels: list[str]) -> None:
-    """Use an installed font that has CJK glyphs when a label needs one."""
-    if not any(ord(c) > 0x2E80 for label in labels for c in label):
-        return
-    from matplotlib import font_manager
-
-    wanted = ("Noto Sans CJK", "WenQuanYi", "SimHei", "Microsoft YaHei", "PingFang", "Heiti", "AR PL")
-    for font in font_manager.fontManager.ttflist:
-        if font.name.startswith(wanted):
-            plt.rcParams["font.sans-serif"] = [font.name, *plt.rcParams["font.sans-serif"]]
-            return
+    with text_font(tables):
+        fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect")
+        for name, table in tables.items():
+            points = [(b["confidence"], b["accuracy"]) for b in table if b["count"]]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=plot_text(name))
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        _save(fig, path)
 
 
 # -- the stage --------------------------------------------------------------------------------
@@ -232,6 +224,13 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
         return EvaluateResult(False, folder.name, split, out, record, report)
 
 
+def classifier_max_len(folder: Path, model) -> int:
+    """The tokens a classifier reads ([CLS] and [SEP] included): finetune's max_len from the
+    run's train.json, within the position table. predict reads train.json the same way."""
+    train_cfg = read_json(folder / "train.json") if (folder / "train.json").exists() else {}
+    return min(int(train_cfg.get("max_len", 128)), model.cfg.max_positions)
+
+
 def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig, out: Path,
                 show_progress: bool, console) -> dict[str, Any]:
     from bigmodel_cli import baseline as bl
@@ -241,8 +240,7 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
 
     model, checkpoint = load_model(folder, checkpoint)
     labels = list(model.cfg.labels)
-    train_cfg = read_json(folder / "train.json") if (folder / "train.json").exists() else {}
-    max_len = min(int(train_cfg.get("max_len", 128)), model.cfg.max_positions)
+    max_len = classifier_max_len(folder, model)
     vocab = Vocab.load(folder / "vocab.txt")
     records = read_split(split_path)
     unlabelled = sum(1 for r in records if r["label"] is None)
@@ -278,7 +276,7 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
               "dev_macro_f1_by_C": base.info.get("dev_macro_f1_by_C")}
 
     out.mkdir(parents=True, exist_ok=True)
-    plot_confusion({f"{folder.name}": ours["confusion"], "TF-IDF + LR": theirs["confusion"]}, labels, out / "confusion.png")
+    drawable = plot_confusion({f"{folder.name}": ours["confusion"], "TF-IDF + LR": theirs["confusion"]}, labels, out / "confusion.png")
     plot_reliability({folder.name: ours["reliability"], "TF-IDF + LR": theirs["reliability"]}, out / "calibration.png")
     difference = {k: round(ours[k] - theirs[k], 6) for k in SCALARS}
     report = {
@@ -296,6 +294,8 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
                                   "they are left out of every metric (model and baseline)")
     if unlabelled:
         report["warnings"].append(f"{unlabelled} {split} document(s) have no label and were not scored")
+    if not drawable:
+        report["warnings"].append(f"confusion.png: {CJK_HINT}")
     report["verdict"] = verdict(report)
     return report
 
@@ -364,6 +364,15 @@ def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#"} | {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\n": " ", "\r": " "})
+
+
+def md(text: object) -> str:
+    """User data (a label, a warning naming labels) as literal Markdown text, fit for a table
+    cell: a `|` would end the cell, HTML would be rendered, `*` or `_` would emphasise."""
+    return str(text).translate(_MD_SPECIAL)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     title = f"# Evaluation of `{report['run']}` on the {report['split']} split"
     if report["kind"] != "classifier":
@@ -381,7 +390,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"The baseline is TF-IDF (word 1-2 grams, plus character n-grams for Chinese) + LogisticRegression "
              f"with C = {b['C']} chosen on dev, trained on the same training split.", ""]
     for warning in report["warnings"]:
-        lines += [f"> **Warning:** {warning}", ""]
+        lines += [f"> **Warning:** {md(warning)}", ""]
     lines += ["| metric | model | baseline | difference |", "| --- | ---: | ---: | ---: |"]
     for key in SCALARS:
         better = "lower is better" if key in LOWER_IS_BETTER else ""
@@ -389,12 +398,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(f"| examples per second | {m['examples_per_s']:,.1f} | {b['examples_per_s']:,.1f} | baseline {report['speed_ratio']:.2f}x |")
     lines += ["", "## Per class", "", "| label | precision | recall | F1 | baseline F1 | support |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for ours, theirs in zip(m["per_class"], b["per_class"]):
-        lines.append(f"| {ours['label']} | {_f(ours['precision'])} | {_f(ours['recall'])} | {_f(ours['f1'])} | {_f(theirs['f1'])} | {ours['support']:,} |")
+        lines.append(f"| {md(ours['label'])} | {_f(ours['precision'])} | {_f(ours['recall'])} | {_f(ours['f1'])} | {_f(theirs['f1'])} | {ours['support']:,} |")
     labels = report["labels"]
     lines += ["", "## Confusion matrix (rows: gold, columns: predicted)", "",
-              "| gold \\ predicted | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(labels)]
+              "| gold \\ predicted | " + " | ".join(md(label) for label in labels) + " |", "| --- |" + " ---: |" * len(labels)]
     for label, row in zip(labels, m["confusion"]):
-        lines.append(f"| {label} | " + " | ".join(f"{v:,}" for v in row) + " |")
+        lines.append(f"| {md(label)} | " + " | ".join(f"{v:,}" for v in row) + " |")
     lines += ["", "![confusion matrices](confusion.png)", "", "## Calibration", "",
               f"Expected calibration error: model {m['ece']:.4f}, baseline {b['ece']:.4f} ({len(m['reliability'])} bins).", "",
               "![reliability diagram](calibration.png)", ""]

@@ -4,10 +4,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, term_safe
 
 
 @app.command("evaluate")
@@ -38,17 +37,17 @@ def evaluate_cli(
     cfg = resolve_config(ws.config().get("evaluate"), {"batch_size": batch_size})
     result = evaluate(ws, run, split=split, cfg=cfg, force=force, show_progress=err_console.is_terminal, console=err_console)
     if result.skipped:
-        console.print(f"[green]✓[/] evaluate {escape(result.name)} --split {result.split} is up to date "
+        console.print(f"[green]✓[/] evaluate {term_safe(result.name)} --split {result.split} is up to date "
                       f"(run {result.record['run_id']}); showing the saved report. Use --force to evaluate again.")
     print_report(result.report)
-    console.print(f"  written to {escape(ws.relative(result.folder))}/ (report.json, report.md"
+    console.print(f"  written to {term_safe(ws.relative(result.folder))}/ (report.json, report.md"
                   + (", confusion.png, calibration.png)" if result.report["kind"] == "classifier" else ")"))
 
 
 def print_report(report: dict) -> None:
     if report["kind"] != "classifier":
         acc = "masked_token_accuracy" if "masked_token_accuracy" in report else "next_token_accuracy"
-        table = Table(title=f"evaluate {escape(report['run'])} on {report['split']} ({report['objective']} language model)", show_header=False)
+        table = Table(title=f"evaluate {term_safe(report['run'])} on {report['split']} ({report['objective']} language model)", show_header=False)
         table.add_row("perplexity", f"{report['perplexity']:.2f} (loss {report['loss']:.4f})")
         table.add_row(acc.replace("_", " "), f"{report[acc]:.2%}")
         table.add_row("speed", f"{report['examples_per_s']:,.1f} blocks/s, {report['tokens_per_s']:,.0f} tokens/s")
@@ -57,7 +56,7 @@ def print_report(report: dict) -> None:
     from bigmodel_cli.evaluate import LOWER_IS_BETTER, SCALARS
 
     m, b, d = report["model"], report["baseline"], report["difference"]
-    table = Table(title=f"evaluate {escape(report['run'])} on {report['split']} ({report['scored']:,} documents)")
+    table = Table(title=f"evaluate {term_safe(report['run'])} on {report['split']} ({report['scored']:,} documents)")
     for column in ("metric", "model", "TF-IDF + LR", "difference"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for key in SCALARS:
@@ -71,18 +70,18 @@ def print_report(report: dict) -> None:
     for column in ("label", "precision", "recall", "F1", "baseline F1", "support"):
         classes.add_column(column, justify="left" if column == "label" else "right")
     for ours, theirs in zip(m["per_class"], b["per_class"]):
-        classes.add_row(escape(ours["label"]), f"{ours['precision']:.4f}", f"{ours['recall']:.4f}", f"{ours['f1']:.4f}",
+        classes.add_row(term_safe(ours["label"]), f"{ours['precision']:.4f}", f"{ours['recall']:.4f}", f"{ours['f1']:.4f}",
                         f"{theirs['f1']:.4f}", f"{ours['support']:,}")
     console.print(classes)
 
     confusion = Table(title="confusion matrix (rows: gold, columns: predicted)")
     confusion.add_column("gold \\ predicted")
     for label in report["labels"]:
-        confusion.add_column(escape(label), justify="right")
+        confusion.add_column(term_safe(label), justify="right")
     for label, row in zip(report["labels"], m["confusion"]):
-        confusion.add_row(escape(label), *(f"{v:,}" for v in row))
+        confusion.add_row(term_safe(label), *(f"{v:,}" for v in row))
     console.print(confusion)
     for warning in report.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
+        console.print(f"[yellow]warning:[/] {term_safe(warning)}")
     won = d["macro_f1"] > 0
-    console.print(f"[bold {'green' if won else 'yellow'}]verdict:[/] {escape(report['verdict'])}")
+    console.print(f"[bold {'green' if won else 'yellow'}]verdict:[/] {term_safe(report['verdict'])}")
