@@ -13,12 +13,16 @@ by spaces. The README.md written beside the model gives the recipe.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.fileio import write_json
+from bigmodel_cli.fileio import read_json, remove_stale, replace_dir, write_json
 from bigmodel_cli.vocab import SPECIAL_TOKENS
 
 FORMATS = ("hf", "onnx")
@@ -88,10 +92,9 @@ HMM setting. Only a word with a character never seen in training becomes [UNK]
 """
 
 
-def export_hf(folder: Path, out: Path) -> dict[str, Any]:
+def export_hf(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from bigmodel_cli.fileio import read_json
     from bigmodel_cli.runs import load_model
 
     model, checkpoint = load_model(folder)
@@ -99,9 +102,6 @@ def export_hf(folder: Path, out: Path) -> dict[str, Any]:
     if cfg.num_labels and cfg.pooling != "cls":
         raise UserError(f"run '{folder.name}' pools by mean, which BertForSequenceClassification cannot do",
                         hint="finetune with --pooling cls for a Hugging Face export, or export --format onnx")
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     save_file(hf_state_dict(model), staging / "model.safetensors", metadata={"format": "pt"})
     write_json(staging / "config.json", hf_config(cfg))
     tokens = [line.split("\t", 1)[0] for line in (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()]
@@ -117,13 +117,10 @@ def export_hf(folder: Path, out: Path) -> dict[str, Any]:
     seg_text = ", ".join(f"{k}={v}" for k, v in segmenter.items()) if isinstance(segmenter, dict) else str(segmenter)
     (staging / "README.md").write_text(RECIPE.format(name=folder.name, arch=architecture(cfg), folder=out, segmenter=seg_text),
                                        encoding="utf-8")
-    from bigmodel_cli.fileio import replace_dir
-
-    replace_dir(staging, out)
     return {"format": "hf", "architecture": architecture(cfg), "folder": out, "checkpoint": checkpoint}
 
 
-def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
+def export_onnx(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
     """The model's logits (classifier: (batch, labels); LM: (batch, length, vocab)) as ONNX,
     verified against PyTorch with onnxruntime when it is installed."""
     import torch
@@ -148,11 +145,8 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
     wrapper = Logits(model).eval()
     ids = torch.randint(len(SPECIAL_TOKENS), model.cfg.vocab_size, (2, 16))
     mask = torch.ones_like(ids)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "model.onnx"
-    tmp = out / ".model.onnx.tmp"
+    path = staging / "model.onnx"
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=model.cfg.max_positions)
-    import contextlib
     import io
     import logging
     import warnings
@@ -162,12 +156,11 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        torch.onnx.export(wrapper, (ids, mask), str(path), input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
                           dynamo=True, external_data=False, verbose=False)
-    tmp.replace(path)
-    shutil.copyfile(folder / "vocab.txt", out / "vocab.txt")
-    result: dict[str, Any] = {"format": "onnx", "file": path, "checkpoint": checkpoint}
+    shutil.copyfile(folder / "vocab.txt", staging / "vocab.txt")
+    result: dict[str, Any] = {"format": "onnx", "file": out / "model.onnx", "checkpoint": checkpoint}
     try:
         import onnxruntime
     except ImportError:
@@ -190,12 +183,65 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
     return result
 
 
+# Folders the workspace itself keeps: an export never replaces one, nor anything inside one.
+OWNED = ("runs", "data", ".bigmodel", "embeddings", "reports", "explanations")
+MARKER = "bigmodel_export.json"
+
+
 def export(ws, run: str | None, fmt: str = "hf", out: Path | None = None) -> dict[str, Any]:
     from bigmodel_cli.runs import find_run
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     folder = find_run(ws, run)
-    out = Path(out) if out else ws.root / "exports" / f"{folder.name}-{fmt}"
+    out = Path(os.path.abspath(Path(out).expanduser())) if out else ws.root / "exports" / f"{folder.name}-{fmt}"
+    check_destination(ws, out, fmt)
     with ws.lock(f"export {folder.name}"):
-        return export_hf(folder, out) if fmt == "hf" else export_onnx(folder, out)
+        remove_stale(out.parent, f".{glob.escape(out.name)}.staging-*", rf"\.{re.escape(out.name)}\.staging-(\d+)")
+        staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+        staging.mkdir(parents=True)
+        try:
+            result = (export_hf if fmt == "hf" else export_onnx)(folder, staging, out)
+            write_json(staging / MARKER, {"format": fmt, "run": folder.name, "checkpoint": result["checkpoint"].name})
+            replace_dir(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return result
+
+
+def check_destination(ws, out: Path, fmt: str) -> None:
+    """Refuse a destination whose replacement could lose something bigmodel did not make:
+    the workspace, a folder above it or inside one it keeps, a link, a file, or a folder
+    with other contents than an earlier export of the same format."""
+    real, root = out.resolve(), ws.root.resolve()
+    hint = "choose a new or empty folder, e.g. --out exports/NAME"
+    if root.is_relative_to(real):
+        raise UserError(f"--out {out} is the workspace or a folder above it; an export would replace it", hint=hint)
+    for name in OWNED:
+        if real.is_relative_to(root / name):
+            raise UserError(f"--out {out} is inside the workspace's {name}/, which bigmodel keeps for its own files", hint=hint)
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link; an export replaces a folder, never a link's target",
+                        hint="give the real folder's path")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file", hint=hint)
+    if out.is_dir() and any(out.iterdir()) and not earlier_export(out, fmt):
+        raise UserError(f"--out {out} is not empty and holds no earlier bigmodel {fmt} export; "
+                        "bigmodel replaces only folders it made", hint=hint)
+
+
+def earlier_export(folder: Path, fmt: str) -> bool:
+    """Whether `folder` holds what an export of format `fmt` writes (and nothing else)."""
+    names = {p.name for p in folder.iterdir()}
+    if MARKER in names:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            return read_json(folder / MARKER).get("format") == fmt
+        return False
+    # exports made before the marker existed
+    if fmt == "hf":
+        return {"config.json", "model.safetensors", "bigmodel_meta.json"} <= names <= HF_FILES
+    return names <= {"model.onnx", "vocab.txt", ".model.onnx.tmp"}
+
+
+HF_FILES = {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+            "bigmodel_meta.json", "README.md", MARKER}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -64,7 +66,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The pid in the name lets a later write tell a leftover of a killed process from a
+    # file another live process is writing.
+    remove_stale(path.parent, f".{glob.escape(path.name)}.*.tmp", rf"\.{re.escape(path.name)}\.(\d+)-[^.]+\.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file 0600; give it the mode open() would have, so a colleague can
     # read what the tool wrote.
     os.fchmod(fd, 0o666 & ~current_umask())
@@ -76,9 +81,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # a failed write or fsync names no file; the user needs to know which
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
         raise
 
 
@@ -100,13 +108,54 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(handle)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, dead but not yet reaped, counts as gone)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale(folder: Path, pattern: str, name_re: str) -> list[Path]:
+    """Remove the leftovers of killed runs in `folder`: entries matching the glob `pattern`
+    whose whole name matches `name_re`, a name this tool gives, with the writer's pid as its
+    first group, when that process is gone. Returns what was removed."""
+    removed = []
+    for path in Path(folder).glob(pattern):
+        match = re.fullmatch(name_re, path.name)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _aside(target: Path) -> Path:
+    """Where `replace_dir` parks the folder it replaces: a name only this tool gives."""
+    return target.with_name(f".{target.name}.replaced-{os.getpid()}")
+
+
 def replace_dir(staging: Path, target: Path) -> None:
     """Move a fully written `staging` folder to `target`, replacing what was there.
 
-    Two renames: the old folder is moved aside first, so a crash in between leaves
-    `target.old`, which `recover_dir` puts back.
+    Two renames: the old folder is moved aside first, so a crash in between leaves it
+    parked under a hidden name, which `recover_dir` puts back. Only that parked folder is
+    ever removed, never a sibling the user made.
     """
-    old = target.with_name(target.name + ".old")
+    old = _aside(target)
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
@@ -117,7 +166,16 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 def recover_dir(target: Path) -> None:
-    """Undo a `replace_dir` that was interrupted between its two renames."""
-    old = target.with_name(target.name + ".old")
-    if old.exists() and not target.exists():
-        os.replace(old, target)
+    """Undo a `replace_dir` that was interrupted between its two renames; remove the parked
+    old folder of one interrupted after them."""
+    pattern, name_re = f".{glob.escape(target.name)}.replaced-*", rf"\.{re.escape(target.name)}\.replaced-(\d+)"
+    if not target.exists():
+        parked = sorted((p for p in target.parent.glob(pattern) if re.fullmatch(name_re, p.name)),
+                        key=lambda p: p.stat().st_mtime)
+        legacy = target.with_name(target.name + ".old")  # where earlier versions parked it
+        if parked:
+            os.replace(parked[-1], target)
+        elif legacy.is_dir():
+            os.replace(legacy, target)
+    if target.exists():
+        remove_stale(target.parent, pattern, name_re)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import platform
 import secrets
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from typing import Any, Iterator
 from bigmodel_cli import __version__
 from bigmodel_cli.config import CONFIG_NAME, LANGS, load_config, render_config
 from bigmodel_cli.errors import UserError, WorkspaceBusy
-from bigmodel_cli.fileio import read_json, recover_dir, sha256_path, write_json
+from bigmodel_cli.fileio import pid_alive, read_json, recover_dir, remove_stale, sha256_path, write_json
 
 LAYOUT = ("data/raw", "data/processed", "embeddings", "runs", "reports", "explanations", ".bigmodel/records")
 STAGES = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")
@@ -122,34 +124,96 @@ class Workspace:
         return ws, created
 
     # -- lock ---------------------------------------------------------------------
+    @property
+    def running_path(self) -> Path:
+        """Who holds the lock: pid, command, start time (status shows it)."""
+        return self.meta / "running.json"
+
     @contextlib.contextmanager
     def lock(self, command: str) -> Iterator[None]:
-        """Hold the workspace for writing; a second writer gets a clear error at once."""
+        """Hold the workspace for writing; a second writer gets a clear error at once.
+
+        The lock is an flock on `.bigmodel/lock`, which is opened without following links
+        and never written. The holder is described in `running.json` beside it. A holder
+        that is gone while the flock is still held (its orphaned children inherited the
+        descriptor) is taken over, with a notice."""
         self.meta.mkdir(parents=True, exist_ok=True)
-        path = self.meta / "lock"
-        handle = open(path, "a+", encoding="utf-8")
+        fd = self._acquire_lock()
         try:
-            try:
-                _try_lock(handle)
-            except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise WorkspaceBusy(
-                    f"workspace {self.root} is busy: {holder}",
-                    hint="wait for it to finish (or stop it) and run this command again",
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            started = dt.datetime.now().isoformat(timespec="seconds")
-            handle.write(f"pid {os.getpid()} is running `bigmodel {command}` since {started}")
-            handle.flush()
+            write_json(self.running_path, {"pid": os.getpid(), "command": command,
+                                           "since": dt.datetime.now().isoformat(timespec="seconds")})
             recover_dir(self.processed)
+            remove_stale(self.processed.parent, ".processed.staging-*", r"\.processed\.staging-(\d+)")
             yield
         finally:
+            holder = self.holder()
+            if holder is not None and holder.get("pid") == os.getpid():
+                with contextlib.suppress(OSError):
+                    self.running_path.unlink()
+            os.close(fd)  # closing releases the lock
+
+    def holder(self) -> dict[str, Any] | None:
+        """The last recorded holder of the lock (it may be gone), or None."""
+        try:
+            holder = read_json(self.running_path)
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+
+    def lock_held(self) -> bool:
+        """Whether some process holds the lock now (taken for an instant to find out)."""
+        path = self.meta / "lock"
+        if not path.exists():
+            return False
+        fd = _open_lock(path)
+        try:
+            _try_lock(fd)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _acquire_lock(self) -> int:
+        path = self.meta / "lock"
+        fd = _open_lock(path)
+        try:
+            _try_lock(fd)
+            return fd
+        except OSError:
+            os.close(fd)
+        holder = self.holder()
+        if holder is not None and not pid_alive(holder["pid"]):
+            return self._take_over(path, holder)
+        described = (f"pid {holder['pid']} is running `bigmodel {holder.get('command', '?')}` since {holder.get('since', '?')}"
+                     if holder else "another process holds its lock")
+        raise WorkspaceBusy(f"workspace {self.root} is busy: {described}",
+                            hint="wait for it to finish (or stop it) and run this command again")
+
+    def _take_over(self, path: Path, holder: dict[str, Any]) -> int:
+        """Put a fresh, already locked lock file in place of one whose holder is gone.
+
+        The new file is locked before it is renamed into place, so nobody else can lock it
+        first; a second process taking over at the same moment finds the lock held by a
+        live process and is told the workspace is busy."""
+        fresh = path.with_name(f".lock.{os.getpid()}.tmp")
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            _try_lock(fd)
+            current = self.holder()
+            if current is not None and current["pid"] != holder["pid"] and pid_alive(current["pid"]):
+                raise WorkspaceBusy(f"workspace {self.root} is busy: pid {current['pid']} is running "
+                                    f"`bigmodel {current.get('command', '?')}`",
+                                    hint="wait for it to finish (or stop it) and run this command again")
+            os.replace(fresh, path)
+        except BaseException:
+            os.close(fd)
             with contextlib.suppress(OSError):
-                handle.seek(0)
-                handle.truncate()
-            handle.close()  # closing releases the lock
+                fresh.unlink()
+            raise
+        sys.stderr.write(f"notice: took over the workspace lock from pid {holder['pid']} "
+                         f"(`bigmodel {_printable(holder.get('command', '?'))}`), which is no longer running\n")
+        return fd
 
     # -- records ------------------------------------------------------------------
     def records_dir(self, stage: str) -> Path:
@@ -186,15 +250,42 @@ class Workspace:
         return [{"path": self.relative(p), "sha256": known.get(p) or sha256_path(p)} for p in paths]
 
 
-def _try_lock(handle) -> None:
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_lock(path: Path) -> int:
+    """Open the lock file without following a link, creating it if need be; refuse anything
+    but a plain file with one name (writing through a link or a hard link would reach a
+    file outside the workspace)."""
+    flags = os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; bigmodel does not lock through links",
+                            hint=f"remove it (rm {path}) and run the command again") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{path} is not a plain file of its own (a folder, device or hard link)",
+                        hint=f"remove it (rm {path}) and run the command again")
+    return fd
+
+
+def _try_lock(fd: int) -> None:
     if sys.platform == "win32":  # pragma: no cover
         import msvcrt
 
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     else:
         import fcntl
 
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _printable(text: object) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
 
 
 @dataclass
@@ -337,4 +428,38 @@ def stage_status(ws: Workspace) -> list[dict[str, Any]]:
                 row.update(metrics=_format_metrics(ok.get("metrics", {})),
                            state="stale" if reasons else "up to date", reasons=reasons)
             rows.append(row)
+    _mark_running(ws, rows)
     return rows
+
+
+def _stage_key(command: str) -> str:
+    """The record key of a locked command: `pretrain --name mlm` -> pretrain:mlm,
+    `evaluate classifier --split test` -> evaluate:classifier, `preprocess` -> preprocess."""
+    words = command.split()
+    if not words:
+        return "?"
+    if "--name" in words[:-1]:
+        return f"{words[0]}:{words[words.index('--name') + 1]}"
+    if len(words) > 1 and not words[1].startswith("-"):
+        return f"{words[0]}:{words[1]}"
+    return words[0]
+
+
+def _mark_running(ws: Workspace, rows: list[dict[str, Any]]) -> None:
+    """Show the stage that holds the lock as running, or one whose process died holding it
+    (killed: no record was written) as interrupted."""
+    holder = ws.holder()
+    if holder is None:
+        return
+    alive = pid_alive(holder["pid"]) and ws.lock_held()
+    key = _stage_key(str(holder.get("command", "")))
+    row = next((r for r in rows if r["stage"] == key), None)
+    if row is None:
+        row = {"stage": key, "when": None, "status": None, "metrics": "", "reasons": []}
+        rows.append(row)
+    command = f"`bigmodel {holder.get('command', '?')}`"
+    if alive:
+        row.update(state="running", reasons=[f"pid {holder['pid']}, since {holder.get('since', '?')}: {command}"])
+    else:
+        row.update(state="interrupted", reasons=[f"pid {holder['pid']} stopped without finishing {command} "
+                                                 f"(started {holder.get('since', '?')}); run it again"])

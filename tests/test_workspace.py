@@ -496,7 +496,8 @@ def test_lock_in_process(ws):
         with pytest.raises(WorkspaceBusy, match="busy: pid .* is running `bigmodel embed`"):
             preprocess(ws, [corpus_path(ws)], config=FAST, lang="zh")
     assert not preprocess(ws, [corpus_path(ws)], config=FAST, lang="zh").skipped
-    assert (ws.meta / "lock").read_text(encoding="utf-8") == ""  # the holder's note is cleared
+    assert (ws.meta / "lock").read_text(encoding="utf-8") == ""  # the lock file is never written
+    assert not ws.running_path.exists()  # the holder's note is cleared
 
 
 # -- atomic outputs ----------------------------------------------------------------------

@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors, open_workspace, term_safe
 
 
 @app.command("status")
@@ -29,7 +28,8 @@ def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
         table.add_column(column, overflow="fold")
     for row in stage_status(ws):
         state = row["state"]
-        style = {"up to date": "green", "stale": "yellow", "never run": "dim", "failed": "red"}[state]
-        detail = f"[{style}]{state}[/]" + (": " + escape("; ".join(row["reasons"])) if row["reasons"] else "")
+        style = {"up to date": "green", "stale": "yellow", "never run": "dim", "failed": "red",
+                 "running": "cyan", "interrupted": "red"}[state]
+        detail = f"[{style}]{state}[/]" + (": " + term_safe("; ".join(row["reasons"])) if row["reasons"] else "")
         table.add_row(row["stage"], row["when"] or "-", row["status"] or "-", row["metrics"] or "-", detail)
     console.print(table)
