@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import marshal
 import multiprocessing as mp
+import os
 import queue
 import sys
 import traceback
@@ -29,12 +30,16 @@ from operator import add
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from bigmodel_cli.lifecycle import die_with_parent, ignore_interrupts
+
 SHIP = "ship counts"  # a task: send the counts so far (see OrderedWorkers.ship_counts)
 Work = Callable[[Any], tuple[dict[str, bytes], Any, dict[str, list[str]]]]
 _WORK: Work | None = None
 
 
-def _child(index: int, tasks, results, shard_dir: str) -> None:
+def _child(index: int, tasks, results, shard_dir: str, parent: int) -> None:
+    die_with_parent(parent)
+    ignore_interrupts()
     files: dict[str, BinaryIO] = {}
     counts: dict[str, Counter] = {}
     shipped = 0
@@ -95,7 +100,13 @@ class OrderedWorkers:
             gc.freeze()  # children's collector would otherwise touch, and so copy, every inherited page
             for index in range(workers - 1):
                 tasks = ctx.Queue()
-                process = ctx.Process(target=_child, args=(index, tasks, self.results, str(shard_dir)), daemon=True)
+                # At exit Python joins the thread that feeds a queue's pipe. After an
+                # interrupt the child may be gone with that pipe full, and the join would
+                # never return. Nothing is lost by not joining: a child reports "done"
+                # only after it has read every task, up to its end mark.
+                tasks.cancel_join_thread()
+                process = ctx.Process(target=_child, args=(index, tasks, self.results, str(shard_dir), os.getpid()),
+                                      daemon=True)
                 process.start()
                 self.children.append((process, tasks))
             gc.unfreeze()
@@ -241,15 +252,21 @@ class OrderedWorkers:
             self.counts.setdefault(split, Counter()).update(words)
 
     def close(self, abort: bool = False) -> None:
+        """Wait for the children, or with `abort` (an error or Ctrl-C here) end them now."""
         for reader in self.readers.values():
             reader.close()
-        for process, tasks in self.children:
-            if abort and process.is_alive():
+        if abort:
+            for process, _ in self.children:
                 process.terminate()
-            process.join(timeout=10)
+        for process, tasks in self.children:
+            process.join(timeout=1 if abort else 10)
+            if process.is_alive():
+                process.kill()
+                process.join()
             tasks.close()
         if self.children:
             self.results.close()
+        self.children = []
 
 
 def add_counts(counter: Counter, tokens: list[str], numbers: list[int]) -> None:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import marshal
 import multiprocessing as mp
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from bigmodel_cli.lifecycle import die_with_parent, ignore_interrupts
 from bigmodel_cli.textio import Reader, Reject
 
 Clean = Callable[[str], tuple]
@@ -48,6 +50,12 @@ class Batch:
     position: int  # the reader's raw byte offset, for progress
     last: bool  # the file's last batch: the main process need not open it
     records: list
+
+
+def _helper_process(parent: int, *args) -> None:
+    die_with_parent(parent)
+    ignore_interrupts()  # Ctrl-C is the parent's to handle: it ends the helper (close)
+    _helper(*args)
 
 
 def _helper(open_reader: OpenReader, clean: Clean, spool: str, stop) -> None:
@@ -107,7 +115,8 @@ class ReadAhead:
         if "fork" in mp.get_all_start_methods():  # the helper needs the parent's state as is
             ctx = mp.get_context("fork")
             self._stop = ctx.Event()
-            self._process = ctx.Process(target=_helper, args=(open_reader, clean, str(spool), self._stop), daemon=True)
+            self._process = ctx.Process(target=_helper_process, daemon=True,
+                                        args=(os.getpid(), open_reader, clean, str(spool), self._stop))
             self._process.start()
 
     def stop(self) -> None:

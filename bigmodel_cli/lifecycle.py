@@ -1,0 +1,52 @@
+"""Child processes die with their parent and leave Ctrl-C to it.
+
+A worker whose parent was killed (SIGKILL, OOM killer, a closed terminal) would otherwise
+wait on its pipe forever, or go on writing files and holding a lock. Each child calls
+`die_with_parent` first thing. On Linux the kernel then sends it SIGKILL when the parent
+dies (`PR_SET_PDEATHSIG`); elsewhere a thread watches the parent's pid.
+
+Ctrl-C reaches the whole foreground process group. Children ignore it
+(`ignore_interrupts`): the parent alone decides what an interrupt ends, and ends them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCH_SECONDS = 0.2  # how often the portable fallback looks at the parent
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when the process `parent` ends (at once if it already has)."""
+    if not _kernel_death_signal():
+        threading.Thread(target=_watch, args=(parent,), name="die-with-parent", daemon=True).start()
+    # The parent may have died before the signal was asked for: then it never comes.
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _kernel_death_signal() -> bool:
+    """Ask Linux for SIGKILL when the parent dies; False where that cannot be had."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is adopted by init or a subreaper
+        time.sleep(WATCH_SECONDS)
+    os._exit(1)

