@@ -17,7 +17,8 @@ Methods (scores are per word the model saw, [CLS]/[SEP] left out):
 Faithfulness (ERASER, DeYoung et al. 2020): for the top 10%..50% of words by a method's
 score, comprehensiveness = p - p(without them) and sufficiency = p - p(only them), averaged
 over the five levels (AOPC). A faithful method has higher comprehensiveness and lower
-sufficiency than random scores.
+sufficiency than random rankings (the mean of RANDOM_DRAWS seeded draws, with a 95%
+confidence interval).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from typing import Any
 import numpy as np
 
 from bigmodel_cli.errors import UserError
+from bigmodel_cli.finetune import encode_ids
 from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, UNK
 
 METHODS = ("attention", "rollout", "saliency", "grad-input", "ig")
 SIGNED = {"grad-input", "ig"}
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
+RANDOM_DRAWS = 10  # random rankings per text: their mean is the bar, their spread its interval
 
 
 @dataclass
@@ -71,7 +74,10 @@ class Explanation:
 class Explainer:
     """Explains one model: a finetuned classifier, or a causal LM's next word."""
 
-    def __init__(self, model, vocab, labels: list[str] | None = None, max_len: int | None = None):
+    def __init__(self, model, vocab, labels: list[str] | None = None, max_len: int | None = None, encode=None):
+        """`max_len`: the tokens a classifier reads, as in finetune, predict and evaluate (the
+        run's train.json); `encode(words, max_len)`: their encoder, predict's TextPipeline.encode
+        when the explainer is loaded from a run."""
         import torch
 
         self.torch = torch
@@ -83,18 +89,22 @@ class Explainer:
                             hint="explain a finetuned classifier (bigmodel finetune) or a causal run (pretrain --objective clm)")
         self.labels = labels or list(model.cfg.labels) or [str(i) for i in range(model.cfg.num_labels)]
         self.max_len = min(max_len or model.cfg.max_positions, model.cfg.max_positions)
+        self.encode = encode or (lambda words, length: encode_ids(vocab, words, length))
         self.special = {vocab.id(t) for t in (PAD, CLS, SEP, MASK)}
 
     # -- inputs and outputs ------------------------------------------------------------
     def encode_words(self, words: list[str]) -> tuple[list[int], list[int]]:
-        """The ids the model sees ([CLS] words [SEP] for a classifier, [CLS] words for a causal
-        LM, cut to the position table) and the positions that hold words."""
-        ids = [self.vocab.id(CLS)] + self.vocab.encode(words)
-        index: list[int | None] = [None, *range(len(words))]
+        """The ids the model sees and the positions that hold words: for a classifier, exactly
+        what predict and evaluate feed it ([CLS] words [SEP] cut to max_len, by their encoder);
+        for a causal LM [CLS] words cut from the left to the position table (the words nearest
+        the prediction matter). `words` are model units (one id each, see model_units)."""
+        index: list[int | None]
         if self.kind == "classifier":
-            ids, index = ids[: self.max_len - 1] + [self.vocab.id(SEP)], index[: self.max_len - 1] + [None]
-        else:  # the words nearest the prediction matter: cut from the left
-            ids, index = ids[-self.max_len:], index[-self.max_len:]
+            ids = self.encode(words, self.max_len)
+            index = [None, *range(len(ids) - 2), None]
+        else:
+            ids = ([self.vocab.id(CLS)] + self.vocab.encode(words))[-self.max_len:]
+            index = [None, *range(len(words))][-self.max_len:]
         self._index = index
         return ids, [p for p, w in enumerate(index) if w is not None]
 
@@ -209,13 +219,14 @@ class Explainer:
 
     # -- faithfulness ------------------------------------------------------------------
     def faithfulness(self, words: list[str], scores: dict[str, list[float]], target: int, removal: str = "mask",
-                     seed: int = 0) -> dict[str, dict[str, float]]:
-        """AOPC comprehensiveness and sufficiency for each method and a random ranking."""
-        torch = self.torch
+                     seed: int = 0, draws: int = RANDOM_DRAWS, batch_size: int = 64) -> dict[str, dict[str, Any]]:
+        """AOPC comprehensiveness and sufficiency for each method and for random rankings: the
+        mean of `draws` seeded permutations, each draw's figures kept (one draw is noise)."""
         ids, positions = self.encode_words(words)
         n = len(positions)
         rankings = {m: [positions[i] for i in np.argsort(-np.asarray(s), kind="stable")] for m, s in scores.items()}
-        rankings["random"] = [positions[i] for i in np.random.default_rng(seed).permutation(n)]
+        for d in range(draws):
+            rankings[("random", d)] = [positions[i] for i in np.random.default_rng([seed, d]).permutation(n)]
         variants, keys = [ids], []
         for method, order in rankings.items():
             for level in LEVELS:
@@ -223,17 +234,30 @@ class Explainer:
                 rest = set(positions) - top
                 variants += [_remove(ids, top, removal, self.vocab.id(MASK)), _remove(ids, rest, removal, self.vocab.id(MASK))]
                 keys.append(method)
-        width = max(len(v) for v in variants)
-        pad = self.vocab.id(PAD)
-        x = torch.tensor([v + [pad] * (width - len(v)) for v in variants])
-        mask = torch.tensor([[1] * len(v) + [0] * (width - len(v)) for v in variants]).bool()
-        with torch.no_grad():
-            p = self.probs(x, mask)[:, target].tolist()
-        full, out = p[0], {}
+        p = self._target_probs(variants, target, batch_size)
+        full, aopc = p[0], {}
         for i, method in enumerate(keys):
-            entry = out.setdefault(method, {"comprehensiveness": 0.0, "sufficiency": 0.0})
-            entry["comprehensiveness"] += (full - p[1 + 2 * i]) / len(LEVELS)
-            entry["sufficiency"] += (full - p[2 + 2 * i]) / len(LEVELS)
+            entry = aopc.setdefault(method, [0.0, 0.0])
+            entry[0] += (full - p[1 + 2 * i]) / len(LEVELS)
+            entry[1] += (full - p[2 + 2 * i]) / len(LEVELS)
+        out: dict[str, dict[str, Any]] = {m: {"comprehensiveness": c, "sufficiency": s_} for m, (c, s_) in aopc.items()
+                                          if not isinstance(m, tuple)}
+        per_draw = [aopc[("random", d)] for d in range(draws)]
+        out["random"] = {"comprehensiveness": float(np.mean([c for c, _ in per_draw])),
+                         "sufficiency": float(np.mean([s_ for _, s_ in per_draw])), "draws": per_draw}
+        return out
+
+    def _target_probs(self, variants: list[list[int]], target: int, batch_size: int) -> list[float]:
+        """p(target) for each id list, padded and run `batch_size` at a time (bounded memory)."""
+        torch = self.torch
+        pad, out = self.vocab.id(PAD), []
+        for start in range(0, len(variants), batch_size):
+            chunk = variants[start:start + batch_size]
+            width = max(len(v) for v in chunk)
+            x = torch.tensor([v + [pad] * (width - len(v)) for v in chunk])
+            mask = torch.tensor([[1] * len(v) + [0] * (width - len(v)) for v in chunk]).bool()
+            with torch.no_grad():
+                out += self.probs(x, mask)[:, target].tolist()
         return out
 
 
@@ -258,6 +282,7 @@ def rollout(att) -> Any:
 
 # -- the stage ------------------------------------------------------------------------
 def load_explainer(ws, run: str | None):
+    from bigmodel_cli.evaluate import classifier_max_len
     from bigmodel_cli.runs import find_run, load_model, run_folders, run_kind
     from bigmodel_cli.tokenizer import TextPipeline
 
@@ -268,19 +293,41 @@ def load_explainer(ws, run: str | None):
         folder = find_run(ws, run)
     model, checkpoint = load_model(folder)
     pipe = TextPipeline(folder)
-    return folder, Explainer(model, pipe.vocab), pipe
+    max_len = classifier_max_len(folder, model) if model.cfg.num_labels else None
+    return folder, Explainer(model, pipe.vocab, max_len=max_len, encode=pipe.encode), pipe
 
 
-def summarize_faithfulness(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
-    """Mean AOPC per method over the examples, and whether each beats random on both."""
+def summarize_faithfulness(rows: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Mean AOPC per method over the examples. Random: the mean over its draws, with a 95%
+    confidence interval from the spread of the draws' means (Student's t); a method beats
+    random when its comprehensiveness is above that interval and its sufficiency below it."""
     methods = rows[0].keys() if rows else []
-    table = {m: {k: float(np.mean([r[m][k] for r in rows])) for k in ("comprehensiveness", "sufficiency")} for m in methods}
+    table: dict[str, dict[str, Any]] = {
+        m: {k: float(np.mean([r[m][k] for r in rows])) for k in ("comprehensiveness", "sufficiency")} for m in methods}
     rand = table.get("random")
+    if rand is not None:
+        draws = np.mean([np.asarray(r["random"]["draws"], dtype=float) for r in rows], axis=0)  # (draws, 2)
+        rand["draws"] = len(draws)
+        for k, column in zip(("comprehensiveness", "sufficiency"), draws.T):
+            rand[f"{k}_ci95"] = [round(v, 6) for v in mean_ci95(column)]
     for m, entry in table.items():
         entry["examples"] = len(rows)
         if m != "random" and rand:
-            entry["beats_random"] = entry["comprehensiveness"] > rand["comprehensiveness"] and entry["sufficiency"] < rand["sufficiency"]
+            entry["beats_random"] = bool(entry["comprehensiveness"] > rand["comprehensiveness_ci95"][1]
+                                         and entry["sufficiency"] < rand["sufficiency_ci95"][0])
     return table
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """The 95% confidence interval of the mean of `values` (Student's t; a point for one value)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean - half, mean + half
 
 
 def parse_methods(method: str) -> tuple[str, ...]:
@@ -330,31 +377,44 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
     return folder, explainer, results, (summarize_faithfulness(faith) if faithfulness else None)
 
 
-def read_split_texts(ws, split: str, limit: int | None) -> list[str]:
+def read_split_texts(ws, split: str, limit: int | None, seed: int = 42) -> list[str]:
+    """The texts of a processed split; with `limit`, a seeded random sample of that many, in
+    file order (a split may be sorted by label: its first lines would all share one)."""
     import json
+    import random
 
     path = ws.processed / f"{split}.jsonl"
     if split not in ("train", "dev", "test") or not path.is_file():
         raise UserError(f"no {split} split in {ws.relative(ws.processed)}/", hint="run `bigmodel preprocess` first, or give --input FILE")
-    texts = []
+    rng = random.Random(seed)
+    kept: list[tuple[int, str]] = []  # reservoir sampling: one pass, `limit` texts in memory
+    seen = 0
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            if line.strip():
-                texts.append(json.loads(line)["text"])
-                if limit and len(texts) >= limit:
-                    break
-    return texts
+            if not line.strip():
+                continue
+            if not limit or len(kept) < limit:
+                kept.append((seen, json.loads(line)["text"]))
+            else:
+                slot = rng.randrange(seen + 1)
+                if slot < limit:
+                    kept[slot] = (seen, json.loads(line)["text"])
+            seen += 1
+    return [text for _, text in sorted(kept)]
 
 
 # -- files and the run record ---------------------------------------------------------------
 def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict | None, *, stem: str,
-                  html_path: Path | None, png: bool, params: dict[str, Any], inputs_note: str) -> dict[str, Any]:
+                  html_path: Path | None, png: bool, params: dict[str, Any], inputs_note: str,
+                  warnings: list[str] | None = None) -> dict[str, Any]:
     """HTML page, JSON(L) scores, PNGs and the faithfulness table into explanations/RUN/, then
-    the record `explain:RUN`."""
+    the record `explain:RUN`. An `html_path` that is a folder gets STEM.html inside it. Things
+    the user should know (no font for the words of a PNG) are appended to `warnings`."""
     import json
 
     from bigmodel_cli.explain_render import render_html, write_png
     from bigmodel_cli.fileio import atomic_write, write_json
+    from bigmodel_cli.plots import CJK_HINT
     from bigmodel_cli.runs import model_checkpoint
     from bigmodel_cli.workspace import StageRun
 
@@ -362,9 +422,12 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = model_checkpoint(folder)
     run = StageRun(ws, f"explain:{folder.name}", params, ws.hash_paths([checkpoint / "model.safetensors"]))
+    removal = params.get("removal", "mask")
     html_path = html_path or out_dir / f"{stem}.html"
+    if html_path.is_dir():
+        html_path = html_path / f"{stem}.html"
     with atomic_write(html_path) as handle:
-        handle.write(render_html(explanations, folder.name, faith))
+        handle.write(render_html(explanations, folder.name, faith, removal=removal))
     outputs = {"html": html_path}
     scores_path = out_dir / f"{stem}.jsonl"
     with atomic_write(scores_path) as handle:
@@ -372,13 +435,14 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
             handle.write(json.dumps(exp.to_json(), ensure_ascii=False) + "\n")
     outputs["json"] = scores_path
     if png:
-        for i, exp in enumerate(explanations[:50], 1):
-            write_png(exp, out_dir / f"{stem}-{i}.png")
+        drawn = [write_png(exp, out_dir / f"{stem}-{i}.png") for i, exp in enumerate(explanations[:50], 1)]
         outputs["png"] = out_dir / f"{stem}-1.png"
+        if not all(drawn) and warnings is not None:
+            warnings.append(f"PNG: {CJK_HINT} (the columns are numbered; the page and the JSON have the words)")
     metrics: dict[str, Any] = {"texts": len(explanations)}
     if faith:
         path = out_dir / f"{stem}-faithfulness.json"
-        write_json(path, faith)
+        write_json(path, {"removal": removal, "levels": list(LEVELS), "methods": faith})
         outputs["faithfulness"] = path
         for method, entry in faith.items():
             if method != "random":

@@ -11,59 +11,113 @@ import numpy as np
 
 from bigmodel_cli.explain import SIGNED, Explanation
 
-PER_HEAD_LIMIT = 64  # beyond this many tokens, the page shows head-averaged maps only (size)
+TOP_TOKENS = 20  # attention maps show the tokens that receive the most attention (page size)
+SHADES = 8  # colour steps of the word rows and the attention maps
 
 
-def _color(score: float, scale: float, signed: bool) -> str:
-    a = min(1.0, abs(score) / scale) if scale > 0 else 0.0
-    red = score >= 0 or not signed
-    return f"rgba({'220,38,38' if red else '37,99,235'},{a:.3f})"
+def _shade(score: float, scale: float) -> int:
+    return min(SHADES, round(abs(score) / scale * SHADES)) if scale > 0 else 0
 
 
 def _scale(values: list[float]) -> float:
     return max((abs(v) for v in values), default=0.0)
 
 
+def _css() -> str:
+    steps = "".join(f".r{k}{{background:rgba(220,38,38,{k / SHADES:.3f})}}.b{k}{{background:rgba(37,99,235,{k / SHADES:.3f})}}"
+                    for k in range(1, SHADES + 1))
+    return ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+            ".t{padding:2px 3px;margin:1px;border-radius:3px;display:inline-block}.u{text-decoration:underline dotted}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}"
+            ".maps{display:flex;flex-wrap:wrap;gap:12px}.maps figure{margin:0}.method{margin:.4em 0}"
+            ".name{display:inline-block;width:7em;color:#555}"
+            ".scale{display:inline-block;width:120px;height:10px;vertical-align:middle;"
+            "background:linear-gradient(to right,#fff,rgb(124,58,237))}" + steps)
+
+
 def token_row(exp: Explanation, method: str) -> str:
+    """The words, each shaded by its score (a CSS class per step, the exact score on hover)."""
     scores = exp.scores[method]
     scale = _scale(scores)
     spans = []
     for word, score, unk in zip(exp.words, scores, exp.unknown):
-        title = f"{method}: {score:.4f}" + (" (outside the vocabulary: [UNK])" if unk else "")
-        style = f"background:{_color(score, scale, method in SIGNED)}" + (";text-decoration:underline dotted" if unk else "")
-        spans.append(f'<span class="tok" style="{style}" title="{html.escape(title)}">{html.escape(word)}</span>')
+        colour = "r" if score >= 0 or method not in SIGNED else "b"
+        shade = _shade(score, scale)
+        classes = "t" + (f" {colour}{shade}" if shade else "") + (" u" if unk else "")
+        title = f"{score:.4g}" + (" [UNK]" if unk else "")
+        spans.append(f'<span class="{classes}" title="{title}">{html.escape(word)}</span>')
     return "".join(spans)
 
 
-def attention_svg(matrix: np.ndarray, labels: list[str], size: int = 260) -> str:
+def top_tokens(matrices: list[np.ndarray], k: int = TOP_TOKENS) -> list[int]:
+    """The positions that receive the most attention, averaged over `matrices`, in text order."""
+    received = np.mean([m.sum(0) for m in matrices], axis=0)
+    if len(received) <= k:
+        return list(range(len(received)))
+    return sorted(np.argsort(-received, kind="stable")[:k].tolist())
+
+
+def attention_svg(matrix: np.ndarray, labels: list[str], cell: int = 13) -> str:
+    """A heatmap (rows attend to columns) with the words on both axes. Cells are shaded in
+    SHADES steps of the map's largest weight, one path per step, so the size grows with the
+    cells drawn, not with markup per cell."""
     n = len(labels)
-    cell = size / max(n, 1)
     top = float(matrix.max()) or 1.0
-    rects = []
+    margin = 74
+    paths: dict[int, list[str]] = {}
     for i in range(n):
         for j in range(n):
-            v = float(matrix[i, j])
-            if v <= 0:
-                continue
-            title = html.escape(f"{labels[i]} → {labels[j]}: {v:.3f}")
-            rects.append(f'<rect x="{j * cell:.2f}" y="{i * cell:.2f}" width="{cell:.2f}" height="{cell:.2f}" '
-                         f'fill="rgba(124,58,237,{v / top:.3f})"><title>{title}</title></rect>')
-    return (f'<svg width="{size}" height="{size}" viewBox="0 0 {size} {size}" xmlns="http://www.w3.org/2000/svg">'
-            f'<rect width="{size}" height="{size}" fill="#fff" stroke="#ccc"/>{"".join(rects)}</svg>')
+            shade = _shade(float(matrix[i, j]), top)
+            if shade:
+                paths.setdefault(shade, []).append(f"M{j} {i}h1v1h-1z")
+    cells = "".join(f'<path fill-opacity="{k / SHADES:.3f}" d="{"".join(d)}"/>' for k, d in sorted(paths.items()))
+    short = [html.escape(label[:10] + ("…" if len(label) > 10 else "")) for label in labels]
+    rows = "".join(f'<text x="{margin - 3}" y="{margin + (i + 0.5) * cell:.1f}">{w}</text>' for i, w in enumerate(short))
+    cols = "".join(f'<text transform="translate({margin + (j + 0.5) * cell:.1f},{margin - 3}) rotate(-60)">{w}</text>'
+                   for j, w in enumerate(short))
+    size = margin + n * cell + 1
+    return (f'<svg width="{size}" height="{size}" xmlns="http://www.w3.org/2000/svg">'
+            f'<g font-size="10" text-anchor="end" dominant-baseline="middle">{rows}</g>'
+            f'<g font-size="10" dominant-baseline="middle">{cols}</g>'
+            f'<rect x="{margin}" y="{margin}" width="{n * cell}" height="{n * cell}" fill="#fff" stroke="#ccc"/>'
+            f'<g fill="rgb(124,58,237)" transform="translate({margin},{margin}) scale({cell})">{cells}</g></svg>')
 
 
-def render_html(explanations: list[Explanation], run: str, faithfulness: dict[str, Any] | None = None) -> str:
+def attention_maps(exp: Explanation, per_head: bool) -> list[str]:
+    """The attention section of one text: per layer the mean of the heads (and each head when
+    `per_head`), over the TOP_TOKENS tokens that receive the most attention."""
+    labels = _labels(exp)
+    means = [np.mean(layer, axis=0) for layer in exp.attention]
+    keep = top_tokens(means)
+    shown = [labels[i] for i in keep]
+    T = len(labels)
+    which = (f"all {T} tokens" if len(keep) == T else
+             f"the {len(keep)} of {T} tokens that receive the most attention (mean over layers and heads)")
+    parts = [f"<h3>Attention (rows attend to columns): {which}</h3>"
+             f"<p>Shade: {SHADES} steps from 0 <span class='scale'></span> to the largest weight in the map "
+             "(given under it).</p><div class='maps'>"]
+    for li, layer in enumerate(exp.attention):
+        heads = [means[li]] + (list(layer) if per_head else [])
+        for hi, matrix in enumerate(heads):
+            sub = np.asarray(matrix)[np.ix_(keep, keep)]
+            caption = f"layer {li}, " + ("mean of heads" if hi == 0 else f"head {hi - 1}") + f"; max {float(sub.max()):.3f}"
+            parts.append(f"<figure>{attention_svg(sub, shown)}<figcaption>{caption}</figcaption></figure>")
+    parts.append("</div>")
+    if not per_head:
+        parts.append("<p>Per-head maps are drawn on a page of one text (explain that text alone).</p>")
+    return parts
+
+
+def render_html(explanations: list[Explanation], run: str, faithfulness: dict[str, Any] | None = None,
+                removal: str = "mask") -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>bigmodel explain: {html.escape(run)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             ".tok{padding:2px 3px;margin:1px;border-radius:3px;display:inline-block}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}"
-             ".maps{display:flex;flex-wrap:wrap;gap:12px}.maps figure{margin:0}.method{margin:.4em 0}"
-             ".name{display:inline-block;width:7em;color:#555}</style></head><body>",
+             f"<style>{_css()}</style></head><body>",
              f"<h1>Explanations: run <code>{html.escape(run)}</code></h1>",
              "<p>Red pushes towards the target, blue (signed methods: grad-input, ig) against it; "
-             "darker is stronger, scaled per method. Hover a word for its score. Dotted: outside the vocabulary.</p>"]
+             f"darker is stronger ({SHADES} steps, scaled per method). Hover a word for its score. "
+             "Dotted: outside the vocabulary.</p>"]
     if faithfulness:
-        parts.append(faithfulness_table_html(faithfulness))
+        parts.append(faithfulness_table_html(faithfulness, removal))
     for n, exp in enumerate(explanations, 1):
         probs = ", ".join(f"{html.escape(k)} {v:.3f}" for k, v in exp.probabilities.items())
         parts.append(f"<h2>{n}. {html.escape(exp.text[:120])}</h2><p>predicted <b>{html.escape(exp.predicted)}</b> "
@@ -73,17 +127,7 @@ def render_html(explanations: list[Explanation], run: str, faithfulness: dict[st
         for method in exp.scores:
             parts.append(f'<div class="method"><span class="name">{method}</span>{token_row(exp, method)}</div>')
         if exp.attention:
-            labels = _labels(exp)
-            T = len(labels)
-            parts.append("<h3>Attention (rows attend to columns)</h3><div class='maps'>")
-            for li, layer in enumerate(exp.attention):
-                heads = [np.mean(layer, axis=0)] + (list(layer) if T <= PER_HEAD_LIMIT else [])
-                for hi, matrix in enumerate(heads):
-                    caption = f"layer {li}, " + ("mean of heads" if hi == 0 else f"head {hi - 1}")
-                    parts.append(f"<figure>{attention_svg(np.asarray(matrix), labels)}<figcaption>{caption}</figcaption></figure>")
-            parts.append("</div>")
-            if T > PER_HEAD_LIMIT:
-                parts.append(f"<p>{T} tokens: per-head maps are left out to keep the page small; the JSON has the scores.</p>")
+            parts += attention_maps(exp, per_head=len(explanations) == 1)
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -96,49 +140,51 @@ def _labels(exp: Explanation) -> list[str]:
     return (["[CLS]"] + inner)[-n:] if len(inner) + 1 >= n else [str(i) for i in range(n)]
 
 
-def faithfulness_table_html(table: dict[str, Any]) -> str:
-    rows = ["<h2>Faithfulness (AOPC over the top 10%..50% of words)</h2><table><tr><th>method</th>"
+REMOVAL = {"mask": "replaced by [MASK]", "delete": "deleted"}
+
+
+def faithfulness_table_html(table: dict[str, Any], removal: str = "mask") -> str:
+    rand = table.get("random", {})
+    rows = [f"<h2>Faithfulness (AOPC over the top 10%..50% of words, {REMOVAL.get(removal, removal)}: "
+            f"--removal {html.escape(removal)})</h2>"
+            f"<p>Random: the mean of {rand.get('draws', 1)} seeded random rankings per text, with its 95% confidence "
+            "interval; a method is better than random when its comprehensiveness is above that interval and its "
+            "sufficiency below it.</p><table><tr><th>method</th>"
             "<th>comprehensiveness ↑</th><th>sufficiency ↓</th><th>better than random</th></tr>"]
     for method, e in table.items():
         verdict = "" if method == "random" else ("yes" if e.get("beats_random") else "<b>no</b>")
-        rows.append(f"<tr><td>{method}</td><td>{e['comprehensiveness']:.4f}</td><td>{e['sufficiency']:.4f}</td><td>{verdict}</td></tr>")
+        comp, suff = f"{e['comprehensiveness']:.4f}", f"{e['sufficiency']:.4f}"
+        if "comprehensiveness_ci95" in e:
+            comp += " ({:.4f} to {:.4f})".format(*e["comprehensiveness_ci95"])
+            suff += " ({:.4f} to {:.4f})".format(*e["sufficiency_ci95"])
+        rows.append(f"<tr><td>{method}</td><td>{comp}</td><td>{suff}</td><td>{verdict}</td></tr>")
     rows.append("</table>")
     return "".join(rows)
 
 
 def write_png(exp: Explanation, path: Path) -> bool:
-    """A heatmap, one row per method, one column per word. Returns False when no installed
-    font can draw the words (then the columns are numbered and the page/JSON has the words)."""
+    """A heatmap, one row per method, one column per word. Returns False when the words need
+    a CJK font and none is installed (then the columns are numbered; the page and the JSON
+    have the words)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import font_manager
+
+    from bigmodel_cli.fileio import atomic_write
+    from bigmodel_cli.plots import plot_text, text_font
 
     methods = list(exp.scores)
     data = np.array([np.asarray(exp.scores[m]) / (_scale(exp.scores[m]) or 1.0) for m in methods])
-    drawable = _cjk_font(font_manager, exp.words)
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(exp.words) + 2), 0.5 * len(methods) + 1.6), dpi=110)
-    ax.imshow(data, cmap="coolwarm", vmin=-1, vmax=1, aspect="auto")
-    ax.set_yticks(range(len(methods)), methods)
-    labels = exp.words if drawable else [str(i + 1) for i in range(len(exp.words))]
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontproperties=drawable if drawable not in (True, None) else None)
-    ax.set_title(f"{exp.kind}: {exp.target} (p={exp.probability:.3f})")
-    fig.tight_layout()
-    from bigmodel_cli.fileio import atomic_write
-
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png")
+    with text_font([*exp.words, exp.target]) as drawable:
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(exp.words) + 2), 0.5 * len(methods) + 1.6), dpi=110)
+        ax.imshow(data, cmap="coolwarm", vmin=-1, vmax=1, aspect="auto")
+        ax.set_yticks(range(len(methods)), methods)
+        labels = [plot_text(w) for w in exp.words] if drawable else [str(i + 1) for i in range(len(exp.words))]
+        ax.set_xticks(range(len(labels)), labels, rotation=90)
+        ax.set_title(plot_text(f"{exp.kind}: {exp.target} (p={exp.probability:.3f})"))
+        fig.tight_layout()
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, format="png")
     plt.close(fig)
-    return bool(drawable)
-
-
-def _cjk_font(font_manager, words: list[str]):
-    """True when the default font draws every character; a CJK font's properties when one is
-    installed and needed; None when the words cannot be drawn."""
-    if all(ord(c) < 0x2E80 for w in words for c in w):
-        return True
-    for entry in font_manager.fontManager.ttflist:
-        if any(k in entry.name for k in ("CJK", "WenQuanYi", "Hei", "Song", "Ming", "Gothic", "PingFang", "YaHei")):
-            return font_manager.FontProperties(fname=entry.fname)
-    return None
+    return drawable

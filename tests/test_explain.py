@@ -172,9 +172,19 @@ def test_faithfulness_over_a_file(toy_ws, run_cli, tmp_path):
     path.write_text("\n".join(" ".join(toy_example(rng)[0]) for _ in range(8)) + "\n", encoding="utf-8")
     result = run_cli(["explain", "--input", path, "--faithfulness", "--method", "ig,attention", "--steps", "8"], toy_ws.root)
     assert result.exit_code == 0, result.output
-    table = json.loads(next((toy_ws.root / "explanations" / "toy").glob("texts-*-faith-faithfulness.json")).read_text())
-    assert set(table) == {"ig", "attention", "random"} and table["ig"]["examples"] == 8
-    assert "comprehensiveness" in result.output
+    out = toy_ws.root / "explanations" / "toy"
+    saved = json.loads(next(out.glob("texts-*-faith-mask-faithfulness.json")).read_text())
+    table = saved["methods"]
+    assert saved["removal"] == "mask" and set(table) == {"ig", "attention", "random"} and table["ig"]["examples"] == 8
+    low, high = table["random"]["comprehensiveness_ci95"]
+    assert table["random"]["draws"] == 10 and low < table["random"]["comprehensiveness"] < high
+    assert "comprehensiveness" in result.output and "--removal mask" in " ".join(result.output.split())
+    deleted = run_cli(["explain", "--input", path, "--faithfulness", "--method", "ig", "--steps", "8", "--removal", "delete"], toy_ws.root)
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(next(out.glob("texts-*-faith-delete-faithfulness.json")).read_text())["removal"] == "delete"
+    assert next(out.glob("texts-*-faith-mask-faithfulness.json"))  # the mask run's table is still there
+    pages = {p.name: p.read_text(encoding="utf-8") for p in out.glob("texts-*-faith-*.html")}
+    assert len(pages) == 2 and all(("--removal " + ("delete" if "delete" in n else "mask")) in page for n, page in pages.items())
 
 
 @pytest.mark.parametrize("args,message", [

@@ -5,11 +5,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, term_safe
 
 
 @app.command("explain")
@@ -26,20 +24,23 @@ def explain_cli(
     baseline: str = typer.Option("pad", help="ig baseline for the words: pad ([PAD] embeddings) or zeros."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Explain every text of this file (txt/jsonl/csv/tsv).", show_default=False),
     split: Optional[str] = typer.Option(None, help="Explain texts of a processed split (test, dev, train).", show_default=False),
-    limit: int = typer.Option(20, help="With --input/--split: at most this many texts (0: all)."),
+    limit: int = typer.Option(20, help="With --input: the first N texts; with --split: N texts drawn at random with --seed (0: all)."),
+    seed: int = typer.Option(42, help="--split with --limit: the seed of the sample (the same seed, the same texts)."),
     faithfulness: bool = typer.Option(False, "--faithfulness", help="Score each method (and random) by comprehensiveness and sufficiency."),
-    removal: str = typer.Option("mask", help="faithfulness: remove words by [MASK] or delete them."),
-    html: Optional[Path] = typer.Option(None, help="Write the HTML page here.  \\[default: explanations/RUN/...html]", show_default=False),
+    removal: str = typer.Option("mask", help="faithfulness: remove words by [MASK] or delete them (the files are named by it)."),
+    html: Optional[Path] = typer.Option(None, help="Write the HTML page to this file, or into this folder when it is one (as NAME.html).  \\[default: explanations/RUN/NAME.html]", show_default=False),
     png: bool = typer.Option(False, "--png", help="Also write PNG heatmaps."),
-    json_out: bool = typer.Option(False, "--json", help="Print the raw scores as JSON lines instead of the coloured view."),
+    json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON lines, one object per text, on stdout (messages go to stderr)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Explain a prediction per word: attention, rollout, saliency, gradient x input and
     integrated gradients, with faithfulness scores against a random ranking.
 
-    Writes explanations/RUN/: an HTML page (self-contained: word heatmaps and attention
-    maps per layer and head), the scores as JSON lines, PNGs with --png, and with
-    --faithfulness a table of comprehensiveness and sufficiency.
+    Texts are read as predict and evaluate read them (the run's max_len). Writes
+    explanations/RUN/: an HTML page (self-contained: word heatmaps, and attention maps per
+    layer over the 20 tokens that receive the most attention, per head too for one text),
+    the scores as JSON lines, PNGs with --png, and with --faithfulness a table of
+    comprehensiveness and sufficiency against 10 seeded random rankings (named by --removal).
 
     [b]Examples[/b]:
       bigmodel explain "房间很干净，服务也好"                 # the latest classifier, every method
@@ -59,11 +60,12 @@ def explain_cli(
     if text is not None:
         texts, note, stem = [text], "text", "text-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     elif split is not None:
-        texts, note, stem = read_split_texts(ws, split, limit or None), f"split {split}", f"{split}-{limit or 'all'}"
+        texts = read_split_texts(ws, split, limit or None, seed)
+        note, stem = f"split {split}" + (f", {len(texts)} drawn with seed {seed}" if limit else ""), f"{split}-{limit or 'all'}" + (f"-seed{seed}" if limit else "")
     else:
         texts, note, stem = _read_input(input, limit or None), str(input), f"{input.stem}-{limit or 'all'}"
     if faithfulness:
-        stem += "-faith"
+        stem += f"-faith-{removal}"
     from rich.progress import Progress
 
     with Progress(console=err_console, transient=True, disable=len(texts) < 2 or not err_console.is_terminal) as bar:
@@ -74,20 +76,28 @@ def explain_cli(
             progress=lambda: bar.advance(task))
     params = dict(methods=list(methods), target=target, layer=layer, head=head, steps=steps, baseline=baseline,
                   faithfulness=faithfulness, removal=removal, texts=len(texts), source=note)
-    files = write_outputs(ws, folder, results, faith, stem=stem, html_path=html, png=png, params=params, inputs_note=note)
+    warnings: list[str] = []
+    files = write_outputs(ws, folder, results, faith, stem=stem, html_path=html, png=png, params=params,
+                          inputs_note=note, warnings=warnings)
+    # with --json, stdout holds the JSON lines alone (pipe it to jq); the rest goes to stderr
+    out = err_console if json_out else console
     if json_out:
         import json
+        import sys
 
         for exp in results:
-            console.print_json(json.dumps(exp.to_json(), ensure_ascii=False))
+            sys.stdout.write(json.dumps(exp.to_json(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()
     else:
         for exp in results[:5]:
             print_explanation(exp)
         if len(results) > 5:
             console.print(f"  ... and {len(results) - 5} more in the files below")
     if faith:
-        print_faithfulness(faith)
-    console.print("  written: " + ", ".join(f"{k} {escape(v)}" for k, v in files.items()))
+        print_faithfulness(faith, removal, out)
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {term_safe(warning)}", soft_wrap=True)
+    out.print("  written: " + ", ".join(f"{k} {term_safe(v)}" for k, v in files.items()), soft_wrap=True)
 
 
 def _read_input(path: Path, limit: int | None) -> list[str]:
@@ -97,42 +107,47 @@ def _read_input(path: Path, limit: int | None) -> list[str]:
 
 
 def print_explanation(exp) -> None:
-    main = "ig" if "ig" in exp.scores else next(iter(exp.scores))
-    from bigmodel_cli.explain_render import _scale
     from bigmodel_cli.explain import SIGNED
+    from bigmodel_cli.explain_render import _scale
 
+    main = "ig" if "ig" in exp.scores else next(iter(exp.scores))
     scale = _scale(exp.scores[main])
-    line = Text()
+    shaded = []
     for word, score in zip(exp.words, exp.scores[main]):
         a = min(1.0, abs(score) / scale) if scale else 0.0
         positive = score >= 0 or main not in SIGNED
         r, g, b = (220, 38, 38) if positive else (37, 99, 235)
         mix = lambda c: int(255 - (255 - c) * a)  # noqa: E731
-        line.append(word, style=f"black on rgb({mix(r)},{mix(g)},{mix(b)})")
-        if exp.words and not ("\u4e00" <= word[:1] <= "\u9fff"):
-            line.append(" ")
+        space = "" if "\u4e00" <= word[:1] <= "\u9fff" else " "
+        shaded.append(f"[black on rgb({mix(r)},{mix(g)},{mix(b)})]{term_safe(word)}[/]{space}")
     what = "label" if exp.kind == "classifier" else "next word"
-    console.print(f"[bold]{what}[/]: {escape(exp.predicted)} (p={exp.probabilities[exp.predicted]:.3f}); "
-                  f"explaining [bold]{escape(exp.target)}[/] (p={exp.probability:.3f}) by {main}")
-    console.print(line)
+    console.print(f"[bold]{what}[/]: {term_safe(exp.predicted)} (p={exp.probabilities[exp.predicted]:.3f}); "
+                  f"explaining [bold]{term_safe(exp.target)}[/] (p={exp.probability:.3f}) by {main}")
+    console.print("".join(shaded))
     pro, con = exp.top(main)
-    console.print("  for:     " + ", ".join(f"{escape(w)} {s:+.3f}" for w, s in pro) if pro else "  for:     -")
+    console.print("  for:     " + ", ".join(f"{term_safe(w)} {s:+.3f}" for w, s in pro) if pro else "  for:     -")
     if main in SIGNED:
-        console.print("  against: " + ", ".join(f"{escape(w)} {s:+.3f}" for w, s in con) if con else "  against: -")
+        console.print("  against: " + ", ".join(f"{term_safe(w)} {s:+.3f}" for w, s in con) if con else "  against: -")
     if exp.ig_delta is not None:
         console.print(f"  integrated gradients: {exp.ig_steps} steps, completeness gap {exp.ig_delta:.2e}")
     if any(exp.unknown):
-        console.print(f"  [yellow]note[/]: {sum(exp.unknown)} word(s) outside the vocabulary were seen as [UNK]")
+        console.print(f"  [yellow]note[/]: {sum(exp.unknown)} word(s) outside the vocabulary were seen as \\[UNK]")
     for method, scores in exp.scores.items():
         top = sorted(zip(exp.words, scores), key=lambda p: -p[1])[:5]
-        console.print(f"  {method:<10} top: " + ", ".join(f"{escape(w)} {s:.3f}" for w, s in top))
+        console.print(f"  {method:<10} top: " + ", ".join(f"{term_safe(w)} {s:.3f}" for w, s in top))
 
 
-def print_faithfulness(table: dict) -> None:
-    t = Table(title="faithfulness (AOPC, top 10%..50% of words removed)")
+def print_faithfulness(table: dict, removal: str = "mask", out=console) -> None:
+    draws = table.get("random", {}).get("draws", 1)
+    t = Table(title=f"faithfulness (AOPC, top 10%..50% of words removed by --removal {removal}; "
+                    f"random: mean of {draws} draws, 95% CI)")
     for col in ("method", "comprehensiveness ↑", "sufficiency ↓", "vs random"):
         t.add_column(col, justify="right" if col != "method" else "left")
     for method, e in table.items():
         verdict = "" if method == "random" else ("better" if e.get("beats_random") else "[bold red]NOT better than random[/]")
-        t.add_row(method, f"{e['comprehensiveness']:.4f}", f"{e['sufficiency']:.4f}", verdict)
-    console.print(t)
+        comp, suff = f"{e['comprehensiveness']:.4f}", f"{e['sufficiency']:.4f}"
+        if "comprehensiveness_ci95" in e:
+            comp += " ({:.4f} to {:.4f})".format(*e["comprehensiveness_ci95"])
+            suff += " ({:.4f} to {:.4f})".format(*e["sufficiency_ci95"])
+        t.add_row(method, comp, suff, verdict)
+    out.print(t)
