@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bigmodel_cli.errors import UserError
@@ -34,6 +36,10 @@ from bigmodel_cli.fileio import read_json, sha256_file, write_json
 
 MODEL = "model.safetensors"
 FILES = (MODEL, "optimizer.safetensors", "rng.safetensors", "state.json", "config.json", "train.json")
+TENSOR_FILES = tuple(name for name in FILES if name.endswith(".safetensors"))
+# What `save` and `point` leave behind when killed mid-write: only these names are removed.
+PARTIAL = re.compile(r"\.(step-\d{8}|last|best)\.tmp")
+RESUME_HINT = "resume from another checkpoint (--resume checkpoints/step-...) or start over with --force"
 
 
 def step_name(step: int) -> str:
@@ -97,17 +103,48 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(path)
 
 
-def clean_partial(root: Path) -> None:
-    """Remove checkpoints a killed run left half-written."""
-    for tmp in root.glob(".step-*.tmp"):
-        shutil.rmtree(tmp, ignore_errors=True)
+def clean_partial(root: Path) -> list[Path]:
+    """Remove the hidden folders and links a killed run left half-written in its own
+    checkpoints folder (only names `save` and `point` make); return what was removed."""
+    removed = []
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.iterdir()):
+        if not PARTIAL.fullmatch(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def step_folders(root: Path) -> list[Path]:
+    """The finished step-N checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if re.fullmatch(r"step-\d{8}", p.name) and p.is_dir())
+
+
+def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest step-N checkpoint that passes `verify`, and why each newer one failed."""
+    problems = []
+    for folder in reversed(step_folders(root)):
+        try:
+            verify(folder)
+        except UserError as exc:
+            problems.append(exc.message)
+            continue
+        return folder, problems
+    return None, problems
 
 
 # -- loading --------------------------------------------------------------------------
 def verify(folder: Path) -> None:
     """Check every file against the manifest; a one-line error names the bad one."""
     manifest_path = folder / "manifest.json"
-    hint = "resume from another checkpoint (--resume checkpoints/step-...) or start over with --force"
+    hint = RESUME_HINT
     if not folder.is_dir():
         raise UserError(f"checkpoint {folder} does not exist", hint=hint)
     try:
@@ -120,27 +157,65 @@ def verify(folder: Path) -> None:
             raise UserError(f"{path}: missing from the checkpoint", hint=hint)
         if sha256_file(path) != manifest.get(name):
             raise UserError(f"{path}: corrupt or truncated (its checksum differs from manifest.json)", hint=hint)
+    # A file can match its checksum and still not be safetensors (rewritten together with
+    # the manifest): reading the headers finds that before anything is loaded.
+    for name in TENSOR_FILES:
+        try:
+            with safe_open(folder / name, framework="pt"):
+                pass
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{folder / name}: not a readable safetensors file ({_first_line(exc)})", hint=hint) from None
+    for name in ("state.json", "config.json", "train.json"):
+        try:
+            if not isinstance(read_json(folder / name), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{folder / name}: not a valid JSON object ({_first_line(exc)})", hint=hint) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a file that is not one is a one-line error naming it."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot be read as safetensors ({_first_line(exc)})",
+                        hint="the file is corrupt or truncated; " + RESUME_HINT) from None
 
 
 def load_model_weights(folder: Path) -> dict[str, torch.Tensor]:
-    path = folder / MODEL
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"{path}: cannot be read as safetensors ({exc})", hint="the file is corrupt or truncated") from None
+    return read_tensors(folder / MODEL)
 
 
 def restore(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Load weights, optimizer moments and every RNG state; return the loop's state."""
     verify(folder)
-    model.load_state_dict(load_model_weights(folder))
+    load_weights(model, load_model_weights(folder), folder / MODEL)
     state = read_json(folder / "state.json")
     if optimizer is not None:
-        _load_optimizer(optimizer, load_file(folder / "optimizer.safetensors"), state["optimizer"])
-    _set_rng(load_file(folder / "rng.safetensors"), state)
+        _load_optimizer(optimizer, read_tensors(folder / "optimizer.safetensors"), state["optimizer"])
+    _set_rng(read_tensors(folder / "rng.safetensors"), state)
     for key in ("optimizer", "python_rng", "numpy_rng"):
         state.pop(key, None)
     return state
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path, strict: bool = True):
+    """model.load_state_dict, with weights that do not fit the model's shapes named in one line."""
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (the model wants {tuple(own[k].shape)})"
+             for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if strict:
+        wrong += [f"{k} is missing" for k in own if k not in weights]
+        wrong += [f"{k} is not in the model" for k in weights if k not in own]
+    if wrong:
+        raise UserError(f"{path}: the weights do not fit the model of its config.json: {'; '.join(wrong[:3])}"
+                        + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""),
+                        hint="the config or the weights were changed by hand; train the run again")
+    return model.load_state_dict(weights, strict=strict)
 
 
 # -- the pieces -------------------------------------------------------------------------

@@ -328,7 +328,7 @@ def init_from(model, base: Path) -> dict[str, Any]:
 
     checkpoint = model_checkpoint(base)
     ckpt.verify(checkpoint)
-    result = model.load_state_dict(ckpt.load_model_weights(checkpoint), strict=False)
+    result = ckpt.load_weights(model, ckpt.load_model_weights(checkpoint), checkpoint / ckpt.MODEL, strict=False)
     return {"run": base.name, "checkpoint": str(checkpoint.relative_to(base)),
             "new": sorted(result.missing_keys), "unused": sorted(result.unexpected_keys)}
 
@@ -349,9 +349,9 @@ class FinetuneResult:
 
 
 def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, seed: int = 42, resume: str | None = None,
-             force: bool = False, show_progress: bool = False, console=None) -> FinetuneResult:
+             force: bool = False, show_progress: bool = False, console=None, log_lines: bool = False) -> FinetuneResult:
     """Finetune one classifier into runs/NAME/ (see the module docstring)."""
-    from bigmodel_cli.pretrain import check_name, find_processed, no_lock, resume_point
+    from bigmodel_cli.pretrain import check_name, find_processed, no_lock, record_failure, resume_point
     from bigmodel_cli.train import Dist
     from bigmodel_cli.workspace import StageRun, unchanged
 
@@ -388,12 +388,9 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
         if dist.main and force and start is None and folder.exists():
             shutil.rmtree(folder)
         run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "finetune"))
-        try:
-            report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, dist, show_progress, console)
-        except UserError as exc:
-            if dist.main:
-                run.finish([], {}, status="failed", extra={"error": exc.one_line()})
-            raise
+        with record_failure(run, dist):
+            report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, dist, show_progress,
+                          console, log_lines)
         record = None
         if dist.main:
             outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
@@ -403,17 +400,24 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
 
 
 def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,
-         dev_path: Path | None, vocab_path: Path, start: Path | None, dist, show_progress: bool, console) -> dict[str, Any]:
-    from bigmodel_cli import checkpoint as ckpt
+         dev_path: Path | None, vocab_path: Path, start: Path | None, dist, show_progress: bool, console,
+         log_lines: bool) -> dict[str, Any]:
+    from bigmodel_cli.fileio import sha256_file
     from bigmodel_cli.model import Transformer
+    from bigmodel_cli.pretrain import check_resume, write_train_options
     from bigmodel_cli.tokenizer import copy_tokenizer_files
-    from bigmodel_cli.train import fit, seed_everything
+    from bigmodel_cli.train import fit, pick_device, seed_everything
 
     train_records = read_split(train_path)
     labels = train_labels(ws, train_records, train_path)
     dev_records = read_split(dev_path) if dev_path else []
-    vocab = Vocab.load(base / "vocab.txt" if base is not None else vocab_path)
+    ids_from = base / "vocab.txt" if base is not None else vocab_path  # the ids are the base run's
+    vocab = Vocab.load(ids_from)
     mcfg = model_config(cfg, base, vocab, labels)
+    # Everything that can refuse the run is checked before the run folder is touched.
+    pick_device(cfg.device, dist)
+    vocab_hash = sha256_file(ids_from)
+    changed = check_resume(folder, start, mcfg, cfg, seed, ids_from, vocab_hash) if start is not None else {}
     train = encode_records(train_records, vocab, labels, cfg.max_len)
     dev = encode_records(dev_records, vocab, labels, cfg.max_len) if dev_records else None
     if len(train) < cfg.batch_size:
@@ -431,21 +435,17 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     init = init_from(model, base) if base is not None and start is None else None
     if cfg.freeze_embeddings:
         freeze_embeddings(model)
-    if start is not None:
-        saved = ckpt.read_config(start)
-        if saved != mcfg.to_dict():
-            diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in mcfg.to_dict().items() if saved.get(k) != v)
-            raise UserError(f"cannot resume {start}: the model differs ({diff})", hint="resume with the options of the original run, or start over with --force")
+    options = {**dataclasses.asdict(cfg), "seed": seed, "base": base.name if base else "scratch",
+               "world_size": dist.world, "vocab_sha256": vocab_hash}
     if dist.main:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "config.json", mcfg.to_dict())
-        copy_tokenizer_files(ws.processed, folder)
-        if base is not None:  # the ids are the base run's
-            shutil.copyfile(base / "vocab.txt", folder / "vocab.txt")
-        write_json(folder / "train.json", {**dataclasses.asdict(cfg), "seed": seed, "base": base.name if base else "scratch",
-                                           "world_size": dist.world})
+        if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
+            copy_tokenizer_files(ws.processed, folder, vocab=ids_from)
+        write_train_options(folder, options, start=start, changed=changed, complete=False)
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
-                 show_progress=show_progress, console=console, extra_state={"task": "classify", "labels": labels})
+                 show_progress=show_progress, console=console, log_lines=log_lines,
+                 extra_state={"task": "classify", "labels": labels, "vocab_sha256": vocab_hash})
     if init is None and start is not None:
         previous = read_json(folder / "report.json") if (folder / "report.json").exists() else {}
         init = previous.get("init")
@@ -466,13 +466,14 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         "train_loss": result.train_loss, "dev": result.dev,
         "best": _best(folder, result) if result.best is not None else None,
         "tokens": result.tokens, "seconds": round(result.seconds, 3), "tokens_per_s": round(result.tokens_per_s, 1),
-        "resumed_from": ws.relative(start) if start else None,
+        "resumed_from": ws.relative(start) if start else None, "changed_on_resume": changed or None,
         "checkpoint": ws.relative(result.checkpoint) if result.checkpoint else None,
         "world_size": dist.world, "precision": cfg.precision, "device": str(next(model.parameters()).device),
         "warnings": _warnings(ws, dev_path, dev, base),
     }
     if dist.main:
         write_json(folder / "report.json", report)
+        write_train_options(folder, options, start=start, changed=changed, complete=True)
     return report
 
 

@@ -104,6 +104,67 @@ class ModelConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @classmethod
+    def checked(cls, data: Any, where: str) -> "ModelConfig":
+        """from_dict for a config read from disk (which a person may have edited): every
+        problem in one line naming the file and the fields, not a TypeError inside torch."""
+        from bigmodel_cli.errors import UserError
+
+        problems = config_problems(data)
+        if problems:
+            raise UserError(f"{where}: {'; '.join(problems)}",
+                            hint="the run's config was changed by hand or is damaged; restore it or train the run again")
+        return cls.from_dict(data)
+
+
+_POSITIVE = ("vocab_size", "layers", "dim", "heads", "ffn", "max_positions", "type_vocab_size")
+_FRACTIONS = ("dropout", "attention_dropout", "classifier_dropout")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a number
+
+
+def is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def config_problems(data: Any) -> list[str]:
+    """What is wrong with a model config dict, field by field ([] when it builds a model)."""
+    if not isinstance(data, dict):
+        return ["not a JSON object"]
+    problems = [] if "vocab_size" in data else ["field 'vocab_size' is missing"]
+    defaults = {f.name: f.default for f in ModelConfig.__dataclass_fields__.values()}
+
+    def get(key: str) -> Any:
+        return data.get(key, defaults.get(key))
+    for key in _POSITIVE:
+        if key in data and not (is_int(data[key]) and data[key] >= 1):
+            problems.append(f"field '{key}' must be a positive integer, got {data[key]!r}")
+    for key in _FRACTIONS:
+        if key in data and not (is_num(data[key]) and 0 <= data[key] < 1):
+            problems.append(f"field '{key}' must be a number in [0, 1), got {data[key]!r}")
+    if "layer_norm_eps" in data and not (is_num(data["layer_norm_eps"]) and data["layer_norm_eps"] > 0):
+        problems.append(f"field 'layer_norm_eps' must be a positive number, got {data['layer_norm_eps']!r}")
+    for key in ("causal", "lm_head"):
+        if key in data and not isinstance(data[key], bool):
+            problems.append(f"field '{key}' must be true or false, got {data[key]!r}")
+    if "pooling" in data and data["pooling"] not in ("cls", "mean"):
+        problems.append(f"field 'pooling' must be \"cls\" or \"mean\", got {data['pooling']!r}")
+    labels, num_labels = get("labels"), get("num_labels")
+    if not (is_int(num_labels) and num_labels >= 0):
+        problems.append(f"field 'num_labels' must be 0 or a positive integer, got {num_labels!r}")
+    elif not isinstance(labels, list) or (num_labels and len(labels) != num_labels):
+        problems.append(f"field 'labels' must list the {num_labels} class names of 'num_labels', got {labels!r}")
+    elif not num_labels and not get("lm_head"):
+        problems.append("field 'num_labels' is 0 and 'lm_head' is false: the model would have no output")
+    dim, heads, vocab, pad = get("dim"), get("heads"), get("vocab_size"), get("pad_id")
+    if is_int(dim) and is_int(heads) and dim >= 1 and heads >= 1 and dim % heads:
+        problems.append(f"field 'heads' ({heads}) must divide field 'dim' ({dim})")
+    if not is_int(pad) or (is_int(vocab) and not 0 <= pad < vocab):
+        problems.append(f"field 'pad_id' must be an id below vocab_size, got {pad!r}")
+    return problems
+
 
 class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig):

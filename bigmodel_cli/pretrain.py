@@ -12,6 +12,7 @@ cleaned and segmented), metrics.jsonl, loss.png, checkpoints/{step-N,last,best}/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -296,21 +297,80 @@ def find_processed(ws) -> tuple[Path, Path | None, Path]:
 
 
 def resume_point(folder: Path, resume: str | None) -> Path | None:
+    """The checkpoint to continue from, verified: `auto` takes `last`, or when `last` is
+    gone the newest intact step-N (never starting over beside them); None when the run has
+    no checkpoint at all."""
     from bigmodel_cli import checkpoint as ckpt
+    from bigmodel_cli.runs import warn
+    from bigmodel_cli.train import Dist
 
     if resume is None:
         return None
-    if resume == "auto":
-        return ckpt.resolve_link(folder / "checkpoints", "last")
-    path = Path(resume)
-    if not path.is_absolute() and not path.exists():
-        path = folder / path
-    ckpt.verify(path)
-    return path
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_absolute() and not path.exists():
+            path = folder / path
+        ckpt.verify(path)
+        return path
+    root = folder / "checkpoints"
+    last = ckpt.resolve_link(root, "last")
+    if last is not None:
+        ckpt.verify(last)
+        return last
+    found, problems = ckpt.newest_intact(root)
+    if found is None and problems:
+        raise UserError(f"cannot resume {root}: no intact checkpoint ({problems[0]})",
+                        hint="start over with --force, or pick another --name")
+    if found is not None and Dist.from_env().main:
+        warn(f"{root / 'last'} is missing; resuming from {found.name}, the newest intact checkpoint")
+    return found
+
+
+def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: Path, vocab_hash: str) -> dict[str, list]:
+    """Refuse a resume that would not continue the same run (another model, another
+    vocabulary, other training options); return the options it changes that may change
+    (see train.RESUMABLE) as {option: [run's value, new value]}."""
+    from bigmodel_cli import checkpoint as ckpt
+    from bigmodel_cli.fileio import sha256_file
+    from bigmodel_cli.runs import recorded_vocab_hash
+    from bigmodel_cli.train import RESUMABLE
+
+    new_run = "start a new run instead with another --name, or replace this one with --force"
+    saved = ckpt.read_config(start)
+    if saved != mcfg.to_dict():
+        diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in mcfg.to_dict().items() if saved.get(k) != v)
+        raise UserError(f"cannot resume {start}: the model differs ({diff})", hint=f"resume with the options of the original run, or {new_run}")
+    recorded = recorded_vocab_hash(folder) or (sha256_file(folder / "vocab.txt") if (folder / "vocab.txt").is_file() else None)
+    if recorded and recorded != vocab_hash:
+        raise UserError(f"cannot resume run '{folder.name}': {vocab_path} is not the vocabulary the run was trained on (it changed "
+                        "since, e.g. by `preprocess --force`), so the same words would get other ids", hint=new_run)
+    options = read_json(start / "train.json")
+    ours = {**dataclasses.asdict(cfg), "seed": seed}
+    differ = {k: [options[k], v] for k, v in ours.items() if k in options and options[k] != v}
+    refused = {k: d for k, d in differ.items() if k not in RESUMABLE}
+    if refused:
+        listed = ", ".join(f"--{k.replace('_', '-')} {d[1]} (the run has {d[0]})" for k, d in refused.items())
+        raise UserError(f"cannot resume run '{folder.name}' with other options: {listed}",
+                        hint=f"pass the run's values (runs/{folder.name}/train.json; only --max-steps, --max-time, --epochs, "
+                             f"--early-stopping, --device, --compile, --accumulate and the log, eval and checkpoint "
+                             f"intervals may change on resume), or {new_run}")
+    return {k: d for k, d in differ.items() if k in RESUMABLE}
+
+
+def write_train_options(folder: Path, options: dict[str, Any], *, start: Path | None, changed: dict[str, list],
+                        complete: bool) -> None:
+    """runs/NAME/train.json: the options, the vocabulary's hash, whether the run finished,
+    and each resume with the options it changed."""
+    path = folder / "train.json"
+    previous = read_json(path) if path.is_file() else {}
+    resumes = list(previous.get("resumes", [])) if start is not None else []
+    if start is not None and not complete:
+        resumes.append({"from": start.name, "changed": changed})
+    write_json(path, {**options, "resumes": resumes, "complete": complete})
 
 
 def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, seed: int = 42, resume: str | None = None,
-             force: bool = False, show_progress: bool = False, console=None) -> PretrainResult:
+             force: bool = False, show_progress: bool = False, console=None, log_lines: bool = False) -> PretrainResult:
     """Pretrain one model into runs/NAME/ (see the module docstring)."""
     from bigmodel_cli.train import Dist
 
@@ -345,12 +405,9 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
         if dist.main and force and start is None and folder.exists():
             shutil.rmtree(folder)
         run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "pretrain"))
-        try:
-            report = _run(ws, cfg, name, seed, folder, train_path, dev_path, vocab_path, start, dist, show_progress, console)
-        except UserError as exc:
-            if dist.main:
-                run.finish([], {}, status="failed", extra={"error": exc.one_line()})
-            raise
+        with record_failure(run, dist):
+            report = _run(ws, cfg, name, seed, folder, train_path, dev_path, vocab_path, start, dist, show_progress,
+                          console, log_lines)
         record = None
         if dist.main:
             outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
@@ -359,17 +416,40 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
         return PretrainResult(False, name, folder, record, report)
 
 
+@contextlib.contextmanager
+def record_failure(run, dist):
+    """A run that ends in an error, Ctrl-C or SIGTERM leaves a failed record (rank 0), so
+    that `status` says so instead of showing the previous run."""
+    try:
+        yield
+    except BaseException as exc:
+        if dist.main:
+            if isinstance(exc, UserError):
+                error = exc.one_line()
+            elif isinstance(exc, KeyboardInterrupt):
+                error = "interrupted (Ctrl-C); continue with --resume auto"
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):  # the original error matters more than the record
+                run.finish([], {}, status="failed", extra={"error": error})
+        raise
+
+
 def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path: Path, dev_path: Path | None,
-         vocab_path: Path, start: Path | None, dist, show_progress: bool, console) -> dict[str, Any]:
+         vocab_path: Path, start: Path | None, dist, show_progress: bool, console, log_lines: bool) -> dict[str, Any]:
     import torch
 
-    from bigmodel_cli import checkpoint as ckpt
+    from bigmodel_cli.fileio import sha256_file
     from bigmodel_cli.model import Transformer, training_flops
     from bigmodel_cli.tokenizer import copy_tokenizer_files
-    from bigmodel_cli.train import fit, seed_everything
+    from bigmodel_cli.train import fit, pick_device, seed_everything
 
     vocab = Vocab.load(vocab_path)
     mcfg = model_config(cfg, vocab)
+    # Everything that can refuse the run is checked before the run folder is touched.
+    pick_device(cfg.device, dist)
+    vocab_hash = sha256_file(vocab_path)
+    changed = check_resume(folder, start, mcfg, cfg, seed, vocab_path, vocab_hash) if start is not None else {}
     if dist.main:
         folder.mkdir(parents=True, exist_ok=True)
     if dist.world > 1 and not torch.distributed.is_initialized():
@@ -391,17 +471,15 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     seed_everything(seed)
     model = Transformer(mcfg)
     coverage = init_embeddings(ws, model, vocab, cfg.init_embeddings) if cfg.init_embeddings and start is None else None
-    if start is not None:
-        saved = ckpt.read_config(start)
-        if saved != mcfg.to_dict():
-            diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in mcfg.to_dict().items() if saved.get(k) != v)
-            raise UserError(f"cannot resume {start}: the model differs ({diff})", hint="resume with the options of the original run, or start over with --force")
+    options = {**dataclasses.asdict(cfg), "seed": seed, "world_size": dist.world, "vocab_sha256": vocab_hash}
     if dist.main:
         write_json(folder / "config.json", mcfg.to_dict())
-        copy_tokenizer_files(ws.processed, folder)
-        write_json(folder / "train.json", {**dataclasses.asdict(cfg), "seed": seed, "world_size": dist.world})
+        if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
+            copy_tokenizer_files(ws.processed, folder)
+        write_train_options(folder, options, start=start, changed=changed, complete=False)
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
-                 show_progress=show_progress, console=console, extra_state={"objective": cfg.objective})
+                 show_progress=show_progress, console=console, log_lines=log_lines,
+                 extra_state={"objective": cfg.objective, "vocab_sha256": vocab_hash})
     predicted = cfg.batch_size * (cfg.seq_len - 1) * (cfg.mask_prob if cfg.objective == "mlm" else 1.0)
     report = {
         "name": name, "objective": cfg.objective, "model": mcfg.to_dict(),
@@ -414,11 +492,13 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         "tokens": result.tokens, "seconds": round(result.seconds, 3), "tokens_per_s": round(result.tokens_per_s, 1),
         "flops_per_step": training_flops(mcfg, cfg.batch_size, cfg.seq_len, int(predicted)),
         "init_embeddings": coverage, "resumed_from": ws.relative(start) if start else None,
+        "changed_on_resume": changed or None,
         "checkpoint": ws.relative(result.checkpoint) if result.checkpoint else None,
         "world_size": dist.world, "precision": cfg.precision, "device": str(next(model.parameters()).device),
     }
     if dist.main:
         write_json(folder / "report.json", report)
+        write_train_options(folder, options, start=start, changed=changed, complete=True)
     return report
 
 

@@ -18,10 +18,21 @@ from bigmodel_cli.vocab import CLS, CONTINUATION, SEP, SPECIAL_TOKENS, Vocab
 FILES = ("meta.json", "vocab.txt")
 
 
-def copy_tokenizer_files(processed: Path, run_dir: Path) -> None:
+def copy_tokenizer_files(processed: Path, run_dir: Path, vocab: Path | None = None) -> str:
+    """Copy meta.json, the user dictionary and vocab.txt (from `vocab`, default processed's)
+    into the run, and record the vocabulary's sha256 in the run's meta.json, so that a
+    vocab.txt changed later is caught before it maps words to the wrong ids."""
+    from bigmodel_cli.fileio import sha256_file, write_json
+
     for name in (*FILES, "user_dict.txt"):
         if (processed / name).is_file():
             shutil.copyfile(processed / name, run_dir / name)
+    if vocab is not None:
+        shutil.copyfile(vocab, run_dir / "vocab.txt")
+    digest = sha256_file(run_dir / "vocab.txt")
+    if (run_dir / "meta.json").is_file():
+        write_json(run_dir / "meta.json", {**read_json(run_dir / "meta.json"), "vocab_sha256": digest})
+    return digest
 
 
 class TextPipeline:

@@ -22,6 +22,8 @@ import math
 import os
 import random
 import re
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +39,22 @@ from bigmodel_cli.errors import UserError
 
 PRECISIONS = ("32", "bf16-mixed")
 Batch = dict[str, torch.Tensor]
+# Options a resumed run may change: how long it trains, where and how it reports. The
+# others (learning rate, batch, seed, the data and the model) define the run.
+RESUMABLE = ("max_steps", "max_time", "epochs", "early_stopping", "device", "compile", "accumulate", "log_every",
+             "eval_every", "eval_batches", "checkpoint_every", "keep")
+ESTIMATE_AFTER = 10  # steps measured before --max-time sizes the schedule from the speed
+
+
+class Stopped(UserError):
+    """SIGTERM (a cluster's preemption, `kill`): the loop saved a checkpoint and stops."""
+
+    exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a job it terminated
+
+
+# Called with the step number after every optimizer step (tests use it to kill a run at a
+# known step; empty otherwise).
+AFTER_STEP: list[Callable[[int], None]] = []
 
 
 class Task(Protocol):
@@ -210,6 +228,7 @@ class LoopState:
     best: float | None = None
     best_step: int | None = None
     bad_evals: int = 0
+    schedule_total: int = 0  # steps the LR schedule spans when --max-time sized it (0: the step budget)
     window: list = field(default_factory=lambda: [0.0, 0, 0, 0, 0.0])  # loss sum, terms, correct, tokens, seconds
 
 
@@ -229,7 +248,11 @@ class FitResult:
 
 
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: int, model_config: dict[str, Any],
-        resume: Path | None = None, show_progress: bool = False, console=None, extra_state: dict | None = None) -> FitResult:
+        resume: Path | None = None, show_progress: bool = False, console=None, extra_state: dict | None = None,
+        log_lines: bool = False) -> FitResult:
+    """Train `model` on `task` into run_dir/checkpoints. With show_progress a rich bar is
+    drawn on `console`; with log_lines one plain line per --log-every steps goes to stderr
+    (for logs that are not a terminal: nohup, Slurm, CI)."""
     dist = Dist.from_env()
     device = pick_device(cfg.device, dist)
     if device.type == "cpu":
@@ -254,6 +277,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
         metrics_path.unlink(missing_ok=True)
     if dist.main:
         ckpt.clean_partial(checkpoints)
+    lines = _LogLines(log_lines and dist.main, total)
 
     runner: nn.Module = Objective(model, task.loss)
     if dist.world > 1:
@@ -290,6 +314,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
         if not dev:
             return False
         log.write({"step": state.step, "split": "dev", **dev})
+        lines.dev(state.step, dev)
         value = dev[task.monitor]
         improved = state.best is None or (value > state.best if task.higher_is_better else value < state.best)
         if improved:
@@ -300,17 +325,15 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
             state.bad_evals += 1
         return bool(cfg.early_stopping and state.bad_evals >= cfg.early_stopping)
 
-    # Crash-recovery tests kill the process here, between two checkpoints, with SIGKILL.
-    kill_after = int(os.environ.get("BIGMODEL_TEST_SIGKILL_AFTER_STEP", "0"))
     model.train()
-    with _Progress(show_progress and dist.main, console, total, state.step) as bar:
+    with _Progress(show_progress and dist.main, console, total, state.step) as bar, _SignalFlag(signal.SIGTERM) as term:
         started = time.perf_counter() - state.train_seconds
         while state.step < total:
             if state.index >= task.steps_per_epoch:
                 state.epoch, state.index = state.epoch + 1, 0
             step_start = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, state.step, total)
+                group["lr"] = learning_rate(cfg, state.step, state.schedule_total or total)
             stats = _train_step(runner, optimizer, task, state, dist, per_rank, micro, cfg, autocast)
             if cfg.clip:
                 grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
@@ -327,8 +350,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
             state.tokens += int(stats[3])
             state.window = [a + b for a, b in zip(state.window, [*stats, seconds])]
             state.train_seconds = time.perf_counter() - started
-            if kill_after and state.step == kill_after:
-                os.kill(os.getpid(), 9)
+            for hook in AFTER_STEP:
+                hook(state.step)
             if state.step % cfg.log_every == 0 or state.step == total:
                 loss_sum, terms, correct, tokens, secs = state.window
                 log.write({"step": state.step, "epoch": round(state.epoch + state.index / task.steps_per_epoch, 4),
@@ -336,6 +359,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
                            "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
                            "tokens_per_s": tokens / max(secs, 1e-9), "elapsed_s": round(state.train_seconds, 3)})
                 bar.update(state.step, loss_sum / max(terms, 1), tokens / max(secs, 1e-9))
+                lines.train(state.step, loss_sum / max(terms, 1), optimizer.param_groups[0]["lr"],
+                            tokens / max(secs, 1e-9), state.train_seconds)
                 state.window = [0.0, 0, 0, 0, 0.0]
             end_of_epoch = state.index >= task.steps_per_epoch
             stop = evaluated = False
@@ -343,15 +368,23 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
                 stop, evaluated = evaluate(), True
                 if stop:
                     stop_reason = f"early stopping (no better dev {task.monitor} in {cfg.early_stopping} evaluations)"
-            if limit is not None and not stop and _agreed(state.train_seconds >= limit, dist):
+            time_up, signalled, schedule = _agreed_values(
+                [limit is not None and state.train_seconds >= limit, term.raised, _time_schedule(state, limit, total)], dist)
+            state.schedule_total = int(schedule)
+            if time_up and not stop:
                 stop, stop_reason = True, f"max time ({cfg.max_time})"
                 if not evaluated:  # the run ends here: its final model gets a dev score too
                     evaluate()
             if stop or state.step == total:
                 break
-            if dist.main and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
-                    and (last_saved is None or last_saved.name != ckpt.step_name(state.step)):
+            saved_now = last_saved is not None and last_saved.name == ckpt.step_name(state.step)
+            if dist.main and not saved_now and (signalled or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)):
                 save(state.step)
+            if signalled:
+                log.close()
+                where = Path(run_dir.parent.name, run_dir.name, "checkpoints", ckpt.step_name(state.step))
+                raise Stopped(f"stopped by SIGTERM after step {state.step:,}; saved {where}",
+                              hint="run the same command with --resume auto to continue exactly from there")
     if dist.main:
         if last_saved is None or last_saved.name != ckpt.step_name(state.step):
             save(state.step)
@@ -390,13 +423,46 @@ def _train_step(runner, optimizer, task, state: LoopState, dist: Dist, per_rank:
     return stats.tolist()
 
 
-def _agreed(flag: bool, dist: Dist) -> bool:
-    """Rank 0's decision, so that every process stops at the same step."""
+def _agreed_values(values: list[float], dist: Dist) -> list[float]:
+    """Rank 0's values, so that every process stops at the same step and follows the same
+    schedule (timings differ between processes)."""
     if dist.world == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
-    torch.distributed.broadcast(value, 0)
-    return bool(value.item())
+        return values
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    torch.distributed.broadcast(tensor, 0)
+    return tensor.tolist()
+
+
+def _time_schedule(state: LoopState, limit: float | None, total: int) -> int:
+    """With --max-time, the step at which the time will be up at the speed so far, so that
+    the learning rate reaches its floor at the deadline rather than at a step budget the
+    time never reaches. Re-estimated every step; 0 (no change) before there is a measure."""
+    if limit is None or state.step < ESTIMATE_AFTER or state.train_seconds <= 0:
+        return state.schedule_total
+    per_step = state.train_seconds / state.step
+    estimate = state.step + int(max(0.0, limit - state.train_seconds) / per_step)
+    return max(state.step + 1, min(total, estimate))
+
+
+class _SignalFlag:
+    """Note a signal instead of dying of it, so that the loop can checkpoint first."""
+
+    def __init__(self, signum: int):
+        self.signum, self.raised, self.previous = signum, False, None
+
+    def __enter__(self) -> "_SignalFlag":
+        def note(signum, frame):
+            self.raised = True
+
+        try:
+            self.previous = signal.signal(self.signum, note)
+        except ValueError:  # not the main thread: signals stay as they were
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(self.signum, self.previous)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -489,6 +555,25 @@ def plot_losses(metrics: Path, out: Path) -> None:
     with atomic_write(out, "wb") as handle:
         fig.savefig(handle, format="png")
     plt.close(fig)
+
+
+class _LogLines:
+    """Plain progress lines on stderr, for logs that are not a terminal (where the rich bar
+    writes nothing until it ends)."""
+
+    def __init__(self, active: bool, total: int):
+        self.active, self.total = active, total
+
+    def _write(self, text: str) -> None:
+        if self.active:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def train(self, step: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
+        self._write(f"step {step:,}/{self.total:,}  loss {loss:.4f}  lr {lr:.3g}  {rate:,.0f} tok/s  {elapsed:,.1f} s")
+
+    def dev(self, step: int, dev: dict[str, float]) -> None:
+        self._write(f"step {step:,}/{self.total:,}  dev " + "  ".join(f"{k} {v:.4g}" for k, v in dev.items()))
 
 
 class _Progress:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,12 +265,13 @@ def test_sigkill_then_resume_equals_uninterrupted_run(cws):
     common = ["-w", str(cws.root), *FINETUNE_ARGS, "--epochs", "2", "--eval-every", "5", "--checkpoint-every", "5",
               "--dropout", "0.1", "--log-every", "1"]
 
-    def cli(*args, env=None):
-        return subprocess.run([sys.executable, "-m", "bigmodel_cli", "finetune", *common, *args], capture_output=True,
-                              text=True, env={**os.environ, **(env or {})}, timeout=600)
+    def cli(*args, kill_at=None):
+        start = [str(Path(__file__).with_name("signal_at_step.py")), str(kill_at), "SIGKILL"] if kill_at else ["-m", "bigmodel_cli"]
+        return subprocess.run([sys.executable, *start, "finetune", *common, *args], capture_output=True,
+                              text=True, env=dict(os.environ), timeout=600)
 
     assert cli("--name", "straight").returncode == 0
-    killed = cli("--name", "crash", env={"BIGMODEL_TEST_SIGKILL_AFTER_STEP": "13"})
+    killed = cli("--name", "crash", kill_at=13)
     assert killed.returncode == -9
     crash = cws.root / "runs" / "crash"
     assert os.readlink(crash / "checkpoints" / "last") == "step-00000010"

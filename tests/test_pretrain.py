@@ -194,18 +194,24 @@ def test_corrupt_checkpoint_on_resume_is_named_and_others_kept(lm_ws, run_cli):
     bad = ck / "step-00000012" / "optimizer.safetensors"
     bad.write_bytes(bad.read_bytes()[:100])  # truncated
     before = sorted(p.name for p in ck.iterdir())
-    result = run_cli(["pretrain", *TINY_ARGS, "--max-steps", "16", "--resume", "auto"], lm_ws.root)
+    result = run_cli(["pretrain", *TINY_ARGS, "--seed", "1", "--max-steps", "16", "--resume", "auto"], lm_ws.root)
     assert result.exit_code == 2
     assert "step-00000012/optimizer.safetensors: corrupt or truncated" in result.output
     assert sorted(p.name for p in ck.iterdir()) == before
-    ok = run_cli(["pretrain", *TINY_ARGS, "--max-steps", "16", "--resume", "checkpoints/step-00000008"], lm_ws.root)
+    ok = run_cli(["pretrain", *TINY_ARGS, "--seed", "1", "--max-steps", "16", "--resume", "checkpoints/step-00000008"],
+                 lm_ws.root)
     assert ok.exit_code == 0, ok.output
     assert os.readlink(ck / "last") == "step-00000016"
 
 
 # -- crash recovery and distributed (subprocesses) ------------------------------------------------------
-def _cli(ws, *args, env=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "bigmodel_cli", "pretrain", "-w", str(ws.root), *TINY_ARGS, *args],
+SIGNAL_AT_STEP = str(Path(__file__).with_name("signal_at_step.py"))
+
+
+def _cli(ws, *args, env=None, check=True, signal_at: tuple[int, str] | None = None):
+    """`bigmodel pretrain` in a subprocess; signal_at=(step, 'SIGKILL') stops it after that step."""
+    start = [SIGNAL_AT_STEP, str(signal_at[0]), signal_at[1]] if signal_at else ["-m", "bigmodel_cli"]
+    proc = subprocess.run([sys.executable, *start, "pretrain", "-w", str(ws.root), *TINY_ARGS, *args],
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -216,7 +222,7 @@ def _cli(ws, *args, env=None, check=True):
 def test_sigkill_then_resume_equals_uninterrupted_run(lm_ws):
     common = ["--max-steps", "20", "--checkpoint-every", "5", "--eval-every", "5", "--dropout", "0.1"]
     _cli(lm_ws, *common, "--name", "straight")
-    killed = _cli(lm_ws, *common, "--name", "crash", env={"BIGMODEL_TEST_SIGKILL_AFTER_STEP": "13"}, check=False)
+    killed = _cli(lm_ws, *common, "--name", "crash", signal_at=(13, "SIGKILL"), check=False)
     assert killed.returncode == -9
     crash = lm_ws.root / "runs" / "crash"
     assert os.readlink(crash / "checkpoints" / "last") == "step-00000010"

@@ -87,7 +87,8 @@ def finetune_cli(
     launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
     main = is_main_process()
     result = finetune(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
-                      show_progress=main and err_console.is_terminal, console=err_console)
+                      show_progress=main and err_console.is_terminal, console=err_console,
+                      log_lines=main and not err_console.is_terminal)
     if not main:
         return
     if result.skipped:

@@ -91,7 +91,8 @@ def pretrain_cli(
 
     main = is_main_process()
     result = pretrain(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
-                      show_progress=main and err_console.is_terminal, console=err_console)
+                      show_progress=main and err_console.is_terminal, console=err_console,
+                      log_lines=main and not err_console.is_terminal)
     if not main:
         return
     if result.skipped:
