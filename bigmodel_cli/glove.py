@@ -49,6 +49,8 @@ MIN_BATCH = 1024
 COOC_CHUNK_TOKENS = 1 << 19  # tokens per co-occurrence chunk: about 16 bytes × window × this of scratch
 SHUFFLE_BLOCK = 64  # pairs that stay together when an epoch reshuffles (see _Shuffler)
 DIVERGENCE_FACTOR = 10.0  # a batch whose mean loss exceeds this × the first batch's has diverged
+RISE_FACTOR = 2.0  # an epoch whose cost exceeds this × the lowest epoch cost so far has diverged
+DEFAULT_LR = 0.05  # glove.c's eta
 
 Progress = Optional[Callable[..., None]]
 
@@ -241,13 +243,15 @@ def _adagrad(table, squares, rows, current, summed, scale) -> None:
 
 
 def train_glove(corpus: list[np.ndarray], vocab_size: int, *, dim: int = 100, window: int = 15, epochs: int = 15,
-                x_max: float = 100.0, alpha: float = 0.75, lr: float = 0.05, seed: int = 42, workers: int = 0,
+                x_max: float = 100.0, alpha: float = 0.75, lr: float = DEFAULT_LR, seed: int = 42, workers: int = 0,
                 progress: Progress = None) -> tuple[np.ndarray, list[float], dict]:
     """Train GloVe on `corpus` (one int array of token ids per document) and return
     (vectors W + W̃ as float32 [vocab_size, dim], loss per epoch, stats).
 
     Raises UserError for a bad setting, a corpus without a single co-occurring pair, or as soon as
-    the loss or a parameter turns NaN/inf or the loss runs away.
+    the loss or a parameter turns NaN/inf, the loss runs away, the first batch leaves every word
+    vector where it was (lr × gradient overflows float32, or lr is too small to change a float32),
+    or an epoch's cost is over RISE_FACTOR × the lowest so far.
     """
     import torch
 
@@ -307,6 +311,7 @@ def _train(matrix, dim, epochs, x_max, alpha, lr, seed, progress) -> tuple[np.nd
     batch_size = batch_size_for(n_pairs)
     losses, seconds = [], []
     first_batch_mean = None
+    start_vectors = params.words[:, :dim].clone()  # compared after the first batch: did anything move?
     train_started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         began = time.perf_counter()
@@ -320,11 +325,16 @@ def _train(matrix, dim, epochs, x_max, alpha, lr, seed, progress) -> tuple[np.nd
                     first_batch_mean = max(mean, 1e-12)
                 if not math.isfinite(batch_loss) or mean > DIVERGENCE_FACTOR * first_batch_mean:
                     _diverged(epoch, number, batch_loss, lr, x_max)
+                if start_vectors is not None:
+                    _check_first_step(params, start_vectors, lr)
+                    start_vectors = None
                 total += batch_loss
-            if not (torch.isfinite(params.words).all() and torch.isfinite(params.contexts).all()):
+            if not all(bool(torch.isfinite(t).all()) for t in (params.words, params.contexts, params.words_sq, params.contexts_sq)):
                 _diverged(epoch, None, float("nan"), lr, x_max)
         seconds.append(time.perf_counter() - began)
         losses.append(total / (2 * n_pairs))
+        if losses[-1] > RISE_FACTOR * min(losses):
+            _rose(epoch, min(losses), losses[-1], lr)
         if progress is not None:
             progress("epoch", epoch=epoch, epochs=epochs, loss=losses[-1], pairs_per_s=n_pairs / seconds[-1])
     stats = {"seconds_per_epoch": seconds, "training_seconds": time.perf_counter() - train_started, "batch_size": batch_size}
@@ -362,6 +372,27 @@ class _Shuffler:
                 batch = batch[batch >= 0]
             batch.sort()
             yield batch
+
+
+def _check_first_step(params: GloveParams, start_vectors, lr: float) -> None:
+    """Stop at once when the first batch left every word vector where it was: lr × gradient
+    overflowed float32 (the AdaGrad sum of squares became inf, so every step is 0), or lr is too
+    small to change a float32 value. Only the biases (which step without lr) would learn."""
+    import torch
+
+    dim = params.dim
+    if bool(torch.isinf(params.words_sq[:, :dim]).any()) or bool(torch.isinf(params.contexts_sq[:, :dim]).any()):
+        raise UserError(f"GloVe's word vectors cannot learn with --lr {lr:g}: the learning rate times the gradient "
+                        f"overflows float32 (AdaGrad's sum of squares became inf at epoch 1, batch 1)",
+                        hint=f"lower --lr (the default is {DEFAULT_LR:g})")
+    if torch.equal(params.words[:, :dim], start_vectors):
+        raise UserError(f"GloVe's word vectors did not move in the first batch: --lr {lr:g} is too small to change "
+                        f"a float32 value", hint=f"raise --lr (the default is {DEFAULT_LR:g})")
+
+
+def _rose(epoch: int, lowest: float, loss: float, lr: float) -> None:
+    raise UserError(f"GloVe training diverged at epoch {epoch}: the cost rose to {loss:.6g}, over {RISE_FACTOR:g}x its "
+                    f"lowest value so far ({lowest:.6g})", hint=f"lower --lr (now {lr:g}; the default is {DEFAULT_LR:g})")
 
 
 def _diverged(epoch: int, batch: int | None, loss: float, lr: float, x_max: float) -> None:
