@@ -39,7 +39,7 @@ from bigmodel_cli.config import EmbedConfig, resolve_checked
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.embed_eval import (SAFE_VECTORS, SAFE_WORDS, TOPN, VECTORS, EvalFiles, evaluate_vectors, export_name, load_vectors, neighbors,
                                      save_vectors)
-from bigmodel_cli.fileio import read_json, recover_dir, replace_dir, write_json
+from bigmodel_cli.fileio import read_json, recover_dir, remove_stale, replace_dir, write_json
 
 METHODS = ("word2vec", "fasttext", "glove")
 # gensim silently cuts a sentence after this many tokens (MAX_WORDS_IN_BATCH): longer
@@ -51,8 +51,9 @@ LOSS_SAMPLE_EXAMPLES = 4_096
 LOSS_SAMPLE_CHUNKS = 512  # chunks kept (reservoir) while the corpus is read
 LOSS_SAMPLE_TOKENS = 60_000  # of which at most this many tokens are used
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STAGING_RE = r"\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.staging-(\d+)"  # a run's staging folder; the group is its pid
 # Options given as text on the command line so that 'abc' or '1.5' gets our one-line error.
-INT_OPTIONS = ("dim", "window", "min_count", "epochs", "negative", "workers")
+INT_OPTIONS = ("dim", "window", "min_count", "epochs", "negative", "workers", "buckets", "min_n", "max_n")
 
 
 # -- options --------------------------------------------------------------------------
@@ -90,10 +91,26 @@ def validate(cfg: EmbedConfig) -> list[str]:
     if cfg.x_max <= 0 or cfg.glove_lr <= 0 or not math.isfinite(cfg.x_max + cfg.glove_lr):
         problems.append(f"x_max and glove_lr must be positive numbers, got {cfg.x_max} and {cfg.glove_lr}")
     if cfg.buckets < 1:
-        problems.append(f"buckets must be a positive integer, got {cfg.buckets}")
+        problems.append(f"--buckets must be a positive integer, got {cfg.buckets}")
+    if not 1 <= cfg.min_n <= cfg.max_n:
+        problems.append(f"--min-n and --max-n must be whole numbers with 1 <= min-n <= max-n, got {cfg.min_n} and {cfg.max_n}")
     if not all(isinstance(p, str) and p.strip() and not any(c.isspace() for c in p.strip()) for p in cfg.probes):
         problems.append(f"probes must be single words, got {cfg.probes!r}")
     return problems
+
+
+def check_ngram_memory(cfg: EmbedConfig) -> None:
+    """fastText's n-gram matrix (buckets x dim float32) must fit in memory, with room for the rest,
+    or gensim fails with a MemoryError half-way (or the system kills the process)."""
+    need = cfg.buckets * cfg.dim * 4
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known on this system
+        return
+    if need > have // 2:
+        raise UserError(f"--buckets {cfg.buckets:,} x --dim {cfg.dim} needs {need / 2**30:.1f} GiB for fastText's n-gram matrix, "
+                        f"more than half of this machine's {have / 2**30:.1f} GiB",
+                        hint=f"use --buckets {max(1, have // 2 // (cfg.dim * 4 * 4)):,} or less")
 
 
 def check_name(name: str) -> str:
@@ -116,7 +133,7 @@ def settings(cfg: EmbedConfig, seed: int) -> dict[str, Any]:
     else:
         params.update(negative=cfg.negative, sg=cfg.sg)
         if cfg.method == "fasttext":
-            params.update(buckets=cfg.buckets)
+            params.update(buckets=cfg.buckets, min_n=cfg.min_n, max_n=cfg.max_n)
     return params
 
 
@@ -397,7 +414,10 @@ def train_gensim(cfg: EmbedConfig, corpus: Corpus, seed: int, workers: int, bar:
 
     common = dict(vector_size=cfg.dim, window=cfg.window, min_count=cfg.min_count, sg=int(cfg.sg), hs=0,
                   negative=cfg.negative, workers=workers, seed=seed, epochs=cfg.epochs)
-    model = FastText(bucket=cfg.buckets, **common) if cfg.method == "fasttext" else Word2Vec(**common)
+    if cfg.method == "fasttext":
+        model = FastText(bucket=cfg.buckets, min_n=cfg.min_n, max_n=cfg.max_n, **common)
+    else:
+        model = Word2Vec(**common)
     # The counts taken while the token file was written: gensim need not read it again.
     model.build_vocab_from_freq(corpus.counts, corpus_count=corpus.chunks)
     probe = LossProbe(model, corpus.sample, seed)
@@ -508,6 +528,8 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
     if problems:
         raise UserError("; ".join(problems))
     name = check_name(name or cfg.method)
+    if cfg.method == "fasttext":
+        check_ngram_memory(cfg)
     train = processed_train(ws)
     eval_files = {key: ws.absolute(getattr(cfg, key)) if getattr(cfg, key) else None for key in ("analogies", "pairs")}
     files = EvalFiles.read(eval_files["analogies"], eval_files["pairs"])  # a bad file fails before training
@@ -531,9 +553,10 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
 
     with ws.lock(f"embed --name {name}"):
         recover_dir(folder)
+        remove_stale_staging(folder.parent)
         run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "embed"))
-        staging = folder.with_name(f".{name}.staging-{os.getpid()}")
-        if staging.exists():
+        staging = staging_dir(folder)
+        if staging.exists():  # left by a killed run whose pid this process now has
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         try:
@@ -547,6 +570,19 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
         outputs = sorted(p for p in folder.iterdir() if p.is_file())
         record = run.finish(outputs, _headline(report, losses, evaluation))
         return EmbedResult(False, name, folder, record, report, losses, evaluation)
+
+
+def staging_dir(folder: Path) -> Path:
+    """Where a run writes embeddings/NAME/ before it replaces it: `.NAME.staging-PID`."""
+    return folder.with_name(f".{folder.name}.staging-{os.getpid()}")
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Remove the staging folders of killed runs in embeddings/ (any run name): only names of
+    exactly the form `staging_dir` gives, and only when that pid no longer runs."""
+    if not root.is_dir():
+        return []
+    return remove_stale(root, ".*.staging-*", STAGING_RE)
 
 
 def _run(ws, cfg: EmbedConfig, name: str, seed: int, workers: int, train: Path, files: EvalFiles,

@@ -18,7 +18,7 @@ from bigmodel_cli.errors import InputError, UserError
 TOPN = 10
 TOP_PROBES = 5  # the most frequent words whose neighbours are listed after training
 RESTRICT_VOCAB = 300_000  # analogies and pairs: the most frequent words searched (as gensim)
-VECTORS = "vectors.kv"  # for users: gensim's own format (a pickle, never read by bigmodel)
+VECTORS = "vectors.kv"  # for users: gensim's own format (a pickle, never read by bigmodel; words only for fastText)
 SAFE_VECTORS, SAFE_WORDS = "vectors.safetensors", "vectors.json"
 
 
@@ -200,13 +200,31 @@ def export_name(binary: bool) -> str:
 def save_vectors(kv, folder: Path, binary: bool) -> None:
     """gensim's KeyedVectors format (vectors.kv, with .npy files beside it for large arrays)
     and the word2vec format (text or binary), most frequent words first; and the same
-    vectors as safetensors + JSON, which is what bigmodel reads back."""
-    kv.save(str(folder / VECTORS))
+    vectors as safetensors + JSON, which is what bigmodel reads back.
+
+    fastText's n-gram matrix (buckets x dim, 800 MB at the defaults) is stored once, in
+    vectors.safetensors: vectors.kv then holds the words' vectors as plain KeyedVectors
+    (gensim always stores a FastTextKeyedVectors with its n-grams), and `load_vectors` gives
+    the FastTextKeyedVectors back."""
+    word_vectors(kv).save(str(folder / VECTORS))
     save_safe_vectors(kv, folder)
     if binary:
         kv.save_word2vec_format(str(folder / export_name(binary)), binary=True)
     else:
         write_word2vec_text(kv, folder / export_name(binary))
+
+
+def word_vectors(kv):
+    """`kv` without fastText's n-grams: plain KeyedVectors of the words' full vectors and counts."""
+    if not hasattr(kv, "vectors_ngrams"):
+        return kv
+    from gensim.models import KeyedVectors
+
+    plain = KeyedVectors(kv.vector_size, count=0, dtype=kv.vectors.dtype)
+    plain.add_vectors(list(kv.index_to_key), kv.vectors)
+    if "count" in kv.expandos:  # add_vectors(extras=) fails in gensim 4.4 (it iterates the dict's keys as pairs)
+        plain.expandos["count"] = kv.expandos["count"].copy()
+    return plain
 
 
 def write_word2vec_text(kv, path: Path) -> None:

@@ -29,6 +29,9 @@ def embed_cli(
     epochs: Optional[str] = typer.Option(None, metavar=_INT, help="Passes over the corpus.  \\[default: 5; glove 15]", show_default=False),
     negative: Optional[str] = typer.Option(None, metavar=_INT, help="word2vec/fasttext: negative samples.  \\[default: 5]", show_default=False),
     sg: Optional[bool] = typer.Option(None, "--sg/--cbow", help="word2vec/fasttext: skip-gram or CBOW.  \\[default: sg]", show_default=False),
+    buckets: Optional[str] = typer.Option(None, metavar=_INT, help="fasttext: hash buckets for character n-grams; the n-gram matrix is buckets x dim x 4 bytes.  \\[default: 2000000]", show_default=False),
+    min_n: Optional[str] = typer.Option(None, metavar=_INT, help="fasttext: shortest character n-gram.  \\[default: 3]", show_default=False),
+    max_n: Optional[str] = typer.Option(None, metavar=_INT, help="fasttext: longest character n-gram.  \\[default: 6]", show_default=False),
     x_max: Optional[float] = typer.Option(None, help="glove: count where the weight reaches 1.  \\[default: 100]", show_default=False),
     lr: Optional[float] = typer.Option(None, "--lr", help="glove: AdaGrad learning rate.  \\[default: 0.05]", show_default=False),
     stopwords: Optional[bool] = typer.Option(None, "--stopwords/--no-stopwords", help="Remove data/processed/stopwords.txt words.  \\[default: on]", show_default=False),
@@ -43,12 +46,14 @@ def embed_cli(
 ) -> None:
     """Train word embeddings on the processed training split; evaluate and export them.
 
-    Writes embeddings/NAME/: vectors.kv (gensim KeyedVectors), vectors.txt or
+    Writes embeddings/NAME/: vectors.kv (gensim KeyedVectors), vectors.safetensors and
+    vectors.json (what bigmodel reads; for fasttext also the n-grams), vectors.txt or
     vectors.bin (word2vec format), config.json, losses.json, evaluation.json, report.json.
 
     [b]Examples[/b]:
       bigmodel embed                              # word2vec skip-gram, 100 dims
       bigmodel embed --method fasttext --cbow --dim 200 --name ft200
+      bigmodel embed --method fasttext --buckets 200000 --min-n 1 --max-n 4
       bigmodel embed --method glove --window 10 --epochs 25 --x-max 100
       bigmodel embed --pairs wordsim353.tsv --probe 手机 --probe 电池
       bigmodel embed evaluate w2v --pairs wordsim353.tsv
@@ -63,7 +68,8 @@ def embed_cli(
     config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"seed": seed})
     overrides = dict(method=method, dim=dim, window=window, min_count=min_count, epochs=epochs, negative=negative, sg=sg,
-                     x_max=x_max, glove_lr=lr, stopwords=stopwords, binary=binary, workers=workers,
+                     buckets=buckets, min_n=min_n, max_n=max_n, x_max=x_max, glove_lr=lr, stopwords=stopwords, binary=binary,
+                     workers=workers,
                      analogies=str(analogies.resolve()) if analogies else None,
                      pairs=str(pairs.resolve()) if pairs else None, probes=list(probe) if probe else None)
     cfg = resolve_config(config.get("embed"), overrides)
@@ -147,6 +153,8 @@ def print_report(report: dict, losses: dict, evaluation: dict, folder: str) -> N
     table.add_row("vocabulary", f"{report['vocab_size']:,} words (min count {s['min_count']})")
     extra = (f"negative {s['negative']}, {'skip-gram' if s['sg'] else 'CBOW'}" if "negative" in s
              else f"x_max {s['x_max']}, lr {s['lr']}")
+    if "buckets" in s:
+        extra += f", n-grams {s['min_n']}-{s['max_n']} in {s['buckets']:,} buckets"
     table.add_row("settings", f"dim {s['dim']}, window {s['window']}, epochs {s['epochs']}, {extra}, seed {s['seed']}")
     epochs = [e for e in losses.get("epochs", []) if e.get("loss") is not None]
     if epochs:
