@@ -11,7 +11,9 @@ Objective: J = Σ f(X_ij) (w_i·w̃_j + b_i + b̃_j − log X_ij)², f(x) = min(
   fdiff = f(X)·(prediction − log X) per pair. Mirrored from glove.c (the version with `grad_clip_value`): each component of a
   word-vector gradient, fdiff·w̃, is clipped to ±100 and then scaled by lr; a bias steps by fdiff
   unscaled (glove.c: `W[bias] -= check_nan(fdiff / sqrt(gradsq[bias]))`, no eta) and accumulates
-  fdiff². Final vectors are W + W̃.
+  fdiff² (ports of glove.c from before clipping came in scale the bias step by lr too; the
+  current glove.c does not). Final vectors are W + W̃. tests/test_faults_embed.py checks a batch
+  against a line-by-line port of glove.c's pair update.
 * Batched, where glove.c goes pair by pair: pairs are shuffled every epoch (seeded) and taken up
   to BATCH_SIZE at a time (fewer on a small corpus). Within a batch each word's contributions are
   summed first, then the word takes one AdaGrad step; stepping once per pair from the same stale
