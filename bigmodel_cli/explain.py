@@ -404,6 +404,19 @@ def read_split_texts(ws, split: str, limit: int | None, seed: int = 42) -> list[
 
 
 # -- files and the run record ---------------------------------------------------------------
+def html_target(path: Path, stem: str) -> Path:
+    """Where --html PATH puts the page: PATH, or STEM.html inside it when it is a folder.
+    Checked before the work, so that a path through a file fails at once, in one line."""
+    if path.is_dir():
+        return path / f"{stem}.html"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--html {path}: {parent} is a file, not a folder", hint="give a file in a folder, or a folder")
+            break
+    return path
+
+
 def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict | None, *, stem: str,
                   html_path: Path | None, png: bool, params: dict[str, Any], inputs_note: str,
                   warnings: list[str] | None = None) -> dict[str, Any]:
@@ -423,9 +436,7 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     checkpoint = model_checkpoint(folder)
     run = StageRun(ws, f"explain:{folder.name}", params, ws.hash_paths([checkpoint / "model.safetensors"]))
     removal = params.get("removal", "mask")
-    html_path = html_path or out_dir / f"{stem}.html"
-    if html_path.is_dir():
-        html_path = html_path / f"{stem}.html"
+    html_path = html_target(html_path, stem) if html_path else out_dir / f"{stem}.html"
     with atomic_write(html_path) as handle:
         handle.write(render_html(explanations, folder.name, faith, removal=removal))
     outputs = {"html": html_path}

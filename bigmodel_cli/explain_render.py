@@ -57,30 +57,48 @@ def top_tokens(matrices: list[np.ndarray], k: int = TOP_TOKENS) -> list[int]:
     return sorted(np.argsort(-received, kind="stable")[:k].tolist())
 
 
-def attention_svg(matrix: np.ndarray, labels: list[str], cell: int = 13) -> str:
-    """A heatmap (rows attend to columns) with the words on both axes. Cells are shaded in
-    SHADES steps of the map's largest weight, one path per step, so the size grows with the
-    cells drawn, not with markup per cell."""
-    n = len(labels)
+def attention_svg(matrix: np.ndarray, labels: list[str] | None, cell: int = 13) -> str:
+    """A heatmap (rows attend to columns), white to purple up to the map's largest weight, as
+    an inline PNG of one pixel per cell (a few hundred bytes, however dense the map), with
+    the words on both axes when `labels` are given."""
+    n = len(matrix)
     top = float(matrix.max()) or 1.0
-    margin = 74
-    paths: dict[int, list[str]] = {}
-    for i in range(n):
-        for j in range(n):
-            shade = _shade(float(matrix[i, j]), top)
-            if shade:
-                paths.setdefault(shade, []).append(f"M{j} {i}h1v1h-1z")
-    cells = "".join(f'<path fill-opacity="{k / SHADES:.3f}" d="{"".join(d)}"/>' for k, d in sorted(paths.items()))
-    short = [html.escape(label[:10] + ("…" if len(label) > 10 else "")) for label in labels]
-    rows = "".join(f'<text x="{margin - 3}" y="{margin + (i + 0.5) * cell:.1f}">{w}</text>' for i, w in enumerate(short))
-    cols = "".join(f'<text transform="translate({margin + (j + 0.5) * cell:.1f},{margin - 3}) rotate(-60)">{w}</text>'
-                   for j, w in enumerate(short))
-    size = margin + n * cell + 1
-    return (f'<svg width="{size}" height="{size}" xmlns="http://www.w3.org/2000/svg">'
-            f'<g font-size="10" text-anchor="end" dominant-baseline="middle">{rows}</g>'
-            f'<g font-size="10" dominant-baseline="middle">{cols}</g>'
-            f'<rect x="{margin}" y="{margin}" width="{n * cell}" height="{n * cell}" fill="#fff" stroke="#ccc"/>'
-            f'<g fill="rgb(124,58,237)" transform="translate({margin},{margin}) scale({cell})">{cells}</g></svg>')
+    margin = 74 if labels is not None else 0
+    side = n * cell
+    text = ""
+    if labels is not None:
+        short = [html.escape(label[:10] + ("…" if len(label) > 10 else "")) for label in labels]
+        rows = "".join(f'<text x="{margin - 3}" y="{margin + (i + 0.5) * cell:.1f}">{w}</text>' for i, w in enumerate(short))
+        # the column labels read upwards: a group turned a quarter, x along the column axis
+        cols = "".join(f'<text x="{3 - margin}" y="{margin + (j + 0.5) * cell:.1f}">{w}</text>' for j, w in enumerate(short))
+        text = (f'<g font-size="10" text-anchor="end" dominant-baseline="middle">{rows}</g>'
+                f'<g font-size="10" dominant-baseline="middle" transform="rotate(-90)">{cols}</g>')
+    image = _png_data_uri(np.rint(np.clip(matrix / top, 0, 1) * (len(_PALETTE) - 1)).astype(np.uint8))
+    return (f'<svg width="{margin + side + 1}" height="{margin + side + 1}" xmlns="http://www.w3.org/2000/svg">{text}'
+            f'<image x="{margin}" y="{margin}" width="{side}" height="{side}" preserveAspectRatio="none" '
+            f'style="image-rendering:pixelated" href="{image}"/>'
+            f'<rect x="{margin}" y="{margin}" width="{side}" height="{side}" fill="none" stroke="#ccc"/></svg>')
+
+
+# white to rgb(124,58,237), the colour of the attention maps, in 64 steps
+_PALETTE = [tuple(round(255 - (255 - c) * k / 63) for c in (124, 58, 237)) for k in range(64)]
+
+
+def _png_data_uri(index: np.ndarray) -> str:
+    """A palette PNG, one pixel per entry of `index` (values into _PALETTE), as a data: URI."""
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = index.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in index)  # filter type 0 for each row
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+           + chunk(b"PLTE", bytes(v for rgb in _PALETTE for v in rgb)) + chunk(b"IDAT", zlib.compress(raw, 9))
+           + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def attention_maps(exp: Explanation, per_head: bool) -> list[str]:
@@ -94,14 +112,16 @@ def attention_maps(exp: Explanation, per_head: bool) -> list[str]:
     which = (f"all {T} tokens" if len(keep) == T else
              f"the {len(keep)} of {T} tokens that receive the most attention (mean over layers and heads)")
     parts = [f"<h3>Attention (rows attend to columns): {which}</h3>"
-             f"<p>Shade: {SHADES} steps from 0 <span class='scale'></span> to the largest weight in the map "
-             "(given under it).</p><div class='maps'>"]
+             "<p>Shade: from 0 <span class='scale'></span> to the largest weight in the map (given under it)."
+             + (" Each head's map has the tokens of its layer's mean, in the same order." if per_head else "")
+             + "</p><div class='maps'>"]
     for li, layer in enumerate(exp.attention):
         heads = [means[li]] + (list(layer) if per_head else [])
         for hi, matrix in enumerate(heads):
             sub = np.asarray(matrix)[np.ix_(keep, keep)]
             caption = f"layer {li}, " + ("mean of heads" if hi == 0 else f"head {hi - 1}") + f"; max {float(sub.max()):.3f}"
-            parts.append(f"<figure>{attention_svg(sub, shown)}<figcaption>{caption}</figcaption></figure>")
+            svg = attention_svg(sub, shown if hi == 0 else None)
+            parts.append(f"<figure>{svg}<figcaption>{caption}</figcaption></figure>")
     parts.append("</div>")
     if not per_head:
         parts.append("<p>Per-head maps are drawn on a page of one text (explain that text alone).</p>")

@@ -106,3 +106,184 @@ def test_an_installed_cjk_font_is_found_and_used(tmp_path, monkeypatch):
     with text_font(["正面"]) as drawable:
         assert drawable and matplotlib.rcParams["font.sans-serif"][0] == "Noto Sans CJK SC"
     assert matplotlib.rcParams["font.sans-serif"][0] != "Noto Sans CJK SC"  # only within
+
+
+# -- explain --------------------------------------------------------------------------------------
+def _classifier(max_positions: int = 64, layers: int = 2, heads: int = 2, labels=("neg", "pos"), seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=len(WORDS), layers=layers, dim=16, heads=heads, ffn=32,
+                                   max_positions=max_positions, num_labels=len(labels), labels=list(labels), lm_head=False))
+
+
+@pytest.fixture
+def cls_ws(ws, save_run):
+    """A random classifier that was finetuned with max_len 16 (runs/cls/train.json), though its
+    position table holds 64."""
+    folder = save_run(ws, "cls", _classifier(), WORDS)
+    write_json(folder / "train.json", {"max_len": 16})
+    return ws
+
+
+def _long_text(n: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(FILLER + ["good", "bad"]) for _ in range(n))
+
+
+def test_explain_reads_a_long_text_as_predict_does(cls_ws):
+    from bigmodel_cli.explain import explain_texts
+    from bigmodel_cli.predict import Item, Predictor
+
+    text = _long_text(40)
+    _, _, results, _ = explain_texts(cls_ws, [text], run="cls", methods=["saliency"])
+    exp = results[0]
+    assert len(exp.words) == 16 - 2 and exp.words == text.split()[:14]
+    predicted = Predictor(cls_ws.root / "runs" / "cls").records([Item(text)])[0]
+    assert exp.predicted == predicted["label"]
+    for label, p in predicted["probs"].items():
+        assert exp.probabilities[label] == pytest.approx(p, abs=1e-5)
+
+
+def test_html_option_naming_a_folder_writes_the_page_inside_it(cls_ws, run_cli, tmp_path):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    result = run_cli(["explain", "w1 w2 good", "--method", "saliency", "--html", folder], cls_ws.root)
+    assert result.exit_code == 0, result.output
+    pages = list(folder.glob("text-*.html"))
+    assert len(pages) == 1 and pages[0].read_text(encoding="utf-8").startswith("<!doctype html>")
+    (tmp_path / "a-file").write_text("mine\n")
+    bad = run_cli(["explain", "w1 w2 good", "--method", "saliency", "--html", tmp_path / "a-file" / "p.html"], cls_ws.root)
+    assert bad.exit_code == 2 and "Traceback" not in bad.output and "a-file" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and (tmp_path / "a-file").read_text() == "mine\n"
+
+
+def test_json_prints_one_object_per_text_and_nothing_else_on_stdout(cls_ws, run_cli, tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("w1 good w2\nw3 bad\nw4 w5 w6 good\n", encoding="utf-8")
+    result = run_cli(["explain", "--input", path, "--method", "saliency,attention", "--json", "--faithfulness"], cls_ws.root)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and [json.loads(line)["text"] for line in lines] == ["w1 good w2", "w3 bad", "w4 w5 w6 good"]
+    assert "written:" in result.stderr and "faithfulness" in result.stderr
+
+
+def test_split_limit_draws_a_seeded_sample_not_the_first_lines(cls_ws, helpers):
+    from bigmodel_cli.explain import read_split_texts
+
+    # a split sorted by label: the first 50 lines are all 'neg'
+    records = [{"text": f"w{i % 40} bad {i}", "label": "neg"} for i in range(50)] + \
+              [{"text": f"w{i % 40} good {i}", "label": "pos"} for i in range(50, 100)]
+    helpers.write_jsonl(cls_ws.processed / "test.jsonl", records)
+    texts = read_split_texts(cls_ws, "test", 10, seed=1)
+    assert len(texts) == 10 and texts == read_split_texts(cls_ws, "test", 10, seed=1)
+    assert any("good" in t for t in texts) and any("bad" in t for t in texts)
+    order = [int(t.split()[-1]) for t in texts]
+    assert order == sorted(order)  # file order kept
+    assert texts != read_split_texts(cls_ws, "test", 10, seed=2)
+    assert len(read_split_texts(cls_ws, "test", None)) == 100
+
+
+def test_faithfulness_random_is_the_mean_of_ten_draws_with_an_interval(cls_ws):
+    from bigmodel_cli.explain import explain_texts, load_explainer
+
+    texts = [_long_text(12, seed=s) for s in range(4)]
+    _, _, results, table = explain_texts(cls_ws, texts, run="cls", methods=["saliency"], faithfulness=True)
+    rand = table["random"]
+    assert rand["draws"] == 10
+    for key in ("comprehensiveness", "sufficiency"):
+        low, high = rand[f"{key}_ci95"]
+        assert low < rand[key] < high
+    _, explainer, _ = load_explainer(cls_ws, "cls")
+    one = explainer.faithfulness(results[0].words, results[0].scores, results[0].target_index, seed=0)
+    draws = np.asarray(one["random"]["draws"])
+    assert draws.shape == (10, 2) and len({tuple(d) for d in draws.round(8)}) > 1  # the draws differ
+    assert one["random"]["comprehensiveness"] == pytest.approx(draws[:, 0].mean())
+
+
+def test_png_draws_labels_with_dollar_signs(ws, save_run, run_cli):
+    save_run(ws, "cls", _classifier(labels=("$\\frac$", "a$b$c")), WORDS)
+    result = run_cli(["explain", "w1 good w2", "--method", "saliency", "--png", "--target", "$\\frac$"], ws.root)
+    assert result.exit_code == 0, result.output
+    png = next((ws.root / "explanations" / "cls").glob("text-*-1.png"))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_terminal_view_shows_control_characters_in_words_spelled_out(ws, save_run, run_cli):
+    save_run(ws, "cls", _classifier(labels=("\x1b[31mneg", "pos")), WORDS)
+    result = run_cli(["explain", "w1 good", "--method", "saliency", "--target", "\x1b[31mneg"], ws.root)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\\x1b[31mneg" in result.output
+
+
+def test_png_of_chinese_words_without_a_cjk_font_warns_once(ws, save_run, run_cli, monkeypatch):
+    from matplotlib import font_manager
+
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [f for f in font_manager.fontManager.ttflist if "CJK" not in f.name])
+    save_run(ws, "cls", _classifier(), WORDS[:-2] + ["好", "坏"])
+    result = run_cli(["explain", "w1 好 w2", "--method", "saliency", "--png"], ws.root)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "apt-get install fonts-noto-cjk" in warnings[0]
+    plain = run_cli(["explain", "w1 good w2", "--method", "saliency", "--png"], ws.root)
+    assert plain.exit_code == 0 and "fonts-noto-cjk" not in plain.output
+
+
+def _synthetic(n_words: int, layers: int, heads: int, seed: int = 0):
+    from bigmodel_cli.explain import METHODS, Explanation
+
+    rng = np.random.default_rng(seed)
+    T = n_words + 2
+    words = [f"word{i}" for i in range(n_words)]
+    exp = Explanation("text " * n_words, words, [False] * n_words, "classifier", "pos", 1, 0.9, "pos", {"pos": 0.9, "neg": 0.1},
+                      scores={m: rng.normal(size=n_words).tolist() for m in METHODS}, ig_delta=0.01, ig_steps=50)
+    exp.attention = [[rng.dirichlet(np.ones(T), size=T) for _ in range(heads)] for _ in range(layers)]
+    return exp
+
+
+def test_a_page_of_thirty_long_texts_is_small_and_quick():
+    from bigmodel_cli.explain_render import render_html
+
+    one = render_html([_synthetic(126, 12, 12)], "run")  # one text of 128 tokens, base size: per-head maps too
+    assert len(one.encode()) < 1_000_000
+    started = time.perf_counter()
+    page = render_html([_synthetic(126, 12, 12, seed=s) for s in range(30)], "run")
+    assert len(page.encode()) < 2_000_000 and time.perf_counter() - started < 10
+    assert page.count("<svg") == 30 * 12  # per text, one head-averaged map per layer
+    assert "word5</text>" in page  # maps carry word labels
+
+
+def test_explain_page_of_a_600_word_text(ws, save_run, run_cli):
+    folder = save_run(ws, "cls", _classifier(max_positions=128, layers=4, heads=4), WORDS)
+    write_json(folder / "train.json", {"max_len": 128})
+    result = run_cli(["explain", _long_text(600), "--steps", "4"], ws.root)
+    assert result.exit_code == 0, result.output
+    page = next((ws.root / "explanations" / "cls").glob("text-*.html"))
+    assert page.stat().st_size < 300_000
+    assert "the 20 of 128 tokens that receive the most attention" in page.read_text(encoding="utf-8")
+
+
+# -- generate -------------------------------------------------------------------------------------
+def _causal_ws(ws, save_run, sep_bias: float):
+    from bigmodel_cli.vocab import SEP
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=len(WORDS), layers=1, dim=16, heads=2, ffn=32, max_positions=128, causal=True))
+    with torch.no_grad():
+        model.lm_head.bias[WORDS.index(SEP)] = sep_bias
+    save_run(ws, "gpt", model, WORDS)
+    return ws
+
+
+def test_generated_text_is_one_unwrapped_line_on_stdout(ws, save_run, run_cli):
+    _causal_ws(ws, save_run, -100.0)
+    result = run_cli(["generate", "w1 w2", "--max-tokens", "60", "--temperature", "0"], ws.root)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1 and len(result.stdout) > 150 and result.stdout.startswith("w1 w2 ")
+    assert result.stderr == ""
+
+
+def test_generation_that_ends_at_once_says_so(ws, save_run, run_cli):
+    _causal_ws(ws, save_run, 100.0)
+    result = run_cli(["generate", "w1 w2", "--temperature", "0"], ws.root)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "w1 w2\n"
+    assert "ended the text at once" in result.stderr and "--temperature" in result.stderr

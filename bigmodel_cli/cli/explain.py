@@ -50,7 +50,7 @@ def explain_cli(
       bigmodel explain "这家酒店" --run gpt               # a causal run: why this next word
     """
     from bigmodel_cli.errors import UserError
-    from bigmodel_cli.explain import explain_texts, parse_methods, read_split_texts, write_outputs
+    from bigmodel_cli.explain import explain_texts, html_target, parse_methods, read_split_texts, write_outputs
 
     ws = open_workspace(workspace)
     methods = parse_methods(method)
@@ -66,6 +66,8 @@ def explain_cli(
         texts, note, stem = _read_input(input, limit or None), str(input), f"{input.stem}-{limit or 'all'}"
     if faithfulness:
         stem += f"-faith-{removal}"
+    if html is not None:
+        html = html_target(html, stem)
     from rich.progress import Progress
 
     with Progress(console=err_console, transient=True, disable=len(texts) < 2 or not err_console.is_terminal) as bar:

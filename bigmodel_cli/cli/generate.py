@@ -1,12 +1,12 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, err_console, handle_errors, open_workspace
 
 
 @app.command("generate")
@@ -23,6 +23,9 @@ def generate_cli(
 ) -> None:
     """Continue a prompt with a causal language model (pretrain --objective clm).
 
+    Prints the prompt and its continuation as one plain line on stdout (fit to pipe to a
+    file); notes go to stderr.
+
     [b]Examples[/b]:
       bigmodel generate 这家酒店                        # the latest pretrain run
       bigmodel generate "The film" --run gpt --temperature 0 --max-tokens 20
@@ -32,4 +35,10 @@ def generate_cli(
 
     ws = open_workspace(workspace)
     result = generate(ws, prompt, run=run, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    console.print(escape(result.text))
+    # the text is machine output: written as is, never wrapped (rich wraps at 80 columns in a pipe)
+    sys.stdout.write(result.text + "\n")
+    sys.stdout.flush()
+    if not result.tokens:
+        advice = "try a higher --temperature or another --seed" if temperature > 0 else "try --temperature 0.8"
+        err_console.print(f"[yellow]note:[/] the model ended the text at once (its first word was the end of a document), "
+                          f"so nothing was added to the prompt; {advice}, or pretrain longer", soft_wrap=True)
