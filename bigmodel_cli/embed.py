@@ -110,7 +110,7 @@ def check_ngram_memory(cfg: EmbedConfig) -> None:
     if need > have // 2:
         raise UserError(f"--buckets {cfg.buckets:,} x --dim {cfg.dim} needs {need / 2**30:.1f} GiB for fastText's n-gram matrix, "
                         f"more than half of this machine's {have / 2**30:.1f} GiB",
-                        hint=f"use --buckets {max(1, have // 2 // (cfg.dim * 4 * 4)):,} or less")
+                        hint=f"use --buckets {max(1, have // 4 // (cfg.dim * 4)):,} or less (a quarter of the memory)")
 
 
 def check_name(name: str) -> str:
