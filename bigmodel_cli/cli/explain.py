@@ -61,7 +61,8 @@ def explain_cli(
         texts, note, stem = [text], "text", "text-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     elif split is not None:
         texts = read_split_texts(ws, split, limit or None, seed)
-        note, stem = f"split {split}" + (f", {len(texts)} drawn with seed {seed}" if limit else ""), f"{split}-{limit or 'all'}" + (f"-seed{seed}" if limit else "")
+        note, stem = (f"split {split}, {len(texts)} drawn with seed {seed}", f"{split}-{limit}-seed{seed}") if limit \
+            else (f"split {split}", f"{split}-all")
     else:
         texts, note, stem = _read_input(input, limit or None), str(input), f"{input.stem}-{limit or 'all'}"
     if faithfulness:
@@ -77,7 +78,8 @@ def explain_cli(
             internal_batch_size=internal_batch_size, baseline=baseline, faithfulness=faithfulness, removal=removal,
             progress=lambda: bar.advance(task))
     params = dict(methods=list(methods), target=target, layer=layer, head=head, steps=steps, baseline=baseline,
-                  faithfulness=faithfulness, removal=removal, texts=len(texts), source=note)
+                  faithfulness=faithfulness, removal=removal, texts=len(texts), source=note,
+                  **({"seed": seed} if split is not None and limit else {}))
     warnings: list[str] = []
     files = write_outputs(ws, folder, results, faith, stem=stem, html_path=html, png=png, params=params,
                           inputs_note=note, warnings=warnings)
