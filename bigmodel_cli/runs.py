@@ -12,6 +12,7 @@ other than the one the model was trained on, and a run that was interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,15 @@ def find_run(ws, name: str | None, *, kind: str | None = None) -> Path:
 
 
 def run_kind(folder: Path) -> str:
-    num_labels = _read_object(folder / "config.json").get("num_labels")
-    return "finetune" if num_labels else "pretrain"
+    """'finetune' for a classifier, else 'pretrain': read from the checkpoint's config (which
+    its manifest protects) where there is one, so that a hand-edited config.json is caught
+    when the run is loaded instead of making it look like another kind of run."""
+    config = _read_object(folder / "config.json")
+    found = ckpt.resolve_link(folder / "checkpoints", "best") or ckpt.resolve_link(folder / "checkpoints", "last")
+    if found is not None:
+        with contextlib.suppress(UserError):
+            config = ckpt.read_config(found)
+    return "finetune" if config.get("num_labels") else "pretrain"
 
 
 def _read_object(path: Path) -> dict[str, Any]:

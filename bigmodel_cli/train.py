@@ -43,7 +43,7 @@ Batch = dict[str, torch.Tensor]
 # others (learning rate, batch, seed, the data and the model) define the run.
 RESUMABLE = ("max_steps", "max_time", "epochs", "early_stopping", "device", "compile", "accumulate", "log_every",
              "eval_every", "eval_batches", "checkpoint_every", "keep")
-ESTIMATE_AFTER = 10  # steps measured before --max-time sizes the schedule from the speed
+ESTIMATE_AFTER = 5  # steps measured before --max-time sizes the schedule from the speed
 
 
 class Stopped(UserError):
