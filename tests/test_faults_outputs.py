@@ -287,3 +287,21 @@ def test_generation_that_ends_at_once_says_so(ws, save_run, run_cli):
     assert result.exit_code == 0, result.output
     assert result.stdout == "w1 w2\n"
     assert "ended the text at once" in result.stderr and "--temperature" in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_with_labels_full_of_markup(tmp_path, run_cli):
+    from bigmodel_cli.config import FinetuneConfig
+    from bigmodel_cli.finetune import finetune
+    from classify_fixtures import SCRATCH, TINY_FINETUNE, labelled_ws, reviews
+
+    names = {"pos": "$\\frac$ good", "neg": "a|b <i>bad</i>"}
+    ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": names[label]} for t, label in reviews(40)])
+    finetune(ws, FinetuneConfig(**{**TINY_FINETUNE, **SCRATCH}), seed=1)
+    result = run_cli(["evaluate"], ws.root)
+    assert result.exit_code == 0, result.output
+    folder = ws.root / "reports" / "classifier-scratch" / "test"
+    assert (folder / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    page = (folder / "report.md").read_text(encoding="utf-8")
+    assert "<i>" not in page and "a\\|b &lt;i&gt;bad&lt;/i&gt;" in page
+    assert "$\\frac$ good" in " ".join(result.output.split())  # the terminal shows the label as written
