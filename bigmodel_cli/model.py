@@ -154,7 +154,7 @@ def config_problems(data: Any) -> list[str]:
     labels, num_labels = get("labels"), get("num_labels")
     if not (is_int(num_labels) and num_labels >= 0):
         problems.append(f"field 'num_labels' must be 0 or a positive integer, got {num_labels!r}")
-    elif not isinstance(labels, list) or (num_labels and len(labels) != num_labels):
+    elif not isinstance(labels, list) or (num_labels and labels and len(labels) != num_labels):
         problems.append(f"field 'labels' must list the {num_labels} class names of 'num_labels', got {labels!r}")
     elif not num_labels and not get("lm_head"):
         problems.append("field 'num_labels' is 0 and 'lm_head' is false: the model would have no output")
