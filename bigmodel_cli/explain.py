@@ -54,7 +54,7 @@ class Explanation:
     scores: dict[str, list[float]] = field(default_factory=dict)
     ig_delta: float | None = None
     ig_steps: int | None = None
-    attention: list | None = None  # [layer][head] (T x T) numpy arrays, for the HTML page
+    attention: list | None = None  # [layer][head] (T x T) numpy arrays for the HTML page (of several texts: [layer][mean])
 
     def to_json(self) -> dict[str, Any]:
         return {"text": self.text, "words": self.words, "unknown": self.unknown, "kind": self.kind,
@@ -369,6 +369,8 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
             raise UserError(f"nothing is left of {text!r} after cleaning", hint="give text with words in it")
         exp = explainer.explain(text, words, methods, target=target, layer=layer, head=head, steps=steps,
                                 internal_batch_size=internal_batch_size, baseline=baseline)
+        if len(texts) > 1:  # a page of several texts draws the head means only: keep only them (memory)
+            exp.attention = [[np.mean(heads, axis=0)] for heads in exp.attention]
         results.append(exp)
         if faithfulness:
             faith.append(explainer.faithfulness(words, exp.scores, exp.target_index, removal, seed=i))

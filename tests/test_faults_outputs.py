@@ -305,3 +305,15 @@ def test_evaluate_end_to_end_with_labels_full_of_markup(tmp_path, run_cli):
     page = (folder / "report.md").read_text(encoding="utf-8")
     assert "<i>" not in page and "a\\|b &lt;i&gt;bad&lt;/i&gt;" in page
     assert "$\\frac$ good" in " ".join(result.output.split())  # the terminal shows the label as written
+
+
+@pytest.mark.slow
+def test_explain_page_of_thirty_long_texts_is_under_two_megabytes(ws, save_run, run_cli, tmp_path):
+    folder = save_run(ws, "cls", _classifier(max_positions=128, layers=4, heads=4), WORDS)
+    write_json(folder / "train.json", {"max_len": 128})
+    path = tmp_path / "long.txt"
+    path.write_text("".join(_long_text(600, seed=s) + "\n" for s in range(30)), encoding="utf-8")
+    result = run_cli(["explain", "--input", path, "--limit", "30", "--method", "attention,rollout,saliency"], ws.root)
+    assert result.exit_code == 0, result.output
+    page = (ws.root / "explanations" / "cls" / "long-30.html").read_text(encoding="utf-8")
+    assert len(page.encode()) < 2_000_000 and page.count("<h2>") == 30 and page.count("<svg") == 30 * 4
