@@ -11,11 +11,17 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import errno
 import gzip
 import io
 import itertools
 import json
 import lzma
+import os
+import re
+import stat
+import zlib
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -31,6 +37,17 @@ FASTTEXT_LABEL = "__label__"
 # A file is labelled when any of its first records carries a label: deciding on the first
 # record alone would silently drop every label of a file whose first record lacks one.
 LABEL_LOOKAHEAD = 1000
+# A CSV/TSV row whose quoted field runs over more lines than this (or to the end of the
+# file) is taken for an unclosed quote: it is rejected and reading resumes on the line
+# after it starts, so that one stray quote does not swallow the rows after it.
+MAX_ROW_LINES = 100
+# Share of lines in a sample that may fail to decode in the encoding chosen for the file;
+# those lines become rejected records (with their byte offsets), the rest is read.
+MAX_BAD_LINE_SHARE = 0.1
+# Lone surrogates (a JSON escape such as "\ud800" with no partner) are not characters:
+# nothing can encode them, so they cannot be written out as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
 @dataclass(slots=True)
@@ -64,25 +81,84 @@ def file_format(path: Path, override: str | None = None) -> str:
 
 
 def discover(paths: list[Path], fmt: str | None = None) -> list[Path]:
-    """Expand folders into their readable files (sorted, hidden files skipped)."""
+    """Expand folders into their readable files (sorted, hidden files skipped). A pipe,
+    socket or device, given or inside a folder, is refused: every input is read twice
+    (a sample to detect the encoding, then the records), and reading a pipe would hang."""
     files: list[Path] = []
     for path in paths:
         if not path.exists():
             raise InputError(path, "no such file or folder", hint="check the path")
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and _readable(p, fmt)
-            )
+            found = sorted(p for p in _walk(path) if _readable(p, fmt))
+            for p in found:
+                check_regular_file(p)
             if not found:
                 raise InputError(path, "folder has no readable files",
                                  hint="put .txt, .jsonl, .csv or .tsv files in it (optionally .gz/.bz2/.xz)")
             files.extend(found)
         else:
             file_format(path, fmt)
+            check_regular_file(path)
             files.append(path)
     return files
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every entry under `folder` but folders, hidden ones (and hidden folders' contents)
+    left out, symbolic links to folders not followed. A folder that cannot be listed is
+    an error: pathlib's rglob would pass over it, and its files would be lost unsaid."""
+
+    def refuse(exc: OSError) -> None:
+        raise read_error(exc.filename, exc)
+
+    for top, dirs, names in os.walk(folder, onerror=refuse):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if not name.startswith("."):
+                yield Path(top, name)
+
+
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def check_regular_file(path: Path) -> None:
+    """An InputError unless `path` is a regular file (or a link to one) that exists."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(path, "no such file" + (" (a broken symbolic link)" if path.is_symlink() else ""),
+                         hint="check the path") from None
+    except OSError as exc:
+        raise read_error(path, exc) from None
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise InputError(path, f"{kind}, not a regular file",
+                     hint="give a file: inputs are read twice (a sample for the encoding, then the records), "
+                          "so save a pipe's output to a file first")
+
+
+_READ_ADVICE = {
+    errno.EACCES: "check its permissions (ls -l) or run as a user who may read it",
+    errno.EPERM: "check its permissions (ls -l) or run as a user who may read it",
+    errno.EIO: "the disk or network file system reported a read error; check it (dmesg) and retry",
+}
+
+
+def read_error(path: object, exc: OSError) -> InputError:
+    """One line for an operating-system error while opening or reading `path`."""
+    reason = exc.strerror or str(exc)
+    problem = f"I/O error while reading ({reason})" if exc.errno == errno.EIO else f"cannot read ({reason})"
+    return InputError(path, problem, hint=_READ_ADVICE.get(exc.errno, "check the file and the disk it is on"))
+
+
+def _stream_error(path: Path, exc: BaseException) -> InputError:
+    """A read error (it carries an errno) or a damaged compressed file (gzip, bz2 and lzma
+    raise OSErrors without one, EOFError, LZMAError or zlib.error)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return read_error(path, exc)
+    return InputError(path, f"cannot decompress ({exc})", hint="check that the file is complete")
 
 
 def _readable(path: Path, fmt: str | None) -> bool:
@@ -95,7 +171,10 @@ def _readable(path: Path, fmt: str | None) -> bool:
 
 def open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
     """(decompressed stream, raw file): the raw file's position measures progress."""
-    raw = open(path, "rb")
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise read_error(path, exc) from None
     opener = _COMPRESSED.get(path.suffix.lower())
     if opener is None:
         return raw, raw
@@ -128,36 +207,62 @@ def detect_encoding(path: Path, sample: bytes) -> str:
     from charset_normalizer import from_bytes
 
     best = from_bytes(sample, cp_isolation=["gb18030", "big5"]).best()
-    if best is None and _mostly_utf8(sample):
-        # A UTF-8 file with a few corrupt lines: read as UTF-8, those lines are bad records
-        # (skipped into rejects with their byte offsets, or fatal under --strict).
-        return "utf-8"
-    if best is None:
+    if best is not None:
+        return best.encoding
+    # A file with a few corrupt lines: read in the encoding most of its lines decode in,
+    # those lines are bad records (skipped into rejects with their byte offsets, or fatal
+    # under --strict), as charset_normalizer gives up on the whole sample for one bad line.
+    mostly = _mostly_decodable(sample)
+    if mostly is None:
         raise InputError(path, "bytes are not UTF-8, UTF-16, GB18030/GBK or Big5", offset=first_bad,
                          hint="convert the file to UTF-8, or pass --encoding NAME if you know it")
-    return best.encoding
+    return mostly
 
 
-def _mostly_utf8(sample: bytes, max_bad_share: float = 0.1) -> bool:
+def _sample_lines(sample: bytes) -> list[bytes]:
     lines = sample.split(b"\n")
     if len(sample) >= SAMPLE_BYTES:
         lines.pop()  # cut off mid-line by the sample size
-    lines = [line for line in lines if line.strip()]
-    bad = 0
-    for line in lines:
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            bad += 1
-    return bool(lines) and bad <= max_bad_share * len(lines)
+    return [line for line in lines if line.strip()]
+
+
+def _decodes(line: bytes, encoding: str) -> bool:
+    try:
+        line.decode(encoding)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _mostly_decodable(sample: bytes) -> str | None:
+    """UTF-8, GB18030 or Big5 when all but a few of the sample's non-ASCII lines decode in
+    it (UTF-8 first: other bytes seldom pass as UTF-8, while GB18030 takes most byte
+    pairs); the Chinese encodings told apart on the lines both decode, as charset_normalizer
+    would tell a clean file."""
+    lines = [line for line in _sample_lines(sample) if not line.isascii()]
+    if not lines:
+        return None
+    fits = {}
+    for encoding in ("utf-8", "gb18030", "big5"):
+        fits[encoding] = [_decodes(line, encoding) for line in lines]
+        if encoding == "utf-8" and fits[encoding].count(False) <= MAX_BAD_LINE_SHARE * len(lines):
+            return "utf-8"
+    candidates = [e for e in ("gb18030", "big5") if fits[e].count(False) <= MAX_BAD_LINE_SHARE * len(lines)]
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+    both = b"\n".join(line for line, a, b in zip(lines, fits["gb18030"], fits["big5"]) if a and b)
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(both, cp_isolation=candidates).best()
+    return best.encoding if best is not None else "gb18030"
 
 
 def read_sample(path: Path) -> bytes:
     stream, raw = open_binary(path)
     try:
         return stream.read(SAMPLE_BYTES)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise InputError(path, f"cannot decompress ({exc})", hint="check that the file is complete") from None
+    except _STREAM_ERRORS as exc:
+        raise _stream_error(path, exc) from None
     finally:
         stream.close()
         raw.close()
@@ -178,14 +283,20 @@ class Reader:
     there has been yielded (None otherwise). `Reader(..., skip_lines=n, labelled=x)` then
     yields the records after line n, as this one would have, given `labelled` as this one
     decided it from the file's first records (see read_ahead).
+
+    `blank_lines`: a blank line (or CSV row) is yielded as a Doc with empty text, so that
+    it is counted (preprocess drops it as blank); otherwise it is passed over.
+    `surrogates`: a JSON text or label holding a lone surrogate is a Reject ("reject") or
+    has it replaced by U+FFFD ("replace").
     """
 
     def __init__(self, path: Path, fmt: str, encoding: str, text_field: str, label_field: str,
                  label_required: bool = False, name: str | None = None, skip_lines: int = 0,
-                 labelled: bool | None = None):
+                 labelled: bool | None = None, blank_lines: bool = False, surrogates: str = "reject"):
         self.path, self.fmt, self.encoding = path, fmt, encoding
-        self.name = name or str(path)  # how records name their file: "name:line"
+        self.name = printable_name(name or str(path))  # how records name their file: "name:line"
         self.text_field, self.label_field, self.label_required = text_field, label_field, label_required
+        self.blank_lines, self.surrogates = blank_lines, surrogates
         self.labelled = False
         self.resume_line: int | None = None
         self._skip, self._known_labelled = skip_lines, labelled
@@ -215,6 +326,8 @@ class Reader:
             except UnicodeDecodeError as exc:
                 raise InputError(self.path, f"cannot decode as {self.encoding} ({exc.reason})",
                                  hint="pass --encoding with the file's real encoding") from None
+            except _STREAM_ERRORS as exc:
+                raise _stream_error(self.path, exc) from None
             return
         decode = codecs.getdecoder(self.encoding)
         try:
@@ -231,8 +344,8 @@ class Reader:
                         line = line[1:]
                     yield number, line.rstrip("\r\n")
                 offset += len(raw)
-        except (OSError, EOFError, lzma.LZMAError) as exc:
-            raise InputError(self.path, f"cannot decompress ({exc})", hint="check that the file is complete") from None
+        except _STREAM_ERRORS as exc:
+            raise _stream_error(self.path, exc) from None
 
     # -- records ------------------------------------------------------------------
     def __iter__(self) -> Iterator[Doc | Reject]:
@@ -243,7 +356,8 @@ class Reader:
         return self._table()
 
     def _txt(self) -> Iterator[Doc | Reject]:
-        lines = ((n, line) for n, line in self.lines(self._skip) if isinstance(line, Reject) or line.strip())
+        blank = self.blank_lines
+        lines = ((n, line) for n, line in self.lines(self._skip) if blank or isinstance(line, Reject) or line.strip())
         # fastText's format: "__label__pos some text" marks a labelled file.
         if self._known_labelled is None:
             head, lines = _lookahead(lines)
@@ -255,6 +369,9 @@ class Reader:
             if isinstance(line, Reject):
                 yield line
                 continue
+            if blank and not line.strip():
+                yield Doc("", None, f"{self.name}:{number}")
+                continue
             label = None
             if self.labelled:
                 if line.startswith(FASTTEXT_LABEL):
@@ -265,19 +382,25 @@ class Reader:
                     continue
             yield Doc(line, label, f"{self.name}:{number}")
 
-    def _json_records(self) -> Iterator[tuple[int, str, str, dict | Reject]]:
-        """(line number, location, line, parsed object or a Reject) for each non-blank line."""
+    def _json_records(self) -> Iterator[tuple[int, str, str, dict | Reject | None]]:
+        """(line number, location, line, parsed object, a Reject, or None for a blank line
+        when blank lines are counted) for each line."""
         for number, line in self.lines(self._skip):
             if isinstance(line, Reject):
                 yield number, line.source, "", line
                 continue
             if not line.strip():
+                if self.blank_lines:
+                    yield number, f"{self.name}:{number}", line, None
                 continue
             where = f"{self.name}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield number, where, line, Reject(where, f"not valid JSON ({exc.msg} at column {exc.colno})", line)
+                continue
+            except RecursionError:
+                yield number, where, line, Reject(where, "not valid JSON (nested too deeply)", line)
                 continue
             if not isinstance(record, dict):
                 yield number, where, line, Reject(where, f"a JSON {type(record).__name__}, not an object", line)
@@ -292,6 +415,9 @@ class Reader:
             records, self.labelled = self._json_records(), self._known_labelled
         for number, where, line, record in records:
             self.resume_line = number  # one record per line: the one yielded next ends there
+            if record is None:
+                yield Doc("", None, where)
+                continue
             if isinstance(record, Reject):
                 yield record
                 continue
@@ -299,42 +425,52 @@ class Reader:
             if not isinstance(text, str):
                 problem = (f"no field '{self.text_field}' (fields: {', '.join(record) or 'none'}); pass --text-field"
                            if text is None else f"field '{self.text_field}' is a {type(text).__name__}, not a string")
-                yield Reject(where, problem, line)
+                yield Reject(where, without_surrogates(problem), line)
                 continue
             label = _label(record.get(self.label_field)) if self.labelled else None
             if self.labelled and label is None:
                 yield Reject(where, f"no label in field '{self.label_field}'", line, True)
                 continue
+            if "\\u" in line:  # only a JSON escape can make a lone surrogate
+                fixed = self._surrogates(where, line, text, label)
+                if isinstance(fixed, Reject):
+                    yield fixed
+                    continue
+                text, label = fixed
             yield Doc(text, label, where)
+
+    def _surrogates(self, where: str, line: str, text: str, label: str | None) -> tuple[str, str | None] | Reject:
+        for name, value in ((self.text_field, text), (self.label_field, label)):
+            if value is not None and _SURROGATE.search(value):
+                if self.surrogates != "replace":
+                    return Reject(where, f"field '{name}' holds a lone surrogate (an escape such as \\ud800 with no "
+                                         f"partner), which is not a character", line)
+        if self.surrogates != "replace":
+            return text, label
+        return without_surrogates(text), None if label is None else without_surrogates(label)
 
     def _table(self) -> Iterator[Doc | Reject]:
         fmt = self.fmt
         delimiter = "\t" if fmt == "tsv" else ","
-        decoded: list[Reject] = []
-
-        # Taking over after line `skip`: the header still comes from line 1, and the csv
-        # module's line numbers, which count the lines it was given, are shifted back.
+        # Taking over after line `skip`: the header still comes from line 1.
         skip = self._skip
-        shift = max(skip - 1, 0)
-
-        def text_lines() -> Iterator[str]:
-            for number, line in self.lines():
-                if 1 < number <= skip:
-                    continue
-                if isinstance(line, Reject):
-                    decoded.append(line)
-                    yield ""
-                else:
-                    yield line + "\n"
-
-        reader = csv.reader(text_lines(), delimiter=delimiter)
+        feed = _RowFeed((n, line) for n, line in self.lines() if not 1 < n <= skip)
+        reader = csv.reader(feed, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             raise InputError(self.path, "file is empty") from None
+        except csv.Error as exc:
+            raise InputError(self.path, f"malformed {fmt.upper()} header ({exc})", line=1,
+                             hint="check the quoting on that line") from None
+        if feed.bad:
+            raise InputError(feed.bad[0].source, f"the header: {feed.bad[0].reason}", hint="pass --encoding with the file's real encoding")
+        if feed.unclosed:
+            raise InputError(self.path, "the header opens a quoted field that is not closed", line=1,
+                             hint="check the quoting on that line")
         # A header over several lines (a quoted newline in a column name) would make the
         # line arithmetic of taking over wrong: such a file is read from its start.
-        resumable = reader.line_num == 1
+        resumable = feed.taken[-1][0] == 1
         header = [h.strip() for h in header]
         if self.text_field not in header:
             raise InputError(self.path, f"no column '{self.text_field}'", line=1,
@@ -345,32 +481,123 @@ class Reader:
                              hint=f"the columns are: {', '.join(header)}; pass --label-field NAME")
         label_col = header.index(self.label_field) if self.label_field in header else None
         self.labelled = label_col is not None
-        try:
-            for row in reader:
-                # Undecodable lines read along with this row: not a place to take over,
-                # since the row itself is still to come.
-                self.resume_line = None
-                while decoded:
-                    yield decoded.pop(0)
-                if not row or not any(cell.strip() for cell in row):
-                    continue
-                line = reader.line_num + shift
-                where = f"{self.name}:{line}"
-                self.resume_line = line if resumable else None  # a record may span lines: the one yielded next ends there
-                if len(row) != len(header):
-                    yield Reject(where, f"{len(row)} fields where the header has {len(header)}", delimiter.join(row))
-                    continue
-                label = _label(row[label_col]) if label_col is not None else None
-                if label_col is not None and label is None:
-                    yield Reject(where, f"empty label in column '{self.label_field}'", delimiter.join(row), True)
-                    continue
-                yield Doc(row[text_col], label, where)
-        except csv.Error as exc:
-            raise InputError(self.path, f"malformed {fmt.upper()} ({exc})", line=reader.line_num + shift,
-                             hint="check the quoting on that line") from None
+        while True:
+            feed.start_row()
+            error = None
+            try:
+                row = next(reader)
+            except StopIteration:
+                row = None
+            except csv.Error as exc:
+                row, error = [], f"malformed {fmt.upper()} ({exc})"
+            if row is not None and not feed.taken:
+                row = None
+            if row is not None:
+                first, last = feed.taken[0][0], feed.taken[-1][0]
+                if error is None and feed.unclosed:
+                    error = (f"a quoted field opened on this line is not closed within {MAX_ROW_LINES} lines" if feed.cut
+                             else "a quoted field opened on this line is not closed before the end of the file")
+                elif error is None and last > first and len(row) != len(header):
+                    error = f"{len(row)} fields where the header has {len(header)}, over lines {first}-{last}"
+                if error is not None:
+                    raw = feed.resync()  # read on from the line after this row's first: the rows it swallowed come back
+            # Undecodable lines read along with this row: not a place to take over,
+            # since the row itself is still to come.
+            self.resume_line = None
+            while feed.bad:
+                yield feed.bad.popleft()
+            if row is None:
+                break
+            where = f"{self.name}:{first}"
+            if error is not None:
+                self.resume_line = first if resumable else None
+                yield Reject(where, f"{error}; the lines after it are read again", raw)
+                reader = csv.reader(feed, delimiter=delimiter)
+                continue
+            self.resume_line = last if resumable else None  # a record may span lines: the one yielded next ends there
+            if not row or not any(cell.strip() for cell in row):
+                if self.blank_lines:
+                    yield Doc("", None, where)
+                continue
+            if len(row) != len(header):
+                yield Reject(where, f"{len(row)} fields where the header has {len(header)}", feed.raw())
+                continue
+            label = _label(row[label_col]) if label_col is not None else None
+            if label_col is not None and label is None:
+                yield Reject(where, f"empty label in column '{self.label_field}'", feed.raw(), True)
+                continue
+            yield Doc(row[text_col], label, where)
         self.resume_line = None
-        while decoded:
-            yield decoded.pop(0)
+
+
+class _RowFeed:
+    """Lines for csv.reader, with their numbers: `taken` holds the current row's lines.
+
+    A row may take at most MAX_ROW_LINES lines: asked for more, or at the end of the file
+    inside a quoted field, the feed ends the row (`unclosed`), and `resync()` puts its lines
+    after the first back to be read again. An undecodable line at the start of a row goes
+    to `bad` (a Reject, yielded before the row); inside a quoted field it is read as an
+    empty line and its Reject goes to `bad` as well.
+    """
+
+    def __init__(self, lines: Iterator[tuple[int, str | Reject]]):
+        self._lines = lines
+        self._pending: deque[tuple[int, str | Reject]] = deque()
+        self.taken: list[tuple[int, str | Reject]] = []
+        self.bad: deque[Reject] = deque()
+        self.unclosed = self.cut = False
+
+    def __iter__(self) -> "_RowFeed":
+        return self
+
+    def start_row(self) -> None:
+        self.taken = []
+        self.unclosed = self.cut = False
+
+    def __next__(self) -> str:
+        if len(self.taken) >= MAX_ROW_LINES:
+            self.unclosed = self.cut = True
+            raise StopIteration
+        while True:
+            try:
+                number, line = self._pending.popleft() if self._pending else next(self._lines)
+            except StopIteration:
+                if self.taken:
+                    self.unclosed = True  # csv.reader asks for more only inside a quoted field
+                raise
+            if isinstance(line, Reject):
+                self.bad.append(line)
+                if not self.taken:
+                    continue
+                self.taken.append((number, line))
+                return "\n"
+            self.taken.append((number, line))
+            return line + "\n"
+
+    def raw(self) -> str:
+        return "\n".join(line for _, line in self.taken if isinstance(line, str))
+
+    def resync(self) -> str:
+        """Put the current row's lines after its first back; the first line's text."""
+        rest = self.taken[1:]
+        again = {id(line) for _, line in rest if isinstance(line, Reject)}
+        self.bad = deque(r for r in self.bad if id(r) not in again)  # met again when re-read
+        self._pending.extendleft(reversed(rest))
+        first = self.taken[0][1]
+        return first if isinstance(first, str) else ""
+
+
+def printable_name(name: str) -> str:
+    """A file name fit to write as UTF-8: bytes that are not UTF-8 (which Python keeps as
+    lone surrogates) shown as \\xNN."""
+    if not _SURROGATE.search(name):
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text) if not text.isascii() else text
 
 
 def _lookahead(items: Iterator, n: int = LABEL_LOOKAHEAD) -> tuple[list, Iterator]:
@@ -390,10 +617,9 @@ def read_texts(path: Path, limit: int | None = None, text_field: str = "text", e
     """The texts of one file, read as preprocess reads it (format by extension, encoding
     detected), for predict and explain. A bad record is a one-line error naming its line."""
     fmt = file_format(path)
-    if not path.is_file():
-        raise InputError(path, "no such file", hint="check the path")
+    check_regular_file(path)
     enc = detect_encoding(path, read_sample(path)) if encoding == "auto" else check_encoding(path, encoding)
-    reader = Reader(path, fmt, enc, text_field, "label")
+    reader = Reader(path, fmt, enc, text_field, "label", surrogates="replace")
     texts: list[str] = []
     try:
         for item in reader:
@@ -407,3 +633,23 @@ def read_texts(path: Path, limit: int | None = None, text_field: str = "text", e
     if not texts:
         raise InputError(path, "holds no text", hint="give a file with one text per line (txt) or records with a text field")
     return texts
+
+
+def read_lines(path: Path, encoding: str = "auto") -> list[str]:
+    """The non-blank lines of a plain text file, stripped, read as preprocess reads files
+    (compressed or not, encoding detected); a line that does not decode is an error."""
+    check_regular_file(path)
+    enc = detect_encoding(path, read_sample(path)) if encoding == "auto" else check_encoding(path, encoding)
+    reader = Reader(path, "txt", enc, "text", "label")
+    lines = []
+    try:
+        for _, line in reader.lines():
+            if isinstance(line, Reject):
+                raise InputError(line.source, line.reason, hint="fix that line, or pass the file's real encoding")
+            if line.strip():
+                lines.append(line.strip())
+    finally:
+        reader.close()
+    if not lines:
+        raise InputError(path, "file is empty")
+    return lines
