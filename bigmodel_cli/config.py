@@ -50,7 +50,7 @@ class PreprocessConfig:
     lowercase: bool = doc("Lower-case English words.", False)
     stem: bool = doc("Porter-stem English words.", False)
     min_chars: int = doc("Drop documents shorter than this many characters after cleaning.", 1)
-    max_chars: int = doc("Drop documents longer than this (0: no limit).", 0)
+    max_chars: int = doc("Drop documents longer than this many characters after cleaning, counted in the report (0: no limit; a document of millions of characters takes gigabytes to segment).", 100_000)
     dedupe: bool = doc("Drop exact duplicates (after normalisation); label conflicts are reported.", True)
     segmenter: str = doc("Chinese segmenter: auto (jieba_next if installed, else jieba), jieba, jieba_next.", "auto")
     hmm: bool = doc("jieba's HMM for words not in its dictionary.", True)
@@ -201,9 +201,16 @@ def render_config(lang: str = "auto", values: dict[str, dict[str, Any]] | None =
 
 
 def load_config(path: Path) -> dict[str, dict[str, Any]]:
+    with open(path, "rb") as handle:
+        raw = handle.read()
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line} (byte {exc.start}): not UTF-8 (byte 0x{raw[exc.start]:02x})",
+                        hint="TOML files are UTF-8: save it as UTF-8 (or retype that line)") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})", hint="fix the file or delete it and run `bigmodel init` again") from None
     for section, values in data.items():

@@ -44,7 +44,8 @@ from bigmodel_cli.read_ahead import CleanDoc, ReadAhead
 from bigmodel_cli.segment import SegmentOptions, Segmenter, describe_segmenter, resolve_backend
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
-from bigmodel_cli.textio import Doc, Reader, Reject, check_encoding, detect_encoding, discover, file_format, read_sample
+from bigmodel_cli.textio import (SAMPLE_BYTES, Doc, Reader, Reject, check_encoding, detect_encoding, discover, file_format,
+                                 read_sample)
 from bigmodel_cli.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 
 SPLITS = ("train", "dev", "test")
@@ -129,6 +130,8 @@ class DocProcessor:
 
     def clean_doc(self, text: str) -> tuple[str | None, str | None]:
         """(clean text, None), or (None, drop reason)."""
+        if not text or text.isspace():
+            return None, "blank"  # a blank line or an empty text field
         clean = clean_text(text, self.clean)
         if not clean:
             return None, "empty after cleaning"
@@ -293,9 +296,12 @@ def preprocess(
     else:
         sources = [(None, discover(inputs, fmt))]
     plan = []
+    lines_at_most: int | None = 0  # None: some file is longer than its sample
     for split, files in sources:
         for path in files:
             sample = read_sample(path)
+            if lines_at_most is not None:
+                lines_at_most = None if len(sample) >= SAMPLE_BYTES else lines_at_most + sample.count(b"\n") + 1
             if cfg.encoding == "auto":
                 encoding = detect_encoding(path, sample)
             else:
@@ -328,7 +334,7 @@ def preprocess(
         try:
             with _fewer_collections():
                 report, output_hashes = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress,
-                                             console)
+                                             console, lines_at_most)
             replace_dir(staging, ws.processed)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -400,11 +406,11 @@ def _reader(ws, plan, cfg: PreprocessConfig, label_required: bool, index: int,
     _, path, fmt, encoding = plan[index]
     skip, labelled = resume or (0, None)
     return Reader(path, fmt, encoding, cfg.text_field, cfg.label_field, label_required, name=ws.relative(path),
-                  skip_lines=skip, labelled=labelled)
+                  skip_lines=skip, labelled=labelled, blank_lines=True)
 
 
 def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show_progress,
-         console) -> tuple[dict[str, Any], Callable[[], dict[Path, str]]]:
+         console, lines_at_most: int | None = None) -> tuple[dict[str, Any], Callable[[], dict[Path, str]]]:
     """Writes the outputs into `staging`; returns the report, and a function that gives
     the hashes of the data files (taken on a thread while the report is made)."""
     started = time.perf_counter()
@@ -418,7 +424,8 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     # With one worker the segmenter loads on first use: a run whose first records are bad
     # (under --strict) fails without waiting for the dictionary.
     processor = DocProcessor(clean_opts, segment_opts, cfg.min_chars, cfg.max_chars)
-    workers = cfg.workers or os.cpu_count() or 1
+    chunks_at_most = None if lines_at_most is None else -(-lines_at_most // CHUNK_DOCS)
+    workers, workers_warning = worker_count(cfg.workers, chunks_at_most)
     strict = cfg.on_error == "fail"
     given_splits = plan[0][0] is not None
     splitter = None if given_splits else Splitter(parse_split(cfg.split), seed)
@@ -438,7 +445,9 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         bar.update(done, stats.read, stats.read / max(time.perf_counter() - started, 1e-9))
 
     files = {s: open(staging / f"{s}.jsonl", "wb") for s in SPLITS}
-    rejects = open(staging / "rejects.jsonl", "w", encoding="utf-8")
+    # backslashreplace: a reject's raw text or reason may hold what UTF-8 cannot encode
+    # (a lone surrogate from a JSON escape); the reject is still written, never a crash.
+    rejects = open(staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace")
 
     def reject(item: Reject, split: str | None) -> None:
         if strict:
@@ -579,6 +588,8 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     }
     write_json(staging / "meta.json", meta)
     report = _report(stats, vocab, meta, elapsed, workers, plan, given_splits)
+    if workers_warning:
+        report["warnings"].insert(0, workers_warning)
     write_json(staging / "report.json", report)
     return report, output_hashes
 
@@ -635,6 +646,23 @@ def _duplicate(stats: Stats, first_id: int, first_label: str | None, doc: Doc) -
                                             "dropped_label": doc.label})
 
 
+def worker_count(requested: int, chunks_at_most: int | None) -> tuple[int, str | None]:
+    """Worker processes to start (0 asked: one per core), and a warning when fewer than
+    asked. More than twice the cores this process may use only compete for them (each
+    also holds its own memory), and a worker with no chunk of documents to take does
+    nothing but start."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cap = max(2 * cores, 4)
+    workers = min(requested or cores, cap)
+    if chunks_at_most is not None:
+        workers = min(workers, max(chunks_at_most, 1))
+    warning = None
+    if requested > cap:
+        warning = (f"--workers {requested} is more than twice the {cores} cores this process may use; "
+                   f"{workers} worker(s) started")
+    return workers, warning
+
+
 def _check_outcome(stats: Stats, plan) -> None:
     files = ", ".join(str(p) for _, p, _, _ in plan[:3]) + (" ..." if len(plan) > 3 else "")
     labelled = sum(sum(c.values()) for c in stats.labels.values())
@@ -652,7 +680,7 @@ def _check_outcome(stats: Stats, plan) -> None:
             f"labels in only some records: {stats.unlabelled:,} of {total:,} records have no label "
             f"(first: {stats.first_unlabelled})",
             hint="give every record a label, or none (then the corpus is used unlabelled)")
-    if stats.rejected and stats.read == 0:
+    if stats.rejected and stats.read == stats.dropped["blank"]:
         raise UserError(f"every record was rejected ({stats.rejected:,}); first: {stats.reject_examples[0]}",
                         hint="check --format, --text-field and --encoding")
     if stats.kept == 0:

@@ -50,7 +50,8 @@ def test_txt_one_document_per_line(corpus_dir, helpers, run_pre, out):
     assert [d["text"] for d in docs] == ["first document here", "second document", "third one"]
     assert [d["source"].rsplit(":", 1)[1] for d in docs] == ["1", "3", "4"]
     assert all("label" not in d for d in docs)
-    assert result.report["documents"] == {"read": 3, "kept": 3, "rejected": 0, "dropped": {}}
+    # the blank line is read and dropped: the counts add up to the file's 4 lines
+    assert result.report["documents"] == {"read": 4, "kept": 3, "rejected": 0, "dropped": {"blank": 1}}
     assert result.report["labels"] == {}
 
 

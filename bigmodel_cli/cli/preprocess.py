@@ -4,10 +4,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, term_safe
 
 
 @app.command("preprocess")
@@ -30,7 +29,7 @@ def preprocess_cli(
     lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Lower-case English words.  \\[default: off]", show_default=False),
     stem: Optional[bool] = typer.Option(None, "--stem/--no-stem", help="Porter-stem English words.  \\[default: off]", show_default=False),
     min_chars: Optional[int] = typer.Option(None, help="Drop documents shorter than this after cleaning.  \\[default: 1]", show_default=False),
-    max_chars: Optional[int] = typer.Option(None, help="Drop documents longer than this (0: no limit).  \\[default: 0]", show_default=False),
+    max_chars: Optional[int] = typer.Option(None, help="Drop documents longer than this many characters after cleaning (counted in the report as dropped; 0: no limit).  \\[default: 100000]", show_default=False),
     dedupe: Optional[bool] = typer.Option(None, "--dedupe/--no-dedupe", help="Drop exact duplicates after normalisation.  \\[default: on]", show_default=False),
     segmenter: Optional[str] = typer.Option(None, help="auto, jieba or jieba_next (same words as jieba, faster).  \\[default: auto]", show_default=False),
     hmm: Optional[bool] = typer.Option(None, "--hmm/--no-hmm", help="jieba's HMM for unknown words.  \\[default: on]", show_default=False),
@@ -39,7 +38,7 @@ def preprocess_cli(
     min_count: Optional[int] = typer.Option(None, help="Vocabulary: minimum count in train.  \\[default: 2]", show_default=False),
     max_vocab: Optional[int] = typer.Option(None, help="Vocabulary: maximum size with special tokens (0: no limit).  \\[default: 30000]", show_default=False),
     pieces: Optional[bool] = typer.Option(None, "--pieces/--no-pieces", help="Vocabulary: add characters (c, ##c) so that rare words split into pieces instead of [UNK].  \\[default: off]", show_default=False),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (0: one per core).  \\[default: 0]", show_default=False),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (0: one per core; at most twice the cores, and no more than the input's chunks of 256 documents).  \\[default: 0]", show_default=False),
     on_error: Optional[str] = typer.Option(None, help="Bad records: skip (into rejects.jsonl) or fail.  \\[default: skip]", show_default=False),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record (same as --on-error fail)."),
     seed: Optional[int] = typer.Option(None, help="Seed for the split.  \\[default: from bigmodel.toml]", show_default=False),
@@ -86,7 +85,7 @@ def print_report(report: dict, out_dir: str) -> None:
     table.add_column()
     table.add_row("documents", f"{docs['read']:,} read, {docs['kept']:,} kept, {docs['rejected']:,} rejected")
     if docs["dropped"]:
-        table.add_row("dropped", escape(", ".join(f"{n:,} {r}" for r, n in docs["dropped"].items())))
+        table.add_row("dropped", term_safe(", ".join(f"{n:,} {r}" for r, n in docs["dropped"].items())))
     table.add_row("duplicates", f"{report['duplicates']:,} (label conflicts: {report['label_conflicts']['count']:,})")
     table.add_row("splits", "  ".join(f"{s} {n:,}" for s, n in report["splits"].items())
                   + ("  (as given)" if report["splits_given"] else ""))
@@ -102,16 +101,16 @@ def print_report(report: dict, out_dir: str) -> None:
         if p:
             table.add_row(f"length ({kind})", f"median {p['p50']:,}  p90 {p['p90']:,}  p99 {p['p99']:,}  max {p['max']:,}")
     for split, counts in report["labels"].items():
-        table.add_row(f"labels ({split})", escape("  ".join(f"{k} {v:,}" for k, v in counts.items())))
-    table.add_row("top tokens", escape(" ".join(t for t, _ in report["top_tokens"][:12])))
+        table.add_row(f"labels ({split})", term_safe("  ".join(f"{k} {v:,}" for k, v in counts.items())))
+    table.add_row("top tokens", term_safe(" ".join(t for t, _ in report["top_tokens"][:12])))
     seg = report["segmenter"]
     table.add_row("segmenter", ", ".join(f"{k}={v}" for k, v in seg.items()))
     table.add_row("speed", f"{report['throughput']['docs_per_s']:,.0f} docs/s, {report['seconds']:.1f} s, "
                   f"{report['workers']} worker(s)")
-    table.add_row("output", escape(out_dir))
+    table.add_row("output", term_safe(out_dir))
     console.print(table)
     for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {term_safe(warning)}", soft_wrap=True)
     if report["rejects"]["count"]:
         for where in report["rejects"]["first"][:3]:
-            console.print(f"  rejected {escape(where)}", soft_wrap=True)
+            console.print(f"  rejected {term_safe(where)}", soft_wrap=True)
