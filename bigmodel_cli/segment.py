@@ -18,6 +18,7 @@ repeated HMM runs remembered: the same words as `jieba.lcut`, about 1.6x as fast
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import re
@@ -28,11 +29,12 @@ from pathlib import Path
 
 from bigmodel_cli import jieba_cache
 from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.text import PLACEHOLDER_RE, detect_lang
+from bigmodel_cli.text import EMAIL_TOKEN, PLACEHOLDER_RE, URL_TOKEN, detect_lang
 
 SEGMENTERS = ("auto", "jieba", "jieba_next")
 FLUSH_CACHE = 200_000  # character runs whose words are remembered (about 30 MB at most)
 _has_space = re.compile(r"\s").search
+_PLACEHOLDERS = frozenset((URL_TOKEN, EMAIL_TOKEN))
 
 
 def jieba_next_available() -> bool:
@@ -354,11 +356,14 @@ class Segmenter:
         return tokens, lang
 
     def _english_form(self, token: str) -> str:
-        if not (token.isascii() and token.isalpha()):
+        # Every token is lower-cased, not only alphabetic ones: the tokenizer keeps
+        # "Dr.", "U.S." and "N'T" whole, and they must meet "dr.", "u.s." and "n't". The
+        # placeholders stay as they are; only words of letters are stemmed.
+        if token in _PLACEHOLDERS:
             return token
-        if self.opts.stem:
+        if self.opts.stem and token.isascii() and token.isalpha():
             return _stemmer().stem(token, to_lowercase=self.opts.lowercase)
-        return token.lower()
+        return token.lower() if self.opts.lowercase else token
 
     def describe(self) -> dict[str, object]:
         return describe_segmenter(self.opts)
@@ -408,6 +413,7 @@ def run_segment(*, text: str | None = None, input: Path | None = None, gold: Pat
     """
     from bigmodel_cli.config import PreprocessConfig, ProjectConfig, resolve
     from bigmodel_cli.text import CleanOptions, clean_text
+    from bigmodel_cli.textio import read_lines, without_surrogates
     from bigmodel_cli.workspace import Workspace
 
     config: dict = {}
@@ -424,12 +430,14 @@ def run_segment(*, text: str | None = None, input: Path | None = None, gold: Pat
     backend = resolve_backend(cfg.segmenter)
     seg = Segmenter(SegmentOptions(lang=project.lang, backend=backend, hmm=cfg.hmm, user_dict=cfg.user_dict or None,
                                    lowercase=False, stem=False))
-    raw_lines = [text] if text is not None else (_read_lines(input) if input is not None else None)
+    # Files are read as preprocess reads them (encoding detected, compressed or not).
+    read = functools.partial(read_lines, encoding=cfg.encoding)
+    raw_lines = [without_surrogates(text)] if text is not None else (read(input) if input is not None else None)
     if gold is None:
         clean = CleanOptions(nfkc=cfg.nfkc, strip_html=cfg.strip_html, urls=cfg.urls, emails=cfg.emails)
         return {"segmented": [seg.tokenize(clean_text(line, clean))[0] for line in raw_lines], "scores": None,
                 "backend": backend, "user_dict": cfg.user_dict}
-    gold_words = [line.split() for line in _read_lines(gold)]
+    gold_words = [line.split() for line in read(gold)]
     if raw_lines is None:
         raw_lines = ["".join(words) for words in gold_words]
     if len(raw_lines) != len(gold_words):
@@ -443,16 +451,3 @@ def run_segment(*, text: str | None = None, input: Path | None = None, gold: Pat
         predicted.append(tokens)
     return {"segmented": predicted, "scores": score_segmentation(predicted, gold_words), "backend": backend,
             "user_dict": cfg.user_dict}
-
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InputError(path, "no such file", hint="check the path")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(path, "not UTF-8", offset=exc.start, hint="save it as UTF-8") from None
-    lines = [line.strip() for line in lines if line.strip()]
-    if not lines:
-        raise InputError(path, "file is empty")
-    return lines

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from bigmodel_cli.cli._util import app, console, handle_errors
+from bigmodel_cli.cli._util import app, console, handle_errors, term_safe
 
 
 @app.command("segment")
@@ -36,7 +36,7 @@ def segment_cli(
                          hmm=hmm, workspace=workspace)
     if result["scores"] is None:
         for tokens in result["segmented"]:
-            console.print(" / ".join(tokens), soft_wrap=True, markup=False, highlight=False)
+            console.print(term_safe(" / ".join(tokens)), soft_wrap=True, highlight=False)
         return
     s = result["scores"]
     console.print(f"[b]{s['sentences']:,}[/] sentences, {s['words_gold']:,} gold words, {s['words_predicted']:,} predicted "
