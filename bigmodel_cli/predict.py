@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 import tempfile
 import time
@@ -27,6 +28,13 @@ import numpy as np
 from bigmodel_cli.errors import InputError, UserError
 
 CHUNK = 1024  # documents read, segmented and classified at a time
+# A document is cut to this many characters (or 200 per token of max_len, if more) before
+# it is cleaned and segmented: only its first max_len tokens are classified, and a line of
+# tens of megabytes would otherwise take gigabytes to segment.
+MAX_CHARS = 100_000
+# JSON leaves DEL and the C1 controls (U+0080-U+009F) unescaped; some terminals act on them
+# (U+009B starts a control sequence), so the output escapes them as well.
+_UNESCAPED_CONTROLS = re.compile("[\x7f-\x9f]")
 
 
 @dataclass
@@ -55,7 +63,8 @@ class Predictor:
         from bigmodel_cli.finetune import Encoded, classify_probs
         from bigmodel_cli.vocab import PAD
 
-        docs = [self.pipe.encode(self.pipe.tokens(text), self.max_len) for text in texts]
+        cut = max(MAX_CHARS, 200 * self.max_len)
+        docs = [self.pipe.encode(self.pipe.tokens(text[:cut]), self.max_len) for text in texts]
         return classify_probs(self.model, Encoded.from_lists(docs, [-1] * len(docs)), self.batch_size,
                               self.pipe.vocab.id(PAD))
 
@@ -86,20 +95,30 @@ def classifier_run(ws, run: str | None) -> Path:
     return folder
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """One JSONL line, with DEL and C1 controls escaped as well."""
+    line = json.dumps(record, ensure_ascii=False)
+    if not line.isascii():
+        line = _UNESCAPED_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+    return line + "\n"
+
+
 # -- inputs --------------------------------------------------------------------------------------
 def read_items(path: Path, fmt: str | None, text_field: str, label_field: str, encoding: str = "auto",
                on_progress=None, name: str | None = None) -> Iterator[Item]:
     """The documents of one file as preprocess reads it; a bad record is a one-line error."""
-    from bigmodel_cli.textio import Reader, Reject, check_encoding, detect_encoding, file_format, read_sample
+    from bigmodel_cli.textio import (Reader, Reject, check_encoding, check_regular_file, detect_encoding, file_format,
+                                     read_sample)
 
-    if not path.is_file():
-        raise InputError(path, "no such file", hint="check the path")
     fmt = file_format(path, fmt)
+    check_regular_file(path)
     sample = read_sample(path)
     if not sample:
         raise InputError(path, "file is empty", hint="give a file with one text per line (txt) or records with a text field")
     enc = detect_encoding(path, sample) if encoding == "auto" else check_encoding(path, encoding)
-    reader = Reader(path, fmt, enc, text_field, label_field, name=name)
+    # A lone surrogate (a JSON escape with no partner) becomes U+FFFD: one odd character
+    # need not stop a prediction run.
+    reader = Reader(path, fmt, enc, text_field, label_field, name=name, surrogates="replace")
     try:
         for item in reader:
             if isinstance(item, Reject):
@@ -136,7 +155,9 @@ def predict(ws, texts: Iterable[str] = (), *, input_path: Path | None = None, ru
             batch_size: int = 64, fmt: str | None = None, text_field: str | None = None, out: IO[str] | None = None,
             stdin: IO[bytes] | None = None, show_progress: bool = False, console=None) -> PredictSummary:
     """Classify TEXTs, or the documents of `input_path` ('-': standard input), writing JSONL to `out`."""
-    texts = list(texts)
+    from bigmodel_cli.textio import without_surrogates
+
+    texts = [without_surrogates(t) for t in texts]  # arguments that were not UTF-8 hold them
     problems = []
     if top_k < 0:
         problems.append(f"--top-k must be 0 (every class) or more, got {top_k}")
@@ -159,7 +180,7 @@ def predict(ws, texts: Iterable[str] = (), *, input_path: Path | None = None, ru
     count = 0
     if texts:
         for record in predictor.records([Item(t) for t in texts], top_k):
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(json_line(record))
         count = len(texts)
     else:
         preprocess = ws.config().get("preprocess", {})
@@ -190,7 +211,7 @@ def _stream(predictor: Predictor, path: Path, fmt: str | None, text_field: str, 
             if not chunk:
                 break
             for record in predictor.records(chunk, top_k):
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.write(json_line(record))
             count += len(chunk)
             bar.docs(count)
     return count

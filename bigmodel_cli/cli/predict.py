@@ -4,9 +4,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
-
-from bigmodel_cli.cli._util import WorkspaceOption, app, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import WorkspaceOption, app, err_console, handle_errors, open_workspace, term_safe
 
 
 @app.command("predict")
@@ -51,6 +49,6 @@ def predict_cli(
                           text_field=text_field, out=handle, show_progress=input is not None and err_console.is_terminal,
                           console=err_console)
     if output or err_console.is_terminal:
-        err_console.print(f"[green]✓[/] {summary.documents:,} document(s) classified by {escape(summary.run)} in "
+        err_console.print(f"[green]✓[/] {summary.documents:,} document(s) classified by {term_safe(summary.run)} in "
                           f"{summary.seconds:.2f} s ({summary.docs_per_s:,.1f} docs/s)"
-                          + (f"; written to {escape(str(output))}" if output else ""))
+                          + (f"; written to {term_safe(str(output))}" if output else ""))
