@@ -351,6 +351,17 @@ def model_units(vocab, words: list[str]) -> list[str]:
     return units
 
 
+def readable_part(text: str, explainer: Explainer) -> str:
+    """The part of `text` worth segmenting: as predict does, a classifier's text is cut to
+    predict's character budget (its first max_len tokens lie well inside), and a causal
+    run's from the left (its last words matter), so that a line of megabytes does not take
+    minutes to segment for words the model never reads."""
+    from bigmodel_cli.predict import MAX_CHARS
+
+    cut = max(MAX_CHARS, 200 * explainer.max_len)
+    return text[:cut] if explainer.kind == "classifier" else text[-cut:]
+
+
 def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHODS, target: str | None = None,
                   layer: int | None = None, head: int | None = None, steps: int = 50, internal_batch_size: int = 25,
                   baseline: str = "pad", faithfulness: bool = False, removal: str = "mask", progress=None):
@@ -364,7 +375,7 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
     for i, text in enumerate(texts):
         if not text or not text.strip():
             raise UserError("the text to explain is empty", hint="give some words, e.g. bigmodel explain \"房间很干净\"")
-        words = model_units(pipe.vocab, pipe.tokens(text))
+        words = model_units(pipe.vocab, pipe.tokens(readable_part(text, explainer)))
         if not words:
             raise UserError(f"nothing is left of {text!r} after cleaning", hint="give text with words in it")
         exp = explainer.explain(text, words, methods, target=target, layer=layer, head=head, steps=steps,

@@ -317,3 +317,18 @@ def test_explain_page_of_thirty_long_texts_is_under_two_megabytes(ws, save_run, 
     assert result.exit_code == 0, result.output
     page = (ws.root / "explanations" / "cls" / "long-30.html").read_text(encoding="utf-8")
     assert len(page.encode()) < 2_000_000 and page.count("<h2>") == 30 and page.count("<svg") == 30 * 4
+
+
+def test_a_megabyte_line_is_cut_as_predict_cuts_it(cls_ws, monkeypatch):
+    from bigmodel_cli import explain
+    from bigmodel_cli.predict import Item, Predictor
+    from bigmodel_cli.tokenizer import TextPipeline
+
+    seen = []
+    original = TextPipeline.tokens
+    monkeypatch.setattr(TextPipeline, "tokens", lambda self, text: seen.append(len(text)) or original(self, text))
+    text = _long_text(300_000)  # about 1.1 million characters
+    _, _, results, _ = explain.explain_texts(cls_ws, [text], run="cls", methods=["saliency"])
+    predicted = Predictor(cls_ws.root / "runs" / "cls").records([Item(text)])[0]
+    assert seen[0] == seen[1] < len(text) // 5  # explain segmented what predict segmented, not the whole line
+    assert results[0].probabilities[predicted["label"]] == pytest.approx(predicted["score"], abs=1e-5)
