@@ -436,11 +436,10 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     """HTML page, JSON(L) scores, PNGs and the faithfulness table into explanations/RUN/, then
     the record `explain:RUN`. An `html_path` that is a folder gets STEM.html inside it. Things
     the user should know (no font for the words of a PNG) are appended to `warnings`."""
-    import json
-
     from bigmodel_cli.explain_render import render_html, write_png
     from bigmodel_cli.fileio import atomic_write, write_json
     from bigmodel_cli.plots import CJK_HINT
+    from bigmodel_cli.predict import json_line
     from bigmodel_cli.runs import model_checkpoint
     from bigmodel_cli.workspace import StageRun
 
@@ -456,7 +455,7 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     scores_path = out_dir / f"{stem}.jsonl"
     with atomic_write(scores_path) as handle:
         for exp in explanations:
-            handle.write(json.dumps(exp.to_json(), ensure_ascii=False) + "\n")
+            handle.write(json_line(exp.to_json()))
     outputs["json"] = scores_path
     if png:
         drawn = [write_png(exp, out_dir / f"{stem}-{i}.png") for i, exp in enumerate(explanations[:50], 1)]

@@ -86,11 +86,12 @@ def explain_cli(
     # with --json, stdout holds the JSON lines alone (pipe it to jq); the rest goes to stderr
     out = err_console if json_out else console
     if json_out:
-        import json
         import sys
 
+        from bigmodel_cli.predict import json_line
+
         for exp in results:
-            sys.stdout.write(json.dumps(exp.to_json(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json_line(exp.to_json()))
         sys.stdout.flush()
     else:
         for exp in results[:5]:
