@@ -45,7 +45,7 @@ from bigmodel_cli.segment import SegmentOptions, Segmenter, describe_segmenter, 
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
 from bigmodel_cli.textio import (SAMPLE_BYTES, Doc, Reader, Reject, check_encoding, detect_encoding, discover, file_format,
-                                 read_sample)
+                                 printable_name, read_sample)
 from bigmodel_cli.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 
 SPLITS = ("train", "dev", "test")
@@ -313,9 +313,11 @@ def preprocess(
     backend = resolve_backend(cfg.segmenter)
     params = {**dataclasses.asdict(cfg), "lang": lang, "seed": seed, "format": fmt, "label_required": label_required,
               "segmenter_resolved": backend,
-              "sources": [{"split": s, "path": ws.relative(p), "format": f, "encoding": e} for s, p, f, e in plan]}
+              "sources": [{"split": s, "path": printable_name(ws.relative(p)), "format": f, "encoding": e}
+                          for s, p, f, e in plan]}
     extra_inputs = [Path(p) for p in (cfg.user_dict, cfg.stopwords if cfg.stopwords not in ("builtin", "none") else "") if p]
-    input_hashes = ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)
+    # File names that are not UTF-8 are recorded with those bytes as \xNN: JSON cannot hold them.
+    input_hashes = [{**h, "path": printable_name(h["path"])} for h in ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)]
 
     from bigmodel_cli.workspace import StageRun, unchanged
 
@@ -664,7 +666,7 @@ def worker_count(requested: int, chunks_at_most: int | None) -> tuple[int, str |
 
 
 def _check_outcome(stats: Stats, plan) -> None:
-    files = ", ".join(str(p) for _, p, _, _ in plan[:3]) + (" ..." if len(plan) > 3 else "")
+    files = ", ".join(printable_name(str(p)) for _, p, _, _ in plan[:3]) + (" ..." if len(plan) > 3 else "")
     labelled = sum(sum(c.values()) for c in stats.labels.values())
     total = labelled + stats.missing_labels
     if stats.missing_labels and labelled and stats.missing_labels > MAX_MISSING_LABEL_SHARE * total:
@@ -744,7 +746,7 @@ def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int
         "rejects": {"count": stats.rejected, "first": stats.reject_examples},
         "segmenter": meta["segmenter"],
         "stopwords": meta["stopwords"],
-        "files": [{"path": str(p), "format": f, "encoding": e, "split": s} for s, p, f, e in plan],
+        "files": [{"path": printable_name(str(p)), "format": f, "encoding": e, "split": s} for s, p, f, e in plan],
         "workers": workers,
         "seconds": round(elapsed, 3),
         "throughput": {"docs_per_s": round((stats.read + stats.rejected) / elapsed, 1) if elapsed else None,

@@ -273,6 +273,20 @@ def test_terminal_escapes_in_labels_and_names_are_not_echoed_raw(ws, helpers, ru
     assert "evil\\x1b]0;owned\\x07.txt:13" in result.stdout  # the rejected line, named safely
 
 
+def test_file_name_that_is_not_utf8(ws, helpers, run_cli, out):
+    # A GBK-named file from a Windows archive: Python keeps the bytes as lone surrogates,
+    # which no JSON output (records, report, run record) could be written with.
+    folder = ws.root / "corpus"
+    folder.mkdir()
+    with open(os.fsencode(folder) + b"/" + "评论".encode("gbk") + b".txt", "wb") as handle:
+        handle.write("\n".join(GOOD).encode())
+    result = run_cli(["preprocess", "corpus", "-j", "1", "--lang", "en"], ws.root)
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    name = "corpus/" + "".join(f"\\x{b:02x}" for b in "评论".encode("gbk")) + ".txt"
+    assert sorted(d["source"] for d in out.docs())[0] == f"{name}:1"
+    assert out.report()["files"][0]["path"].endswith(name)
+
+
 # -- encodings ---------------------------------------------------------------------------
 ZH = ["这家酒店的房间很干净，服务也很热情", "质量太差了，再也不买了", "物流很快，包装完好", "味道不错，下次还来"]
 TW = ["這家酒店的房間很乾淨，服務也很熱情", "品質太差了，再也不買了", "物流很快，包裝完好", "味道不錯，下次還來"]
