@@ -377,7 +377,7 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
             raise UserError("the text to explain is empty", hint="give some words, e.g. bigmodel explain \"房间很干净\"")
         words = model_units(pipe.vocab, pipe.tokens(readable_part(text, explainer)))
         if not words:
-            raise UserError(f"nothing is left of {text!r} after cleaning", hint="give text with words in it")
+            raise UserError(f"nothing is left of {text[:80]!r} after cleaning", hint="give text with words in it")
         exp = explainer.explain(text, words, methods, target=target, layer=layer, head=head, steps=steps,
                                 internal_batch_size=internal_batch_size, baseline=baseline)
         if len(texts) > 1:  # a page of several texts draws the head means only: keep only them (memory)

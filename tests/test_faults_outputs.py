@@ -166,7 +166,7 @@ def test_json_prints_one_object_per_text_and_nothing_else_on_stdout(cls_ws, run_
     assert "written:" in result.stderr and "faithfulness" in result.stderr
 
 
-def test_split_limit_draws_a_seeded_sample_not_the_first_lines(cls_ws, helpers):
+def test_split_limit_draws_a_seeded_sample_not_the_first_lines(cls_ws, helpers, run_cli):
     from bigmodel_cli.explain import read_split_texts
 
     # a split sorted by label: the first 50 lines are all 'neg'
@@ -180,6 +180,10 @@ def test_split_limit_draws_a_seeded_sample_not_the_first_lines(cls_ws, helpers):
     assert order == sorted(order)  # file order kept
     assert texts != read_split_texts(cls_ws, "test", 10, seed=2)
     assert len(read_split_texts(cls_ws, "test", None)) == 100
+    result = run_cli(["explain", "--split", "test", "--limit", "10", "--seed", "1", "--method", "saliency", "--json"], cls_ws.root)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == texts
+    assert (cls_ws.root / "explanations" / "cls" / "test-10-seed1.html").is_file()
 
 
 def test_faithfulness_random_is_the_mean_of_ten_draws_with_an_interval(cls_ws):
