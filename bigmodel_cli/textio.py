@@ -399,8 +399,11 @@ class Reader:
             except json.JSONDecodeError as exc:
                 yield number, where, line, Reject(where, f"not valid JSON ({exc.msg} at column {exc.colno})", line)
                 continue
-            except RecursionError:
-                yield number, where, line, Reject(where, "not valid JSON (nested too deeply)", line)
+            except (ValueError, RecursionError) as exc:
+                # valid JSON that Python will not hold: a number of over 4,300 digits, or
+                # arrays nested thousands deep
+                problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+                yield number, where, line, Reject(where, f"cannot read this JSON ({problem})", line)
                 continue
             if not isinstance(record, dict):
                 yield number, where, line, Reject(where, f"a JSON {type(record).__name__}, not an object", line)

@@ -208,6 +208,19 @@ def test_lone_surrogate_in_jsonl_is_a_reject_in_preprocess(ws, helpers, run_cli,
     assert "half an emoji" not in "".join(out.texts())
 
 
+def test_json_python_cannot_hold_is_a_reject(ws, helpers, run_cli, out):
+    lines = [json.dumps({"text": f"review {i} is fine", "label": "ab"[i % 2]}) for i in range(10)]
+    lines[2] = '{"text": "deep", "label": "a", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    lines[5] = '{"text": "big", "label": "b", "n": ' + "9" * 5000 + "}"
+    helpers.write_lines(ws.root / "odd.jsonl", lines)
+    result = run_cli(["preprocess", "odd.jsonl", "-j", "1", "--lang", "en"], ws.root)
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    rejects = out.rejects()
+    assert [r["source"] for r in rejects] == ["odd.jsonl:3", "odd.jsonl:6"]
+    assert "nested too deeply" in rejects[0]["reason"] and "4300 digits" in rejects[1]["reason"]
+    assert out.report()["documents"]["kept"] == 8
+
+
 def test_lone_surrogate_becomes_a_replacement_character_in_predict(tmp_path):
     from bigmodel_cli.predict import read_items
 
