@@ -132,7 +132,7 @@ class DocProcessor:
         """(clean text, None), or (None, drop reason)."""
         if not text or text.isspace():
             return None, "blank"  # a blank line or an empty text field
-        clean = clean_text(text, self.clean)
+        clean = clean_text(text, self.clean, self.max_chars)
         if not clean:
             return None, "empty after cleaning"
         if len(clean) < self.min_chars:

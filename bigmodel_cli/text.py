@@ -27,6 +27,9 @@ _EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _TRAILING_PUNCT = ".,;:!?)]}'\""
 
 URL_CHOICES = ("replace", "remove", "keep")
+# The characters str.split() splits on (those for which str.isspace() is true).
+WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
+    "\u2028\u2029\u202f\u205f\u3000"
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,12 @@ def nfkc(text: str) -> str:
     return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
 
 
-def clean_text(text: str, opts: CleanOptions) -> str:
-    """Normalise one document; returns the cleaned text ('' if nothing is left)."""
+def clean_text(text: str, opts: CleanOptions, max_chars: int = 0) -> str:
+    """Normalise one document; returns the cleaned text ('' if nothing is left).
+
+    With `max_chars`, a text that is longer than that even without its spaces is returned
+    with its spaces as they are: it is too long however they collapse, and collapsing them
+    in a line of millions of words takes gigabytes (a list of every word)."""
     if opts.strip_html:
         if "<" in text:
             text = _TAG_RE.sub(" ", text)
@@ -80,6 +87,8 @@ def clean_text(text: str, opts: CleanOptions) -> str:
         text = _EMAIL_RE.sub(f" {EMAIL_TOKEN} " if opts.emails == "replace" else " ", text)
     if opts.urls != "keep" and ("://" in text or "www." in text or "WWW." in text):
         text = _sub_urls(text, opts.urls)
+    if max_chars and len(text) > max_chars and len(text) - sum(map(text.count, WHITESPACE)) > max_chars:
+        return text
     return " ".join(text.split())
 
 

@@ -440,6 +440,26 @@ def test_documents_over_max_chars_dropped_by_default(corpus_dir, helpers, run_pr
     assert run_pre([path], lang="en", max_chars=0).report["documents"]["kept"] == 3
 
 
+def test_a_huge_line_is_dropped_without_a_list_of_its_words():
+    # Collapsing the spaces of a line of two million words made two million strings
+    # (about 12 bytes of memory per character of the line) only to drop it as too long.
+    import tracemalloc
+
+    from bigmodel_cli.preprocess import DocProcessor
+    from bigmodel_cli.segment import SegmentOptions
+    from bigmodel_cli.text import CleanOptions
+
+    text = "word " * 2_000_000
+    processor = DocProcessor(CleanOptions(), SegmentOptions(lang="en"), 1, 100_000)
+    tracemalloc.start()
+    try:
+        assert processor.clean_doc(text) == (None, "longer than --max-chars")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(text)
+
+
 def test_max_chars_from_config_and_command_line(ws, helpers, run_cli, out):
     helpers.write_lines(ws.root / "c.txt", ["a short review here", "a much longer review " * 5, "another short one"])
     config = ws.root / "bigmodel.toml"

@@ -28,3 +28,26 @@ def test_nfkc_shortcut_on_real_reviews():
 ])
 def test_json_tokens_is_valid_json(clean, tokens):
     assert json.loads(_json_tokens(clean, tokens)) == tokens
+
+
+def test_whitespace_is_what_str_split_splits_on():
+    import sys
+
+    from bigmodel_cli.text import WHITESPACE
+
+    assert set(WHITESPACE) == {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+
+
+@pytest.mark.parametrize("text", ["a b  c", "ab\u3000 \u3000cd", "abcdef", " \t a\u2028b \n", "x " * 10])
+@pytest.mark.parametrize("max_chars", [0, 3, 4, 6, 100])
+def test_max_chars_shortcut_keeps_the_length_verdict(text, max_chars):
+    # A text too long even without its spaces is left uncollapsed: it must be too long
+    # exactly when the collapsed text is, and otherwise be the collapsed text itself.
+    from bigmodel_cli.text import CleanOptions, clean_text
+
+    plain = clean_text(text, CleanOptions())
+    short = clean_text(text, CleanOptions(), max_chars)
+    too_long = bool(max_chars) and len(plain) > max_chars
+    assert (bool(max_chars) and len(short) > max_chars) == too_long
+    if not too_long:
+        assert short == plain
