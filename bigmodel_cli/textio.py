@@ -41,6 +41,7 @@ LABEL_LOOKAHEAD = 1000
 # file) is taken for an unclosed quote: it is rejected and reading resumes on the line
 # after it starts, so that one stray quote does not swallow the rows after it.
 MAX_ROW_LINES = 100
+CSV_FIELD_LIMIT = (1 << 31) - 1
 # Share of lines in a sample that may fail to decode in the encoding chosen for the file;
 # those lines become rejected records (with their byte offsets), the rest is read.
 MAX_BAD_LINE_SHARE = 0.1
@@ -457,6 +458,9 @@ class Reader:
         delimiter = "\t" if fmt == "tsv" else ","
         # Taking over after line `skip`: the header still comes from line 1.
         skip = self._skip
+        # A cell as long as a txt line may be: csv's default limit (131,072 characters)
+        # made a long review a malformed row; --max-chars judges its length instead.
+        csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
         feed = _RowFeed((n, line) for n, line in self.lines() if not 1 < n <= skip)
         reader = csv.reader(feed, delimiter=delimiter)
         try:

@@ -382,6 +382,14 @@ def test_csv_quote_open_for_too_many_lines_is_cut_and_reread(corpus_dir, helpers
     assert report["documents"]["kept"] == 32
 
 
+def test_csv_cell_longer_than_csvs_default_limit_is_judged_by_max_chars(corpus_dir, helpers, run_pre):
+    long = "a long review " * 12_000  # 168,000 characters: csv's default limit is 131,072
+    path = helpers.write_table(corpus_dir / "long.csv", ["text", "label"], [["short one", "a"], [long, "b"], ["two", "a"]])
+    documents = run_pre([path], lang="en").report["documents"]
+    assert documents["rejected"] == 0 and documents["dropped"] == {"longer than --max-chars": 1}
+    assert run_pre([path], lang="en", max_chars=0).report["documents"]["kept"] == 3
+
+
 def test_csv_multiline_field_still_one_record(corpus_dir, helpers, run_pre, out):
     (corpus_dir / "m.csv").write_text('text,label\n"line one\nline two",a\nplain row,b\n', encoding="utf-8")
     report = run_pre([corpus_dir / "m.csv"], lang="en", min_count=1).report
