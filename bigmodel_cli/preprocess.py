@@ -41,7 +41,7 @@ from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.fileio import atomic_write, replace_dir, sha256_in_background, write_json
 from bigmodel_cli.parallel import OrderedWorkers
 from bigmodel_cli.read_ahead import CleanDoc, ReadAhead
-from bigmodel_cli.segment import SegmentOptions, Segmenter, describe_segmenter, resolve_backend
+from bigmodel_cli.segment import SegmentOptions, Segmenter, check_user_dict, describe_segmenter, resolve_backend
 from bigmodel_cli.stopwords import load_stopwords
 from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
 from bigmodel_cli.textio import (SAMPLE_BYTES, Doc, Reader, Reject, check_encoding, detect_encoding, discover, file_format,
@@ -93,6 +93,11 @@ def validate(cfg: PreprocessConfig, lang: str, inputs: list[Path], split_files: 
         problems.append(f"--max-vocab must leave room beyond the 5 special tokens (or be 0 for no limit), got {cfg.max_vocab}")
     if cfg.user_dict and not Path(cfg.user_dict).is_file():
         problems.append(f"--user-dict {cfg.user_dict}: no such file")
+    elif cfg.user_dict:
+        try:
+            check_user_dict(cfg.user_dict)
+        except UserError as exc:
+            problems.append(exc.one_line())
     if cfg.stopwords not in ("builtin", "none") and not Path(cfg.stopwords).is_file():
         problems.append(f"--stopwords {cfg.stopwords}: no such file (or use builtin|none)")
     try:

@@ -59,6 +59,17 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def check_user_dict(path: str | Path) -> None:
+    """A one-line error for a user dictionary that jieba would fail to load with a
+    traceback: it reads them as UTF-8 only."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, "not UTF-8 (jieba reads user dictionaries as UTF-8)", line=data.count(b"\n", 0, exc.start) + 1,
+                         offset=exc.start, hint="save it as UTF-8, e.g. iconv -f gbk -t utf-8") from None
+
+
 def _jieba_route(tokenizer):
     """jieba's best route through a block (its get_DAG and calc in one pass), as a list:
     route[x] is where the word starting at x ends.
@@ -425,6 +436,8 @@ def run_segment(*, text: str | None = None, input: Path | None = None, gold: Pat
                   {"segmenter": segmenter, "hmm": hmm, "user_dict": str(user_dict) if user_dict else None})
     if cfg.user_dict and not Path(cfg.user_dict).is_file():
         raise UserError(f"--user-dict {cfg.user_dict}: no such file")
+    if cfg.user_dict:
+        check_user_dict(cfg.user_dict)
     if text is None and input is None and gold is None:
         raise UserError("nothing to segment", hint="give TEXT, --input FILE or --gold FILE")
     backend = resolve_backend(cfg.segmenter)

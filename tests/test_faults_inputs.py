@@ -300,6 +300,16 @@ def test_file_name_that_is_not_utf8(ws, helpers, run_cli, out):
     assert out.report()["files"][0]["path"].endswith(name)
 
 
+def test_user_dictionary_that_is_not_utf8(done, helpers, run_cli, tmp_path):
+    ws, _ = done
+    data = "自然语言 10\n".encode() + "处理器 5\n".encode("gbk")
+    (ws.root / "terms.txt").write_bytes(data)
+    fails_untouched(done, helpers, run_cli, ["good.txt", "--user-dict", "terms.txt"], "terms.txt:2",
+                    f"byte {len('自然语言 10'.encode()) + 1}", "not UTF-8")
+    assert_one_line(run_cli(["segment", "我爱自然语言处理", "--user-dict", ws.root / "terms.txt"], tmp_path),
+                    "terms.txt:2", "not UTF-8")
+
+
 # -- encodings ---------------------------------------------------------------------------
 ZH = ["这家酒店的房间很干净，服务也很热情", "质量太差了，再也不买了", "物流很快，包装完好", "味道不错，下次还来"]
 TW = ["這家酒店的房間很乾淨，服務也很熱情", "品質太差了，再也不買了", "物流很快，包裝完好", "味道不錯，下次還來"]
