@@ -436,8 +436,11 @@ def _agreed_values(values: list[float], dist: Dist) -> list[float]:
 def _time_schedule(state: LoopState, limit: float | None, total: int) -> int:
     """With --max-time, the step at which the time will be up at the speed so far, so that
     the learning rate reaches its floor at the deadline rather than at a step budget the
-    time never reaches. Re-estimated every step; 0 (no change) before there is a measure."""
-    if limit is None or state.step < ESTIMATE_AFTER or state.train_seconds <= 0:
+    time never reaches. Re-estimated every step, kept until there is a measure, and 0 (the
+    step budget decides) without --max-time."""
+    if limit is None:
+        return 0
+    if state.step < ESTIMATE_AFTER or state.train_seconds <= 0:
         return state.schedule_total
     per_step = state.train_seconds / state.step
     estimate = state.step + int(max(0.0, limit - state.train_seconds) / per_step)
