@@ -349,9 +349,11 @@ class FinetuneResult:
 
 
 def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, seed: int = 42, resume: str | None = None,
-             force: bool = False, show_progress: bool = False, console=None, log_lines: bool = False) -> FinetuneResult:
-    """Finetune one classifier into runs/NAME/ (see the module docstring)."""
-    from bigmodel_cli.pretrain import check_name, find_processed, no_lock, record_failure, resume_point
+             force: bool = False, show_progress: bool = False, console=None, log_lines: bool = False,
+             given: set[str] | None = None) -> FinetuneResult:
+    """Finetune one classifier into runs/NAME/ (see the module docstring). `given`: the
+    options the command line set (see pretrain.inherit_options)."""
+    from bigmodel_cli.pretrain import check_name, find_processed, inherit_options, no_lock, record_failure, resume_point
     from bigmodel_cli.train import Dist
     from bigmodel_cli.workspace import StageRun, unchanged
 
@@ -363,6 +365,11 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     base = base_run(ws, cfg.from_run)
     name = check_name(name or ("classifier-scratch" if base is None else "classifier"))
     folder = ws.root / "runs" / name
+    start = resume_point(folder, resume)
+    from_run = cfg.from_run
+    cfg, seed = inherit_options(cfg, seed, start, given)
+    if cfg.from_run != from_run:
+        base = base_run(ws, cfg.from_run)
     if base is not None and base.resolve() == folder.resolve():
         raise UserError(f"--name {name} is the pretrain run it would start from", hint="pick another --name")
     stage = f"finetune:{name}"
@@ -377,7 +384,6 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     last = ws.last_record(stage)
     if resume is None and not force and unchanged(ws, last, params, inputs):
         return FinetuneResult(True, name, folder, last, read_json(folder / "report.json") if (folder / "report.json").exists() else {})
-    start = resume_point(folder, resume)
     if resume is None and not force and (folder / "checkpoints").exists():
         raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
                         hint="continue it with --resume auto, start over with --force, or pick another --name")

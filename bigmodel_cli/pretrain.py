@@ -326,6 +326,22 @@ def resume_point(folder: Path, resume: str | None) -> Path | None:
     return found
 
 
+def given_options(overrides: dict[str, Any], seed: int | None) -> set[str]:
+    """The options a command line set (None: not given), `seed` among them."""
+    return {k for k, v in overrides.items() if v is not None} | ({"seed"} if seed is not None else set())
+
+
+def inherit_options(cfg, seed: int, start: Path | None, given: set[str] | None):
+    """On a resume from the command line, the options not given there are the run's own
+    (from the checkpoint's train.json), so `--resume auto` alone continues a run whatever
+    options started it. `given` is None for library calls: their options are taken as they are."""
+    if start is None or given is None:
+        return cfg, seed
+    saved = read_json(start / "train.json")
+    kept = {f.name: saved[f.name] for f in dataclasses.fields(cfg) if f.name not in given and f.name in saved}
+    return dataclasses.replace(cfg, **kept), (saved.get("seed", seed) if "seed" not in given else seed)
+
+
 def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: Path, vocab_hash: str) -> dict[str, list]:
     """Refuse a resume that would not continue the same run (another model, another
     vocabulary, other training options); return the options it changes that may change
@@ -370,8 +386,10 @@ def write_train_options(folder: Path, options: dict[str, Any], *, start: Path | 
 
 
 def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, seed: int = 42, resume: str | None = None,
-             force: bool = False, show_progress: bool = False, console=None, log_lines: bool = False) -> PretrainResult:
-    """Pretrain one model into runs/NAME/ (see the module docstring)."""
+             force: bool = False, show_progress: bool = False, console=None, log_lines: bool = False,
+             given: set[str] | None = None) -> PretrainResult:
+    """Pretrain one model into runs/NAME/ (see the module docstring). `given`: the options
+    the command line set (see inherit_options)."""
     from bigmodel_cli.train import Dist
 
     cfg = cfg or PretrainConfig()
@@ -381,6 +399,8 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     name = check_name(name or cfg.objective)
     train_path, dev_path, vocab_path = find_processed(ws)
     folder = ws.root / "runs" / name
+    start = resume_point(folder, resume)
+    cfg, seed = inherit_options(cfg, seed, start, given)
     stage = f"pretrain:{name}"
     params = {**dataclasses.asdict(cfg), "name": name, "seed": seed}
     input_paths = [p for p in (train_path, dev_path, vocab_path) if p is not None]
@@ -396,7 +416,6 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     last = ws.last_record(stage)
     if resume is None and not force and unchanged(ws, last, params, inputs):
         return PretrainResult(True, name, folder, last, _read(folder / "report.json"))
-    start = resume_point(folder, resume)
     if resume is None and not force and (folder / "checkpoints").exists():
         raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
                         hint="continue it with --resume auto, start over with --force, or pick another --name")

@@ -197,6 +197,17 @@ def test_resume_refuses_other_options_and_records_a_longer_budget(ws):
     assert options["resumes"] == [{"from": "step-00000012", "changed": {"max_steps": [12, 16], "keep": [3, 1]}}]
 
 
+def test_resume_from_the_command_line_takes_the_run_s_options_unless_given(ws, run_cli):
+    pretrain(ws, tiny(lr=1e-3, warmup=3, mask_prob=0.2), seed=7)
+    result = run_cli(["pretrain", "--resume", "auto", "--max-steps", "16"], ws.root)
+    assert result.exit_code == 0, result.output
+    report = json.loads((ws.root / "runs" / "mlm" / "report.json").read_text())
+    assert report["steps"] == 16 and report["changed_on_resume"] == {"max_steps": [12, 16]}
+    assert ws.last_record("pretrain:mlm")["params"]["lr"] == 1e-3
+    error = one_line_error(run_cli(["pretrain", "--resume", "auto", "--max-steps", "20", "--lr", "0.002"], ws.root))
+    assert "--lr 0.002 (the run has 0.001)" in error and "--warmup" not in error
+
+
 def test_max_time_decays_the_learning_rate_to_its_floor_by_the_deadline(ws, monkeypatch):
     # The loop's clock ticks a fixed 0.05 s per reading, so the test does not depend on the
     # machine's load (three readings a step: 0.15 s a step, about 27 steps in 4 s).

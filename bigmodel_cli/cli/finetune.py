@@ -73,6 +73,7 @@ def finetune_cli(
     """
     from bigmodel_cli.config import ProjectConfig, resolve
     from bigmodel_cli.finetune import finetune, resolve_config
+    from bigmodel_cli.pretrain import given_options
 
     ws = open_workspace(workspace)
     config = ws.config()
@@ -88,7 +89,7 @@ def finetune_cli(
     main = is_main_process()
     result = finetune(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
                       show_progress=main and err_console.is_terminal, console=err_console,
-                      log_lines=main and not err_console.is_terminal)
+                      log_lines=main and not err_console.is_terminal, given=given_options(overrides, seed))
     if not main:
         return
     if result.skipped:

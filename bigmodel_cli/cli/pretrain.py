@@ -87,12 +87,12 @@ def pretrain_cli(
     cfg = resolve_config(config.get("pretrain"), overrides)  # problems are reported before any launch
     launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
 
-    from bigmodel_cli.pretrain import pretrain
+    from bigmodel_cli.pretrain import given_options, pretrain
 
     main = is_main_process()
     result = pretrain(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
                       show_progress=main and err_console.is_terminal, console=err_console,
-                      log_lines=main and not err_console.is_terminal)
+                      log_lines=main and not err_console.is_terminal, given=given_options(overrides, seed))
     if not main:
         return
     if result.skipped:
