@@ -461,7 +461,8 @@ class Reader:
         # A cell as long as a txt line may be: csv's default limit (131,072 characters)
         # made a long review a malformed row; --max-chars judges its length instead.
         csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-        feed = _RowFeed((n, line) for n, line in self.lines() if not 1 < n <= skip)
+        lines = self.lines()
+        feed = _RowFeed(((n, line) for n, line in lines if not 1 < n <= skip) if skip > 1 else lines)
         reader = csv.reader(feed, delimiter=delimiter)
         try:
             header = next(reader)
@@ -488,8 +489,10 @@ class Reader:
                              hint=f"the columns are: {', '.join(header)}; pass --label-field NAME")
         label_col = header.index(self.label_field) if self.label_field in header else None
         self.labelled = label_col is not None
+        width, name, taken = len(header), self.name, feed.taken
         while True:
-            feed.start_row()
+            taken.clear()
+            feed.unclosed = feed.cut = False
             error = None
             try:
                 row = next(reader)
@@ -497,6 +500,15 @@ class Reader:
                 row = None
             except csv.Error as exc:
                 row, error = [], f"malformed {fmt.upper()} ({exc})"
+            # Most rows: one line, the header's width, a text and (if any) a label.
+            if (error is None and row is not None and len(taken) == 1 and len(row) == width and not feed.unclosed
+                    and not feed.bad and row[text_col].strip()):
+                number = taken[0][0]
+                self.resume_line = number if resumable else None
+                label = (row[label_col].strip() or None) if label_col is not None else None
+                if label is not None or label_col is None:
+                    yield Doc(row[text_col], label, f"{name}:{number}")
+                    continue
             if row is not None and not feed.taken:
                 row = None
             if row is not None:
@@ -540,6 +552,7 @@ class Reader:
 class _RowFeed:
     """Lines for csv.reader, with their numbers: `taken` holds the current row's lines.
 
+    The reader empties `taken` (in place) and clears `unclosed` and `cut` before each row.
     A row may take at most MAX_ROW_LINES lines: asked for more, or at the end of the file
     inside a quoted field, the feed ends the row (`unclosed`), and `resync()` puts its lines
     after the first back to be read again. An undecodable line at the start of a row goes
@@ -554,32 +567,30 @@ class _RowFeed:
         self.bad: deque[Reject] = deque()
         self.unclosed = self.cut = False
 
-    def __iter__(self) -> "_RowFeed":
-        return self
-
-    def start_row(self) -> None:
-        self.taken = []
-        self.unclosed = self.cut = False
-
-    def __next__(self) -> str:
-        if len(self.taken) >= MAX_ROW_LINES:
-            self.unclosed = self.cut = True
-            raise StopIteration
+    def __iter__(self) -> Iterator[str]:
+        # A generator, fresh for each csv.reader: one whose row was cut ends, and the
+        # reader made after resync() takes a new one (the lines themselves go on).
+        taken, bad, pending, lines, limit = self.taken, self.bad, self._pending, self._lines, MAX_ROW_LINES
         while True:
-            try:
-                number, line = self._pending.popleft() if self._pending else next(self._lines)
-            except StopIteration:
-                if self.taken:
-                    self.unclosed = True  # csv.reader asks for more only inside a quoted field
-                raise
-            if isinstance(line, Reject):
-                self.bad.append(line)
-                if not self.taken:
-                    continue
-                self.taken.append((number, line))
-                return "\n"
-            self.taken.append((number, line))
-            return line + "\n"
+            if len(taken) >= limit:
+                self.unclosed = self.cut = True
+                return
+            if pending:
+                item = pending.popleft()
+            else:
+                item = next(lines, None)
+                if item is None:
+                    self.unclosed = bool(taken)  # csv.reader asks for more only inside a quoted field
+                    return
+            line = item[1]
+            if type(line) is str:
+                taken.append(item)
+                yield line + "\n"
+            else:
+                bad.append(line)
+                if taken:
+                    taken.append(item)
+                    yield "\n"
 
     def raw(self) -> str:
         return "\n".join(line for _, line in self.taken if isinstance(line, str))
@@ -588,7 +599,9 @@ class _RowFeed:
         """Put the current row's lines after its first back; the first line's text."""
         rest = self.taken[1:]
         again = {id(line) for _, line in rest if isinstance(line, Reject)}
-        self.bad = deque(r for r in self.bad if id(r) not in again)  # met again when re-read
+        keep = [r for r in self.bad if id(r) not in again]  # those are met again when re-read
+        self.bad.clear()
+        self.bad.extend(keep)
         self._pending.extendleft(reversed(rest))
         first = self.taken[0][1]
         return first if isinstance(first, str) else ""
