@@ -302,6 +302,16 @@ def base_run(ws, from_run: str) -> Path | None:
     return find_run(ws, from_run, kind="pretrain")
 
 
+def resumed_base(ws, folder: Path, latest: Path | None) -> Path | None:
+    """The base a resumed `--from latest` run started from, not a pretrain run made since."""
+    from bigmodel_cli.runs import find_run, train_options
+
+    recorded = train_options(folder).get("base")
+    if not recorded or (latest is not None and recorded == latest.name):
+        return latest
+    return None if recorded == "scratch" else find_run(ws, recorded, kind="pretrain")
+
+
 def model_config(cfg: FinetuneConfig, base: Path | None, vocab: Vocab, labels: list[str]):
     from bigmodel_cli import checkpoint as ckpt
     from bigmodel_cli.model import ModelConfig
@@ -368,7 +378,9 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     start = resume_point(folder, resume)
     from_run = cfg.from_run
     cfg, seed = inherit_options(cfg, seed, start, given)
-    if cfg.from_run != from_run:
+    if start is not None and cfg.from_run == "latest":
+        base = resumed_base(ws, folder, base)
+    elif cfg.from_run != from_run:
         base = base_run(ws, cfg.from_run)
     if base is not None and base.resolve() == folder.resolve():
         raise UserError(f"--name {name} is the pretrain run it would start from", hint="pick another --name")

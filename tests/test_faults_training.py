@@ -251,6 +251,18 @@ def test_an_interrupted_finetune_is_marked_recorded_and_skipped(ws, run_cli, aft
     assert find_run(ws, None, kind="finetune") == resumed.folder
 
 
+def test_a_resumed_finetune_from_latest_keeps_its_base(ws, after_step):
+    pretrain(ws, tiny(max_steps=4), name="first", seed=1)
+    after_step(_sigterm_at(6))
+    options = FinetuneConfig(**{**FINETUNE, "from_run": "latest", "layers": 0, "dim": 0, "heads": 0, "ffn": 0})
+    with pytest.raises(train.Stopped):
+        finetune(ws, options, name="clf", seed=1)
+    train.AFTER_STEP.clear()
+    pretrain(ws, tiny(max_steps=4, dim=32), name="second", seed=1)  # newer, another width
+    resumed = finetune(ws, options, name="clf", seed=1, resume="auto")
+    assert resumed.report["base"] == "first" and resumed.report["resumed_from"].endswith("step-00000006")
+
+
 # -- 7. hand-edited configs -------------------------------------------------------------------------------
 @pytest.mark.parametrize("edit,expected", [
     ({"num_labels": 0}, "field 'num_labels' is 0 and 'lm_head' is false"),
