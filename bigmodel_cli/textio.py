@@ -435,7 +435,7 @@ class Reader:
             if self.labelled and label is None:
                 yield Reject(where, f"no label in field '{self.label_field}'", line, True)
                 continue
-            if "\\u" in line:  # only a JSON escape can make a lone surrogate
+            if "\\ud" in line or "\\uD" in line:  # only a JSON escape (\ud800-\udfff) can make a lone surrogate
                 fixed = self._surrogates(where, line, text, label)
                 if isinstance(fixed, Reject):
                     yield fixed

@@ -198,13 +198,15 @@ SURROGATE_LINE = '{"text": "half an emoji \\ud83d here", "label": "pos"}'
 def test_lone_surrogate_in_jsonl_is_a_reject_in_preprocess(ws, helpers, run_cli, out):
     lines = [json.dumps({"text": f"review {i} is fine", "label": "ab"[i % 2]}) for i in range(10)]
     lines[3] = SURROGATE_LINE
+    lines[7] = '{"text": "an upper-case escape", "label": "\\uDC00"}'
     helpers.write_lines(ws.root / "s.jsonl", lines)
     result = run_cli(["preprocess", "s.jsonl", "-j", "1", "--lang", "en"], ws.root)
     assert result.exit_code == 0, result.output
-    [reject] = out.rejects()
+    reject, label_reject = out.rejects()
     assert reject["source"] == "s.jsonl:4" and "lone surrogate" in reject["reason"]
     assert reject["raw"] == SURROGATE_LINE
-    assert out.report()["documents"]["kept"] == 9
+    assert label_reject["source"] == "s.jsonl:8" and "field 'label'" in label_reject["reason"]
+    assert out.report()["documents"]["kept"] == 8
     assert "half an emoji" not in "".join(out.texts())
 
 
