@@ -474,8 +474,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     from bigmodel_cli.fileio import atomic_write
 
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [json.dumps(entry) for entry in read_metrics(path) if entry.get("step", 0) <= step]
     with atomic_write(path) as handle:
         handle.writelines(line + "\n" for line in kept)
 
@@ -527,9 +526,16 @@ class _MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The entries of metrics.jsonl; a line a killed run left half-written is skipped."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line) if line.strip() else None
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
 
 
 def plot_losses(metrics: Path, out: Path) -> None:

@@ -346,3 +346,13 @@ def test_half_written_checkpoints_are_removed_at_the_next_run_and_nothing_else(w
     pretrain(ws, tiny(max_steps=16), seed=1, resume="auto")
     assert not (ck / ".step-00000016.tmp").exists() and not (ck / ".last.tmp").is_symlink()
     assert (ck / ".step-notes.tmp" / "notes.txt").read_text() == "the user's"
+
+
+def test_a_torn_metrics_line_from_a_kill_does_not_stop_the_resume(ws):
+    pretrain(ws, tiny(), seed=1)
+    path = ws.root / "runs" / "mlm" / "metrics.jsonl"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"step": 14, "loss": 8.1')  # the kill came in the middle of a write
+    pretrain(ws, tiny(max_steps=16), seed=1, resume="auto")
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if "split" not in line]
+    assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
