@@ -45,7 +45,7 @@ def explain_cli(
     [b]Examples[/b]:
       bigmodel explain "房间很干净，服务也好"                 # the latest classifier, every method
       bigmodel explain "太吵了" --method ig --steps 100 --target neg
-      bigmodel explain "房间不错" --method attention --layer 3 --head 0 --png
+      bigmodel explain "房间不错" --method attention --layer 1 --head 0 --png
       bigmodel explain --split test --limit 200 --faithfulness
       bigmodel explain "这家酒店" --run gpt               # a causal run: why this next word
     """
