@@ -12,6 +12,10 @@ Exact resume rests on three rules:
   generator seeded by the step;
 - checkpoints hold every generator that the loop touches (dropout draws from torch's);
 - the metrics window being averaged at a checkpoint is saved with it.
+
+SIGTERM (a cluster preempting the job) ends the step in progress, saves a checkpoint and
+raises `Stopped` (exit code 143); `--resume auto` continues from it exactly. With
+--max-time the cosine schedule is sized, step by step, to the steps the time still allows.
 """
 
 from __future__ import annotations
