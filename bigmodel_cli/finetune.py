@@ -435,7 +435,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     # Everything that can refuse the run is checked before the run folder is touched.
     pick_device(cfg.device, dist)
     vocab_hash = sha256_file(ids_from)
-    changed = check_resume(folder, start, mcfg, cfg, seed, ids_from, vocab_hash) if start is not None else {}
+    changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
     train = encode_records(train_records, vocab, labels, cfg.max_len)
     dev = encode_records(dev_records, vocab, labels, cfg.max_len) if dev_records else None
     if len(train) < cfg.batch_size:

@@ -342,7 +342,7 @@ def inherit_options(cfg, seed: int, start: Path | None, given: set[str] | None):
     return dataclasses.replace(cfg, **kept), (saved.get("seed", seed) if "seed" not in given else seed)
 
 
-def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: Path, vocab_hash: str) -> dict[str, list]:
+def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: str, vocab_hash: str) -> dict[str, list]:
     """Refuse a resume that would not continue the same run (another model, another
     vocabulary, other training options); return the options it changes that may change
     (see train.RESUMABLE) as {option: [run's value, new value]}."""
@@ -367,9 +367,9 @@ def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: Pa
     if refused:
         listed = ", ".join(f"--{k.replace('_', '-')} {d[1]} (the run has {d[0]})" for k, d in refused.items())
         raise UserError(f"cannot resume run '{folder.name}' with other options: {listed}",
-                        hint=f"pass the run's values (runs/{folder.name}/train.json; only --max-steps, --max-time, --epochs, "
-                             f"--early-stopping, --device, --compile, --accumulate and the log, eval and checkpoint "
-                             f"intervals may change on resume), or {new_run}")
+                        hint=f"leave them out to keep the run's values (runs/{folder.name}/train.json; only --max-steps, "
+                             f"--max-time, --epochs, --early-stopping, --device, --compile, --accumulate and the log, eval "
+                             f"and checkpoint intervals may change on resume), or {new_run}")
     return {k: d for k, d in differ.items() if k in RESUMABLE}
 
 
@@ -468,7 +468,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     # Everything that can refuse the run is checked before the run folder is touched.
     pick_device(cfg.device, dist)
     vocab_hash = sha256_file(vocab_path)
-    changed = check_resume(folder, start, mcfg, cfg, seed, vocab_path, vocab_hash) if start is not None else {}
+    changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(vocab_path), vocab_hash) if start is not None else {}
     if dist.main:
         folder.mkdir(parents=True, exist_ok=True)
     if dist.world > 1 and not torch.distributed.is_initialized():
