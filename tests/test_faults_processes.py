@@ -240,3 +240,116 @@ def test_the_read_ahead_helper_dies_with_its_parent(tmp_path, how):
         assert wait_gone(lambda: in_group(proc.pid), 2) == []
     finally:
         kill_all(in_group(proc.pid))
+
+
+# -- --nproc: the launcher owns its ranks --------------------------------------------------------
+from test_pretrain import TINY_ARGS, lm_ws  # noqa: E402,F401  (lm_ws: a fixture, 400 real reviews preprocessed)
+
+
+def _pretrain_args(ws: Workspace, *args: str) -> list[str]:
+    return [sys.executable, "-m", "bigmodel_cli", "pretrain", "-w", str(ws.root), *TINY_ARGS, *args]
+
+
+def _listening(pids: list[int]) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp gives them) these processes listen on."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append(fields[1].rsplit(":", 1)[0])
+    return found
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+@pytest.mark.slow
+def test_nproc_ranks_listen_on_the_loopback_and_die_with_the_launcher(lm_ws, tmp_path):
+    run = lm_ws.root / "runs" / "killed"
+    proc = start(_pretrain_args(lm_ws, "--name", "killed", "--max-steps", "100000", "--checkpoint-every", "5",
+                                "--nproc", "2"), tmp_path / "run.log")
+    ranks: list[int] = []
+    try:
+        wait_for(lambda: _size(run / "metrics.jsonl") > 0, proc, seconds=240)  # the ranks are training
+        ranks = descendants(proc.pid)
+        assert len(ranks) == 2
+        addresses = _listening([proc.pid, *ranks])
+        assert addresses and set(addresses) <= LOOPBACK  # the rendezvous and gloo: nothing on other interfaces
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_gone(lambda: [p for p in ranks if _stat(p) is not None], 3) == []
+    finally:
+        kill_all([proc.pid, *ranks])
+    assert not lm_ws.lock_held()  # the workspace is free for the next command
+
+
+@pytest.mark.slow
+def test_nproc_ctrl_c_stops_the_ranks_and_exits_130_with_one_line(lm_ws, tmp_path):
+    run = lm_ws.root / "runs" / "stopped"
+    proc = start(_pretrain_args(lm_ws, "--name", "stopped", "--max-steps", "100000", "--nproc", "2"),
+                 tmp_path / "run.log")
+    ranks: list[int] = []
+    try:
+        wait_for(lambda: _size(run / "metrics.jsonl") > 0, proc, seconds=240)
+        ranks = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the launcher's process group
+        assert proc.wait(timeout=30) == 130
+        assert wait_gone(lambda: [p for p in ranks if _stat(p) is not None], 3) == []
+    finally:
+        kill_all([proc.pid, *ranks])
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    assert [line for line in lines if not line.startswith("step ")] == [
+        "interrupted: outputs of this run were not written; earlier outputs are intact"]
+    assert not lm_ws.lock_held()
+
+
+@pytest.mark.slow
+def test_an_error_in_the_ranks_is_one_line_and_exit_2(lm_ws):
+    done = subprocess.run(_pretrain_args(lm_ws, "--max-steps", "4", "--init-embeddings", "nope", "--nproc", "2"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: no embeddings named 'nope' in embeddings/; run `bigmodel embed` first"]
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nproc", "0"], "--nproc must be at least 1, got 0"),
+    (["--nproc", "-2"], "--nproc must be at least 1, got -2"),
+    (["--nproc", "2", "--nnodes", "2"], "--nnodes above 1 needs --master-addr"),
+    (["--nproc", "2", "--nnodes", "2", "--node-rank", "2", "--master-addr", "10.0.0.1"], "--node-rank must be in 0..1"),
+])
+def test_launch_options_out_of_range_are_one_line(ws, run_cli, args, message):
+    result = run_cli(["pretrain", "-w", ws.root, *args], ws.root)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and message in result.output and len(result.output.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_train_together(lm_ws, tmp_path):
+    """--nnodes 2: node 0's launcher hosts the rendezvous on --master-addr, node 1's ranks join it."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    common = ["--name", "nodes", "--max-steps", "4", "--nnodes", "2", "--nproc", "1", "--master-addr", "127.0.0.1",
+              "--master-port", port]
+    second = start(_pretrain_args(lm_ws, *common, "--node-rank", "1"), tmp_path / "node1.log")
+    try:
+        first = subprocess.run(_pretrain_args(lm_ws, *common, "--node-rank", "0"), capture_output=True, text=True,
+                               timeout=300)
+        assert first.returncode == 0, first.stderr
+        assert second.wait(timeout=60) == 0, (tmp_path / "node1.log").read_text()
+    finally:
+        kill_all(in_group(second.pid))
+    assert json.loads((lm_ws.root / "runs" / "nodes" / "report.json").read_text())["world_size"] == 2

@@ -47,13 +47,15 @@ MasterPortOption = typer.Option(None, "--master-port", help="Port on the rank-0 
 
 
 def launch_if_asked(nproc: int, nnodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:
-    """With --nproc or --nnodes above 1, run this same command under torchrun and exit with
-    its code; inside the launch (or with one process) return and train here."""
-    from bigmodel_cli.distributed import inside_launch, launch
+    """With --nproc or --nnodes above 1, run this same command as that many ranks and exit
+    with their code; in a rank (or with one process) return and train here."""
+    from bigmodel_cli.distributed import check_launch_options, inside_launch, join_launcher, launch
 
-    if (nproc > 1 or nnodes > 1) and not inside_launch():
-        if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
-            raise typer.BadParameter("--nproc and --nnodes must be at least 1 and --node-rank in 0..nnodes-1")
+    if inside_launch():
+        join_launcher()  # a rank dies with the launcher that started it
+        return
+    check_launch_options(nproc, nnodes, node_rank, master_addr, master_port)
+    if nproc > 1 or nnodes > 1:
         raise typer.Exit(launch(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port))
 
 
