@@ -109,7 +109,7 @@ def launch(argv: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
         finally:
             for rank in ranks:
                 rank.end()
-            del server
+            server = None  # closes the rendezvous
 
 
 # -- the rendezvous -------------------------------------------------------------------------------
@@ -195,8 +195,15 @@ class _Rank:
             except OSError:
                 pass
 
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.kill()
+            except OSError:
+                pass
+
     def end(self) -> None:
-        self.signal(signal.SIGKILL)
+        self.kill()
         self.process.wait()
         if self.handle is not None:
             self.handle.close()
@@ -204,7 +211,6 @@ class _Rank:
     def stderr(self) -> str:
         if self.log is None:
             return ""
-        self.handle.flush()
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
@@ -221,7 +227,7 @@ def _supervise(ranks: list[_Rank]) -> int:
         again = signum == signal.SIGINT and signal.SIGINT in signalled
         signalled.append(signum)
         for rank in ranks:
-            rank.signal(signal.SIGKILL if again else signum)
+            rank.kill() if again else rank.signal(signum)
 
     previous = {signum: signal.signal(signum, pass_on) for signum in (signal.SIGINT, signal.SIGTERM)}
     failed = since = None
@@ -239,8 +245,7 @@ def _supervise(ranks: list[_Rank]) -> int:
             signal.signal(signum, handler)
     failed = failed or next((rank for rank in ranks if rank.process.returncode not in (None, 0)), None)
     for rank in ranks:  # what they wrote was written atomically
-        rank.signal(signal.SIGKILL)
-        rank.process.wait()
+        rank.end()
     return _outcome(ranks[0], failed, signalled)
 
 
@@ -263,6 +268,6 @@ def _outcome(zero: _Rank, failed: _Rank | None, signalled: list[int]) -> int:
         return 128 - code
     name = signal.Signals(-code).name
     hint = ("; if that was the kernel's out-of-memory killer (dmesg), use a smaller --batch-size or fewer processes"
-            if -code == signal.SIGKILL else "")
+            if name == "SIGKILL" else "")
     sys.stderr.write(f"error: rank {failed.number} was killed by {name}{hint}\n")
     return 1
