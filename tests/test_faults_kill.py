@@ -24,9 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reas
 
 PREPROCESS = ["preprocess", "--text-field", "text", "--label-field", "label", "--workers", "1"]
 TINY = ["--layers", "1", "--dim", "32", "--heads", "2", "--ffn", "64", "--seq-len", "32", "--max-positions", "64"]
-PRETRAIN = ["pretrain", "--name", "mlm", *TINY, "--batch-size", "16", "--max-steps", "300", "--checkpoint-every", "20",
+PRETRAIN = ["pretrain", "--name", "mlm", *TINY, "--batch-size", "16", "--max-steps", "120", "--checkpoint-every", "10",
             "--eval-every", "100", "--eval-batches", "2", "--log-every", "50"]
-FINETUNE = ["finetune", "--from", "mlm", "--name", "clf", "--max-steps", "300", "--checkpoint-every", "20",
+FINETUNE = ["finetune", "--from", "mlm", "--name", "clf", "--max-steps", "120", "--checkpoint-every", "10",
             "--eval-every", "100", "--batch-size", "16", "--max-len", "32"]
 EMBED = ["embed", "--method", "word2vec", "--name", "w2v", "--dim", "32", "--epochs", "30", "--workers", "1"]
 EVALUATE = ["evaluate", "clf", "--split", "test"]
@@ -111,11 +111,16 @@ CASES = {
                  [*PRETRAIN[:2], "mlm2", *PRETRAIN[3:], "--resume", "auto"]),
     "finetune": ([*FINETUNE[:4], "clf2", *FINETUNE[5:]], "runs/clf2/checkpoints/step-*",
                  [*FINETUNE[:4], "clf2", *FINETUNE[5:], "--resume", "auto"]),
+    "pretrain-early": ([*PRETRAIN[:2], "mlm2", *PRETRAIN[3:]], ".bigmodel/running.json",
+                       [*PRETRAIN[:2], "mlm2", *PRETRAIN[3:], "--resume", "auto"]),
+    "finetune-early": ([*FINETUNE[:4], "clf2", *FINETUNE[5:]], ".bigmodel/running.json",
+                       [*FINETUNE[:4], "clf2", *FINETUNE[5:], "--resume", "auto"]),
     "evaluate": ([*EVALUATE, "--force"], ".bigmodel/running.json", None),
 }
 UNTOUCHED = {"preprocess-1": ("runs", "embeddings", "reports"), "preprocess-2": ("runs", "embeddings", "reports"),
              "embed": ("data", "runs", "reports"), "pretrain": ("data", "embeddings", "reports", "runs/mlm"),
              "finetune": ("data", "embeddings", "reports", "runs/mlm", "runs/clf"), "evaluate": ("data", "embeddings", "runs")}
+UNTOUCHED["pretrain-early"], UNTOUCHED["finetune-early"] = UNTOUCHED["pretrain"], UNTOUCHED["finetune"]
 
 
 def check_rerun(ws: Path, case: str) -> None:
@@ -147,7 +152,7 @@ def test_sigkill_midway_then_rerun(ws, case):
     assert snapshot(ws, *UNTOUCHED[case]) == before
 
 
-@pytest.mark.parametrize("case", ["preprocess-1", "preprocess-2", "pretrain", "finetune"])
+@pytest.mark.parametrize("case", ["preprocess-1", "preprocess-2", "embed", "pretrain", "finetune", "evaluate"])
 def test_ctrl_c_midway_exits_130_at_once_then_rerun(ws, case):
     command, marker, _ = CASES[case]
     before = snapshot(ws, *UNTOUCHED[case])
@@ -169,3 +174,20 @@ def test_ctrl_c_midway_exits_130_at_once_then_rerun(ws, case):
     assert group_members(proc.pid) == []
     assert snapshot(ws, *UNTOUCHED[case]) == before
     check_rerun(ws, case)
+
+
+def test_predict_killed_while_writing_leaves_the_old_output_and_no_temporary(ws):
+    texts = ws / "texts.txt"
+    texts.write_text("".join(f"房间很干净，服务很好，第{i}次来\n" for i in range(20_000)), encoding="utf-8")
+    output = ws / "predictions.jsonl"
+    output.write_text("earlier\n", encoding="utf-8")
+    proc = bigmodel(ws, "predict", "--run", "clf", "--input", str(texts), "--output", str(output))
+    wait_for(ws, ".predictions.jsonl.*.tmp", proc)
+    assert proc.poll() is None, "predict finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert output.read_text(encoding="utf-8") == "earlier\n"
+    done, _ = run(ws, "predict", "--run", "clf", "--input", str(texts), "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    assert len(output.read_text(encoding="utf-8").splitlines()) == 20_000
+    assert leftovers(ws) == []
