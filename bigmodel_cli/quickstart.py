@@ -114,9 +114,10 @@ def parse_seconds(text: str) -> float:
 
 
 def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, force: bool = False, show_progress: bool = False,
-               console=None, on_stage: Callable[[str], None] | None = None) -> QuickstartResult:
+               console=None, on_stage: Callable[[str], None] | None = None, log_lines: bool = False) -> QuickstartResult:
     """Run every stage in `root` (see the module docstring); `force` runs each again even
-    when it is up to date."""
+    when it is up to date; `log_lines` prints training progress as plain lines (for a log
+    file, where no progress bar is drawn)."""
     from bigmodel_cli.config import EmbedConfig, EvaluateConfig, FinetuneConfig, PreprocessConfig, PretrainConfig, resolve
     from bigmodel_cli.workspace import Workspace
 
@@ -159,12 +160,13 @@ def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, force: boo
           lambda r: f"{r.report['vocab_size']:,} vectors, loss {r.losses['epochs'][-1]['loss']:.3g}" if r.losses.get("epochs") else f"{r.report['vocab_size']:,} vectors",
           "embeddings/word2vec/")
     pt = stage("pretrain", lambda: pretrain(ws, pretrain_cfg, seed=seed, show_progress=show_progress, console=console,
+                                            log_lines=log_lines,
                                             **training_options(ws, f"pretrain:{pretrain_cfg.objective}", force)),
                lambda r: f"dev perplexity {r.report['dev']['perplexity']:.0f}, masked-word accuracy {r.report['dev']['accuracy']:.1%}"
                if r.report.get("dev") else f"{r.report['steps']} steps",
                "runs/mlm/")
     stage("finetune", lambda: finetune(ws, resolve(FinetuneConfig, config.get("finetune"), {}), name="classifier", seed=seed,
-                                       show_progress=show_progress, console=console,
+                                       show_progress=show_progress, console=console, log_lines=log_lines,
                                        **training_options(ws, "finetune:classifier", force)),
           lambda r: f"dev macro-F1 {r.report['best']['macro_f1']:.3f}" if r.report.get("best") else f"{r.report['steps']} steps",
           "runs/classifier/")

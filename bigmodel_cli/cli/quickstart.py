@@ -44,7 +44,7 @@ def quickstart_cli(
 
     try:
         result = quickstart(directory, lang, minutes=minutes, force=force, show_progress=err_console.is_terminal,
-                            console=err_console, on_stage=on_stage)
+                            console=err_console, on_stage=on_stage, log_lines=not err_console.is_terminal)
     except KeyboardInterrupt:
         again = f"bigmodel quickstart {directory}" + ("" if lang == "zh" else f" --lang {lang}")
         err_console.print(f"[yellow]interrupted[/]: finished stages are kept; run `{escape(again)}` again to go on "
