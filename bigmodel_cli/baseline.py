@@ -184,7 +184,7 @@ def cache_key(ws, cfg: EvaluateConfig) -> str:
 def load_or_train(ws, cfg: EvaluateConfig) -> tuple[Baseline, bool]:
     """The workspace's baseline: from the cache when its key matches, else trained and saved.
     Returns (baseline, whether it came from the cache)."""
-    from bigmodel_cli.finetune import read_split
+    from bigmodel_cli.classify_data import read_split
 
     folder = ws.root / FOLDER
     key = cache_key(ws, cfg)

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import time
 from collections import Counter
@@ -36,10 +35,28 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from bigmodel_cli.config import EmbedConfig, resolve_checked
+from bigmodel_cli.embed_eval import (
+    SAFE_VECTORS,
+    SAFE_WORDS,
+    TOPN,
+    VECTORS,
+    EvalFiles,
+    evaluate_vectors,
+    export_name,
+    find_run,
+    load_vectors,
+    neighbors,
+    save_vectors,
+)
 from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.embed_eval import (SAFE_VECTORS, SAFE_WORDS, TOPN, VECTORS, EvalFiles, evaluate_vectors, export_name, load_vectors, neighbors,
-                                     save_vectors)
-from bigmodel_cli.fileio import read_json, recover_dir, remove_stale, replace_dir, write_json
+from bigmodel_cli.fileio import (
+    read_json,
+    recover_dir,
+    remove_stale,
+    replace_dir,
+    write_json,
+)
+from bigmodel_cli.workspace import check_name
 
 METHODS = ("word2vec", "fasttext", "glove")
 # gensim silently cuts a sentence after this many tokens (MAX_WORDS_IN_BATCH): longer
@@ -50,7 +67,6 @@ MAX_SENTENCE = 10_000
 LOSS_SAMPLE_EXAMPLES = 4_096
 LOSS_SAMPLE_CHUNKS = 512  # chunks kept (reservoir) while the corpus is read
 LOSS_SAMPLE_TOKENS = 60_000  # of which at most this many tokens are used
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STAGING_RE = r"\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.staging-(\d+)"  # a run's staging folder; the group is its pid
 # Options given as text on the command line so that 'abc' or '1.5' gets our one-line error.
 INT_OPTIONS = ("dim", "window", "min_count", "epochs", "negative", "workers", "buckets", "min_n", "max_n")
@@ -113,10 +129,6 @@ def check_ngram_memory(cfg: EmbedConfig) -> None:
                         hint=f"use --buckets {max(1, have // 4 // (cfg.dim * 4)):,} or less (a quarter of the memory)")
 
 
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise UserError(f"--name must be letters, digits, '_', '.' or '-' (at most 64, not starting with '.' '_' '-'), got '{name}'")
-    return name
 
 
 def settings(cfg: EmbedConfig, seed: int) -> dict[str, Any]:
@@ -641,23 +653,6 @@ def _read_outputs(folder: Path) -> tuple[dict, dict, dict]:
     return tuple(read_json(folder / f) if (folder / f).exists() else {} for f in ("report.json", "losses.json", "evaluation.json"))
 
 
-def find_run(ws, name: str | None) -> tuple[str, Path]:
-    """The run called `name`, or the most recent successful one."""
-    root = ws.root / "embeddings"
-    if name is None:
-        runs = [(r["run_id"], key.split(":", 1)[1]) for key in ws.stage_keys() if key.startswith("embed:")
-                for r in [ws.last_record(key)] if r is not None and (root / key.split(":", 1)[1] / VECTORS).is_file()]
-        if not runs:
-            raise UserError("no embeddings in this workspace yet", hint="run `bigmodel embed` first")
-        name = max(runs)[1]
-    folder = root / name
-    if not (folder / VECTORS).is_file():
-        known = sorted(p.name for p in root.iterdir() if (p / VECTORS).is_file()) if root.is_dir() else []
-        raise UserError(f"no embeddings named '{name}' in {ws.relative(root)}/",
-                        hint=f"known: {', '.join(known)}" if known else "run `bigmodel embed` first")
-    return name, folder
-
-
 def evaluate_run(ws, name: str | None = None, *, analogies: Path | None = None, pairs: Path | None = None,
                  probes: Iterable[str] = ()) -> tuple[str, Path, dict[str, Any]]:
     """`bigmodel embed evaluate`: evaluate saved vectors; the result goes to embeddings/NAME/evaluate.json
@@ -688,7 +683,13 @@ class _Bars:
     words/s (or pairs/s) and the loss."""
 
     def __init__(self, method: str, show: bool, console) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.method = method
         self.progress = Progress(TextColumn("[bold]embed {task.description}"), BarColumn(),

@@ -285,3 +285,20 @@ def load_vectors(folder: Path):
     if meta["kind"] == "fasttext":
         kv.recalc_char_ngram_buckets()
     return kv
+
+
+def find_run(ws, name: str | None) -> tuple[str, Path]:
+    """The run called `name`, or the most recent successful one."""
+    root = ws.root / "embeddings"
+    if name is None:
+        runs = [(r["run_id"], key.split(":", 1)[1]) for key in ws.stage_keys() if key.startswith("embed:")
+                for r in [ws.last_record(key)] if r is not None and (root / key.split(":", 1)[1] / VECTORS).is_file()]
+        if not runs:
+            raise UserError("no embeddings in this workspace yet", hint="run `bigmodel embed` first")
+        name = max(runs)[1]
+    folder = root / name
+    if not (folder / VECTORS).is_file():
+        known = sorted(p.name for p in root.iterdir() if (p / VECTORS).is_file()) if root.is_dir() else []
+        raise UserError(f"no embeddings named '{name}' in {ws.relative(root)}/",
+                        hint=f"known: {', '.join(known)}" if known else "run `bigmodel embed` first")
+    return name, folder

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bigmodel_cli.classify_data import classifier_max_len
 from bigmodel_cli.config import EvaluateConfig, resolve
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import atomic_write, read_json, write_json
@@ -224,17 +225,10 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
         return EvaluateResult(False, folder.name, split, out, record, report)
 
 
-def classifier_max_len(folder: Path, model) -> int:
-    """The tokens a classifier reads ([CLS] and [SEP] included): finetune's max_len from the
-    run's train.json, within the position table. predict reads train.json the same way."""
-    train_cfg = read_json(folder / "train.json") if (folder / "train.json").exists() else {}
-    return min(int(train_cfg.get("max_len", 128)), model.cfg.max_positions)
-
-
 def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig, out: Path,
                 show_progress: bool, console) -> dict[str, Any]:
     from bigmodel_cli import baseline as bl
-    from bigmodel_cli.finetune import classify_probs, encode_records, read_split
+    from bigmodel_cli.classify_data import classify_probs, encode_records, read_split
     from bigmodel_cli.runs import load_model
     from bigmodel_cli.vocab import PAD, Vocab
 
@@ -314,7 +308,7 @@ def verdict(report: dict[str, Any]) -> str:
 def _language_model(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig) -> dict[str, Any]:
     import contextlib
 
-    from bigmodel_cli.pretrain import CLMTask, MLMTask, encode_blocks
+    from bigmodel_cli.lm_data import CLMTask, MLMTask, encode_blocks
     from bigmodel_cli.runs import load_model
     from bigmodel_cli.vocab import Vocab
 

@@ -24,51 +24,19 @@ confidence interval).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bigmodel_cli.classify_data import encode_ids
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.finetune import encode_ids
+from bigmodel_cli.explanation import Explanation
 from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, UNK
 
 METHODS = ("attention", "rollout", "saliency", "grad-input", "ig")
-SIGNED = {"grad-input", "ig"}
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
 RANDOM_DRAWS = 10  # random rankings per text: their mean is the bar, their spread its interval
-
-
-@dataclass
-class Explanation:
-    text: str
-    words: list[str]  # the words as the model saw them (segmented, cleaned)
-    unknown: list[bool]  # words outside the vocabulary (seen as [UNK])
-    kind: str  # "classifier" or "causal"
-    target: str
-    target_index: int
-    probability: float
-    predicted: str
-    probabilities: dict[str, float]
-    scores: dict[str, list[float]] = field(default_factory=dict)
-    ig_delta: float | None = None
-    ig_steps: int | None = None
-    attention: list | None = None  # [layer][head] (T x T) numpy arrays for the HTML page (of several texts: [layer][mean])
-
-    def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "words": self.words, "unknown": self.unknown, "kind": self.kind,
-                "predicted": self.predicted, "target": self.target, "probability": round(self.probability, 6),
-                "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
-                "scores": {m: [round(float(s), 6) for s in v] for m, v in self.scores.items()},
-                "ig": {"steps": self.ig_steps, "completeness_gap": self.ig_delta} if self.ig_delta is not None else None}
-
-    def top(self, method: str, n: int = 5) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-        """The words that push most towards the target, and (signed methods) most against it."""
-        pairs = list(zip(self.words, self.scores[method]))
-        pro = sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])[:n]
-        con = sorted((p for p in pairs if p[1] < 0), key=lambda p: p[1])[:n] if method in SIGNED else []
-        return pro, con
 
 
 class Explainer:
@@ -282,7 +250,7 @@ def rollout(att) -> Any:
 
 # -- the stage ------------------------------------------------------------------------
 def load_explainer(ws, run: str | None):
-    from bigmodel_cli.evaluate import classifier_max_len
+    from bigmodel_cli.classify_data import classifier_max_len
     from bigmodel_cli.runs import find_run, load_model, run_folders, run_kind
     from bigmodel_cli.tokenizer import TextPipeline
 
@@ -356,7 +324,7 @@ def readable_part(text: str, explainer: Explainer) -> str:
     predict's character budget (its first max_len tokens lie well inside), and a causal
     run's from the left (its last words matter), so that a line of megabytes does not take
     minutes to segment for words the model never reads."""
-    from bigmodel_cli.predict import MAX_CHARS
+    from bigmodel_cli.text import MAX_CHARS
 
     cut = max(MAX_CHARS, 200 * explainer.max_len)
     return text[:cut] if explainer.kind == "classifier" else text[-cut:]
@@ -437,9 +405,8 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     the record `explain:RUN`. An `html_path` that is a folder gets STEM.html inside it. Things
     the user should know (no font for the words of a PNG) are appended to `warnings`."""
     from bigmodel_cli.explain_render import render_html, write_png
-    from bigmodel_cli.fileio import atomic_write, write_json
+    from bigmodel_cli.fileio import atomic_write, json_line, write_json
     from bigmodel_cli.plots import CJK_HINT
-    from bigmodel_cli.predict import json_line
     from bigmodel_cli.runs import model_checkpoint
     from bigmodel_cli.workspace import StageRun
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.explain import SIGNED, Explanation
+from bigmodel_cli.explanation import SIGNED, Explanation
 
 TOP_TOKENS = 20  # attention maps show the tokens that receive the most attention (page size)
 SHADES = 8  # colour steps of the word rows and the attention maps

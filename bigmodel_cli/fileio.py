@@ -179,3 +179,16 @@ def recover_dir(target: Path) -> None:
             os.replace(legacy, target)
     if target.exists():
         remove_stale(target.parent, pattern, name_re)
+
+
+# JSON leaves DEL and the C1 controls (U+0080-U+009F) unescaped; some terminals act on them
+# (U+009B starts a control sequence), so the output escapes them as well.
+_UNESCAPED_CONTROLS = re.compile("[\x7f-\x9f]")
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One JSONL line, with DEL and C1 controls escaped as well."""
+    line = json.dumps(record, ensure_ascii=False)
+    if not line.isascii():
+        line = _UNESCAPED_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+    return line + "\n"

@@ -16,21 +16,26 @@ metrics.jsonl, loss.png, report.json, checkpoints/{step-N,last,best}).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from bigmodel_cli.classify_data import (
+    Encoded,
+    classify_probs,
+    encode_records,
+    pad_batch,
+    read_split,
+)
 from bigmodel_cli.config import FinetuneConfig
-from bigmodel_cli.errors import InputError, UserError
+from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json, write_json
-from bigmodel_cli.vocab import CLS, PAD, SEP, UNK, Vocab
+from bigmodel_cli.vocab import PAD, UNK, Vocab
 
 POOLINGS = ("cls", "mean")
 INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", "eval_batches", "checkpoint_every",
@@ -47,7 +52,7 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
 
 
 def validate(cfg: FinetuneConfig) -> list[str]:
-    from bigmodel_cli.pretrain import validate_shape
+    from bigmodel_cli.model import validate_shape
     from bigmodel_cli.train import validate as validate_loop
 
     problems = validate_loop(cfg)
@@ -64,67 +69,6 @@ def validate(cfg: FinetuneConfig) -> list[str]:
     if not cfg.from_run:
         problems.append("--from must name a pretrain run, latest or scratch")
     return problems + validate_shape(cfg)
-
-
-# -- data -----------------------------------------------------------------------------------
-@dataclass
-class Encoded:
-    """Documents as one flat array of ids with offsets (document i is ids[offsets[i]:offsets[i+1]]),
-    and their label indices (-1: a label the model does not know)."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def doc(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
-
-    @classmethod
-    def from_lists(cls, docs: list[list[int]], labels: list[int]) -> "Encoded":
-        offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(d) for d in docs])
-        flat = np.fromiter((i for d in docs for i in d), dtype=np.int32, count=int(offsets[-1]))
-        return cls(flat, offsets, np.asarray(labels, dtype=np.int64))
-
-
-def encode_ids(vocab: Vocab, tokens: list[str], max_len: int) -> list[int]:
-    """[CLS] tokens [SEP], cut to max_len (the same as TextPipeline.encode)."""
-    ids = [vocab.id(CLS)] + vocab.encode(tokens) + [vocab.id(SEP)]
-    if len(ids) > max_len:
-        ids = ids[: max_len - 1] + [vocab.id(SEP)]
-    return ids
-
-
-def read_split(path: Path) -> list[dict[str, Any]]:
-    """The records of a processed split: tokens, label (None when absent), text and lang."""
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                tokens = record["tokens"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(path, "not a processed record with a 'tokens' list", line=number,
-                                 hint="run `bigmodel preprocess --force` to rebuild it") from None
-            label = record.get("label")
-            records.append({"tokens": tokens, "label": None if label is None else str(label),
-                            "text": record.get("text", ""), "lang": record.get("lang", "")})
-    return records
-
-
-def encode_records(records: list[dict[str, Any]], vocab: Vocab, labels: list[str], max_len: int) -> Encoded:
-    index = {label: i for i, label in enumerate(labels)}
-    return Encoded.from_lists([encode_ids(vocab, r["tokens"], max_len) for r in records],
-                              [index.get(r["label"], -1) for r in records])
 
 
 def train_labels(ws, records: list[dict[str, Any]], path: Path) -> list[str]:
@@ -149,41 +93,6 @@ def class_weights(labels: np.ndarray, num_labels: int) -> np.ndarray:
     """Inverse class frequency, scaled so that the average weight of a training document is 1."""
     counts = np.bincount(labels[labels >= 0], minlength=num_labels).astype(np.float64)
     return np.where(counts > 0, counts.sum() / (num_labels * np.maximum(counts, 1)), 0.0)
-
-
-def pad_batch(docs: list[np.ndarray], pad_id: int, length: int | None = None):
-    """(ids, attention_mask) tensors of the documents, right-padded to `length` (default: the longest)."""
-    import torch
-
-    length = length or max(len(d) for d in docs)
-    ids = np.full((len(docs), length), pad_id, dtype=np.int64)
-    for row, doc in enumerate(docs):
-        ids[row, : len(doc)] = doc
-    ids = torch.from_numpy(ids)
-    return ids, ids != pad_id
-
-
-def classify_probs(model, data: Encoded, batch_size: int, pad_id: int, autocast: Callable | None = None,
-                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """Class probabilities (n, num_labels) of every document, in batches of similar length."""
-    import torch
-
-    device = next(model.parameters()).device
-    autocast = autocast or contextlib.nullcontext
-    order = np.argsort(data.lengths, kind="stable")
-    out = np.zeros((len(data), model.cfg.num_labels), dtype=np.float32)
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            picked = order[start:start + batch_size]
-            ids, mask = pad_batch([data.doc(i) for i in picked], pad_id)
-            ids, mask = ids.to(device), mask.to(device)
-            with autocast():
-                hidden, _ = model.encode(ids, attention_mask=mask)
-                logits = model.classify(hidden, mask)
-            out[picked] = logits.float().softmax(-1).cpu().numpy()
-            if on_batch is not None:
-                on_batch(len(picked))
-    return out
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
@@ -314,8 +223,7 @@ def resumed_base(ws, folder: Path, latest: Path | None) -> Path | None:
 
 def model_config(cfg: FinetuneConfig, base: Path | None, vocab: Vocab, labels: list[str]):
     from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.model import ModelConfig
-    from bigmodel_cli.pretrain import architecture
+    from bigmodel_cli.model import ModelConfig, architecture
     from bigmodel_cli.runs import model_checkpoint
 
     head = dict(num_labels=len(labels), labels=list(labels), pooling=cfg.pooling, classifier_dropout=cfg.dropout,
@@ -363,9 +271,15 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
              given: set[str] | None = None) -> FinetuneResult:
     """Finetune one classifier into runs/NAME/ (see the module docstring). `given`: the
     options the command line set (see pretrain.inherit_options)."""
-    from bigmodel_cli.pretrain import check_name, find_processed, inherit_options, no_lock, record_failure, resume_point
+    from bigmodel_cli.run_setup import (
+        find_processed,
+        inherit_options,
+        no_lock,
+        record_failure,
+        resume_point,
+    )
     from bigmodel_cli.train import Dist
-    from bigmodel_cli.workspace import StageRun, unchanged
+    from bigmodel_cli.workspace import StageRun, check_name, unchanged
 
     cfg = cfg or FinetuneConfig()
     problems = validate(cfg)
@@ -422,7 +336,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
          log_lines: bool) -> dict[str, Any]:
     from bigmodel_cli.fileio import sha256_file
     from bigmodel_cli.model import Transformer
-    from bigmodel_cli.pretrain import check_resume, write_train_options
+    from bigmodel_cli.run_setup import check_resume, write_train_options
     from bigmodel_cli.tokenizer import copy_tokenizer_files
     from bigmodel_cli.train import fit, pick_device, seed_everything
 

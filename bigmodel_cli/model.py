@@ -425,3 +425,27 @@ def hf_name(name: str) -> str:
         if n:
             return renamed
     raise KeyError(f"no Hugging Face name for {name}")
+
+
+def validate_shape(cfg) -> list[str]:
+    """--size and the --layers/--dim/--heads/--ffn that override it (pretrain, and finetune
+    --from scratch)."""
+    problems = []
+    if cfg.size not in SIZES:
+        problems.append(f"--size must be one of {', '.join(SIZES)}, got '{cfg.size}'")
+    for key in ("layers", "dim", "heads", "ffn"):
+        if getattr(cfg, key) < 0:
+            problems.append(f"--{key} must be a positive integer (0 takes it from --size), got {getattr(cfg, key)}")
+    _, dim, heads, _ = architecture(cfg)
+    if dim > 0 and heads > 0 and dim % heads:
+        problems.append(f"--heads ({heads}) must divide --dim ({dim})")
+    return problems
+
+
+def architecture(cfg) -> tuple[int, int, int, int]:
+    """(layers, dim, heads, ffn): the preset, with explicit options winning."""
+    layers, dim, heads, ffn = SIZES.get(cfg.size, SIZES["small"])
+    dim = cfg.dim or dim
+    if cfg.dim and not cfg.ffn:
+        ffn = 4 * dim
+    return cfg.layers or layers, dim, cfg.heads or heads, cfg.ffn or ffn

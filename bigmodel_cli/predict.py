@@ -14,8 +14,6 @@ input carries a label.
 from __future__ import annotations
 
 import itertools
-import json
-import re
 import sys
 import tempfile
 import time
@@ -26,15 +24,10 @@ from typing import IO, Any, Iterable, Iterator
 import numpy as np
 
 from bigmodel_cli.errors import InputError, UserError
+from bigmodel_cli.fileio import json_line
+from bigmodel_cli.text import MAX_CHARS
 
 CHUNK = 1024  # documents read, segmented and classified at a time
-# A document is cut to this many characters (or 200 per token of max_len, if more) before
-# it is cleaned and segmented: only its first max_len tokens are classified, and a line of
-# tens of megabytes would otherwise take gigabytes to segment.
-MAX_CHARS = 100_000
-# JSON leaves DEL and the C1 controls (U+0080-U+009F) unescaped; some terminals act on them
-# (U+009B starts a control sequence), so the output escapes them as well.
-_UNESCAPED_CONTROLS = re.compile("[\x7f-\x9f]")
 
 
 @dataclass
@@ -60,7 +53,7 @@ class Predictor:
         self.pipe = TextPipeline(folder)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        from bigmodel_cli.finetune import Encoded, classify_probs
+        from bigmodel_cli.classify_data import Encoded, classify_probs
         from bigmodel_cli.vocab import PAD
 
         cut = max(MAX_CHARS, 200 * self.max_len)
@@ -95,20 +88,19 @@ def classifier_run(ws, run: str | None) -> Path:
     return folder
 
 
-def json_line(record: dict[str, Any]) -> str:
-    """One JSONL line, with DEL and C1 controls escaped as well."""
-    line = json.dumps(record, ensure_ascii=False)
-    if not line.isascii():
-        line = _UNESCAPED_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
-    return line + "\n"
-
-
 # -- inputs --------------------------------------------------------------------------------------
 def read_items(path: Path, fmt: str | None, text_field: str, label_field: str, encoding: str = "auto",
                on_progress=None, name: str | None = None) -> Iterator[Item]:
     """The documents of one file as preprocess reads it; a bad record is a one-line error."""
-    from bigmodel_cli.textio import (Reader, Reject, check_encoding, check_regular_file, detect_encoding, file_format,
-                                     read_sample)
+    from bigmodel_cli.textio import (
+        Reader,
+        Reject,
+        check_encoding,
+        check_regular_file,
+        detect_encoding,
+        file_format,
+        read_sample,
+    )
 
     fmt = file_format(path, fmt)
     check_regular_file(path)
@@ -225,7 +217,12 @@ class _Bar:
 
     def __enter__(self) -> "_Bar":
         if self.show:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(TextColumn("[bold]predict"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                                      TextColumn("{task.fields[docs]} docs"), TimeRemainingColumn(),

@@ -12,13 +12,7 @@ cleaned and segmented), metrics.jsonl, loss.png, checkpoints/{step-N,last,best}/
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
-import math
-import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,37 +21,31 @@ from typing import Any
 import numpy as np
 
 from bigmodel_cli.config import PretrainConfig, resolve_checked
-from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.fileio import atomic_write, read_json, write_json
-from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, Vocab
+from bigmodel_cli.errors import UserError
+from bigmodel_cli.fileio import read_json, write_json
+from bigmodel_cli.lm_data import CLMTask, MLMTask, cached_blocks
+from bigmodel_cli.model import architecture, validate_shape
+from bigmodel_cli.run_setup import (
+    check_resume,
+    find_processed,
+    inherit_options,
+    no_lock,
+    record_failure,
+    resume_point,
+    write_train_options,
+)
+from bigmodel_cli.vocab import PAD, SPECIAL_TOKENS, Vocab
+from bigmodel_cli.workspace import check_name
 
 OBJECTIVES = ("mlm", "clm")
 INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", "eval_batches", "checkpoint_every",
                "keep", "early_stopping", "log_every", "layers", "dim", "heads", "ffn", "seq_len", "max_positions")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 # -- options ------------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> PretrainConfig:
     """Defaults < [pretrain] in bigmodel.toml < options; every problem reported at once."""
     return resolve_checked(PretrainConfig, section, overrides, INT_OPTIONS, validate)
-
-
-def validate_shape(cfg) -> list[str]:
-    """--size and the --layers/--dim/--heads/--ffn that override it (pretrain, and finetune
-    --from scratch)."""
-    from bigmodel_cli.model import SIZES
-
-    problems = []
-    if cfg.size not in SIZES:
-        problems.append(f"--size must be one of {', '.join(SIZES)}, got '{cfg.size}'")
-    for key in ("layers", "dim", "heads", "ffn"):
-        if getattr(cfg, key) < 0:
-            problems.append(f"--{key} must be a positive integer (0 takes it from --size), got {getattr(cfg, key)}")
-    _, dim, heads, _ = architecture(cfg)
-    if dim > 0 and heads > 0 and dim % heads:
-        problems.append(f"--heads ({heads}) must divide --dim ({dim})")
-    return problems
 
 
 def validate(cfg: PretrainConfig) -> list[str]:
@@ -80,17 +68,6 @@ def validate(cfg: PretrainConfig) -> list[str]:
     return problems
 
 
-def architecture(cfg: PretrainConfig) -> tuple[int, int, int, int]:
-    """(layers, dim, heads, ffn): the preset, with explicit options winning."""
-    from bigmodel_cli.model import SIZES
-
-    layers, dim, heads, ffn = SIZES.get(cfg.size, SIZES["small"])
-    dim = cfg.dim or dim
-    if cfg.dim and not cfg.ffn:
-        ffn = 4 * dim
-    return cfg.layers or layers, dim, cfg.heads or heads, cfg.ffn or ffn
-
-
 def model_config(cfg: PretrainConfig, vocab: Vocab):
     from bigmodel_cli.model import ModelConfig
 
@@ -100,165 +77,13 @@ def model_config(cfg: PretrainConfig, vocab: Vocab):
                        pad_id=vocab.id(PAD), causal=cfg.objective == "clm")
 
 
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise UserError(f"--name must be letters, digits, '_', '.' or '-' (at most 64, not starting with '.' '_' '-'), got '{name}'")
-    return name
-
-
-# -- data -----------------------------------------------------------------------------------
-def encode_blocks(path: Path, vocab: Vocab, seq_len: int) -> np.ndarray:
-    """(blocks, seq_len) int32: documents + [SEP], concatenated, cut into [CLS] + seq_len-1."""
-    body = seq_len - 1
-    stream: list[int] = []
-    sep = vocab.id(SEP)
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                tokens = json.loads(line)["tokens"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(path, "not a processed record with a 'tokens' list", line=number,
-                                 hint="run `bigmodel preprocess --force` to rebuild it") from None
-            stream.extend(vocab.encode(tokens))
-            stream.append(sep)
-    n = math.ceil(len(stream) / body) if stream else 0
-    out = np.full((n, seq_len), vocab.id(PAD), dtype=np.int32)
-    out[:, 0] = vocab.id(CLS)
-    if n:
-        flat = np.asarray(stream, dtype=np.int32)
-        padded = np.full(n * body, vocab.id(PAD), dtype=np.int32)
-        padded[: len(flat)] = flat
-        out[:, 1:] = padded.reshape(n, body)
-    return out
-
-
-def cached_blocks(path: Path, vocab: Vocab, seq_len: int, cache_dir: Path, writer: bool) -> np.ndarray:
-    """Encoded blocks, computed once per (file, vocab, seq_len) and memory-mapped."""
-    key = hashlib.sha256(f"{path.stat().st_size}:{path.stat().st_mtime_ns}:{len(vocab)}:{seq_len}:{vocab.tokens[-1]}".encode()).hexdigest()[:16]
-    cache = cache_dir / f"{path.stem}-{seq_len}-{key}.npy"
-    if writer and not cache.exists():
-        blocks = encode_blocks(path, vocab, seq_len)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for old in cache_dir.glob(f"{path.stem}-*.npy"):
-            old.unlink()
-        with atomic_write(cache, "wb") as handle:
-            np.save(handle, blocks)
-    return np.load(cache, mmap_mode="r", allow_pickle=False)
-
-
-class LMTask:
-    """Language-model batches over packed blocks; see train.Task."""
-
-    monitor = "loss"
-    higher_is_better = False
-
-    def __init__(self, train: np.ndarray, dev: np.ndarray | None, batch_size: int, seed: int, vocab: Vocab,
-                 mask_prob: float = 0.15, eval_batches: int = 20):
-        self.train, self.dev, self.batch_size, self.seed = train, dev, batch_size, seed
-        self.vocab_size, self.mask_prob, self.eval_batches = len(vocab), mask_prob, eval_batches
-        self.pad, self.mask_id = vocab.id(PAD), vocab.id(MASK)
-        self.first_word = len(SPECIAL_TOKENS)  # ids below this are special and never masked
-        self.steps_per_epoch = len(train) // batch_size
-        self._order: tuple[int, np.ndarray] | None = None
-
-    def order(self, epoch: int) -> np.ndarray:
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.train)))
-        return self._order[1]
-
-    def batch(self, epoch: int, index: int, rows: slice):
-        import torch
-
-        picked = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size][rows]
-        ids = torch.from_numpy(np.asarray(self.train[picked], dtype=np.int64))
-        return self.prepare(ids, [self.seed, epoch, index], rows)
-
-    def prepare(self, ids, key: list[int], rows: slice = slice(None)):
-        import torch
-
-        batch = {"ids": ids}
-        if bool((ids == self.pad).any()):
-            batch["attention_mask"] = ids != self.pad
-        return batch
-
-    def count(self, batch) -> int:
-        return int((batch["ids"][:, 1:] != self.pad).sum())
-
-    def tokens(self, batch) -> int:
-        return int((batch["ids"] != self.pad).sum())
-
-    def dev_batches(self):
-        import torch
-
-        if self.dev is None or not len(self.dev):
-            return
-        n = len(self.dev) if not self.eval_batches else min(len(self.dev), self.eval_batches * self.batch_size)
-        for i, start in enumerate(range(0, n, self.batch_size)):
-            ids = torch.from_numpy(np.asarray(self.dev[start:min(n, start + self.batch_size)], dtype=np.int64))
-            yield self.prepare(ids, [self.seed, 1 << 30, i])
-
-    def evaluate(self, model, autocast) -> dict[str, float]:
-        device = next(model.parameters()).device
-        total = terms = correct = 0.0
-        for batch in self.dev_batches():
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast():
-                loss, n, right = type(self).loss(model, batch)
-            total, terms, correct = total + float(loss), terms + float(n), correct + float(right)
-        if not terms:
-            return {}
-        mean = total / terms
-        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "accuracy": correct / terms}
-
-
-class MLMTask(LMTask):
-    def prepare(self, ids, key: list[int], rows: slice = slice(None)):
-        """BERT's masking, drawn for the whole global batch from a generator seeded by the
-        step and then cut to `rows`: the same masks for any number of processes or parts."""
-        import torch
-
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-        shape = (self.batch_size, ids.shape[1])
-        pick, how, random_ids = (torch.rand(shape, generator=g), torch.rand(shape, generator=g),
-                                 torch.randint(self.first_word, max(self.vocab_size, self.first_word + 1), shape, generator=g))
-        pick, how, random_ids = pick[rows][: len(ids)], how[rows][: len(ids)], random_ids[rows][: len(ids)]
-        chosen = (pick < self.mask_prob) & (ids >= self.first_word)
-        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-        inputs = ids.clone()
-        inputs[chosen & (how < 0.8)] = self.mask_id
-        swap = chosen & (how >= 0.8) & (how < 0.9)
-        inputs[swap] = random_ids[swap]
-        batch = {"ids": inputs, "labels": labels}
-        if bool((ids == self.pad).any()):
-            batch["attention_mask"] = ids != self.pad
-        return batch
-
-    def count(self, batch) -> int:
-        return int((batch["labels"] != -100).sum())
-
-    @staticmethod
-    def loss(model, batch):
-        hidden, _ = model.encode(batch["ids"], attention_mask=batch.get("attention_mask"))
-        return model.mlm_loss(hidden, batch["labels"])
-
-
-class CLMTask(LMTask):
-    @staticmethod
-    def loss(model, batch):
-        hidden, _ = model.encode(batch["ids"], attention_mask=batch.get("attention_mask"), causal=True)
-        return model.clm_loss(hidden, batch["ids"])
-
-
 # -- initial embeddings ------------------------------------------------------------------------
 def init_embeddings(ws, model, vocab: Vocab, name: str) -> dict[str, Any]:
     """Copy a workspace embedding run's vectors into the token embeddings, rescaled to the
     model's initial spread (BERT's N(0, 0.02)), and report the coverage."""
     import torch
 
-    from bigmodel_cli.embed import find_run
-    from bigmodel_cli.embed_eval import load_vectors
+    from bigmodel_cli.embed_eval import find_run, load_vectors
 
     run_name, folder = find_run(ws, name)
     kv = load_vectors(folder)  # safetensors + JSON, not a pickle; 10x faster than parsing vectors.txt
@@ -288,103 +113,6 @@ class PretrainResult:
     report: dict[str, Any]
 
 
-def find_processed(ws) -> tuple[Path, Path | None, Path]:
-    train, dev, vocab = ws.processed / "train.jsonl", ws.processed / "dev.jsonl", ws.processed / "vocab.txt"
-    if not train.is_file() or not vocab.is_file():
-        raise UserError(f"no processed data in {ws.relative(ws.processed)}/ (train.jsonl and vocab.txt)",
-                        hint="run `bigmodel preprocess FILE` first")
-    return train, (dev if dev.is_file() and dev.stat().st_size else None), vocab
-
-
-def resume_point(folder: Path, resume: str | None) -> Path | None:
-    """The checkpoint to continue from, verified: `auto` takes `last`, or when `last` is
-    gone the newest intact step-N (never starting over beside them); None when the run has
-    no checkpoint at all."""
-    from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.runs import warn
-    from bigmodel_cli.train import Dist
-
-    if resume is None:
-        return None
-    if resume != "auto":
-        path = Path(resume)
-        if not path.is_absolute() and not path.exists():
-            path = folder / path
-        ckpt.verify(path)
-        return path
-    root = folder / "checkpoints"
-    last = ckpt.resolve_link(root, "last")
-    if last is not None:
-        ckpt.verify(last)
-        return last
-    found, problems = ckpt.newest_intact(root)
-    if found is None and problems:
-        raise UserError(f"cannot resume {root}: no intact checkpoint ({problems[0]})",
-                        hint="start over with --force, or pick another --name")
-    if found is not None and Dist.from_env().main:
-        warn(f"{root / 'last'} is missing; resuming from {found.name}, the newest intact checkpoint")
-    return found
-
-
-def given_options(overrides: dict[str, Any], seed: int | None) -> set[str]:
-    """The options a command line set (None: not given), `seed` among them."""
-    return {k for k, v in overrides.items() if v is not None} | ({"seed"} if seed is not None else set())
-
-
-def inherit_options(cfg, seed: int, start: Path | None, given: set[str] | None):
-    """On a resume from the command line, the options not given there are the run's own
-    (from the checkpoint's train.json), so `--resume auto` alone continues a run whatever
-    options started it. `given` is None for library calls: their options are taken as they are."""
-    if start is None or given is None:
-        return cfg, seed
-    saved = read_json(start / "train.json")
-    kept = {f.name: saved[f.name] for f in dataclasses.fields(cfg) if f.name not in given and f.name in saved}
-    return dataclasses.replace(cfg, **kept), (saved.get("seed", seed) if "seed" not in given else seed)
-
-
-def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: str, vocab_hash: str) -> dict[str, list]:
-    """Refuse a resume that would not continue the same run (another model, another
-    vocabulary, other training options); return the options it changes that may change
-    (see train.RESUMABLE) as {option: [run's value, new value]}."""
-    from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.fileio import sha256_file
-    from bigmodel_cli.runs import recorded_vocab_hash
-    from bigmodel_cli.train import RESUMABLE
-
-    new_run = "start a new run instead with another --name, or replace this one with --force"
-    saved = ckpt.read_config(start)
-    if saved != mcfg.to_dict():
-        diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in mcfg.to_dict().items() if saved.get(k) != v)
-        raise UserError(f"cannot resume {start}: the model differs ({diff})", hint=f"resume with the options of the original run, or {new_run}")
-    recorded = recorded_vocab_hash(folder) or (sha256_file(folder / "vocab.txt") if (folder / "vocab.txt").is_file() else None)
-    if recorded and recorded != vocab_hash:
-        raise UserError(f"cannot resume run '{folder.name}': {vocab_path} is not the vocabulary the run was trained on (it changed "
-                        "since, e.g. by `preprocess --force`), so the same words would get other ids", hint=new_run)
-    options = read_json(start / "train.json")
-    ours = {**dataclasses.asdict(cfg), "seed": seed}
-    differ = {k: [options[k], v] for k, v in ours.items() if k in options and options[k] != v}
-    refused = {k: d for k, d in differ.items() if k not in RESUMABLE}
-    if refused:
-        listed = ", ".join(f"--{k.replace('_', '-')} {d[1]} (the run has {d[0]})" for k, d in refused.items())
-        raise UserError(f"cannot resume run '{folder.name}' with other options: {listed}",
-                        hint=f"leave them out to keep the run's values (runs/{folder.name}/train.json; only --max-steps, "
-                             f"--max-time, --epochs, --early-stopping, --device, --compile, --accumulate and the log, eval "
-                             f"and checkpoint intervals may change on resume), or {new_run}")
-    return {k: d for k, d in differ.items() if k in RESUMABLE}
-
-
-def write_train_options(folder: Path, options: dict[str, Any], *, start: Path | None, changed: dict[str, list],
-                        complete: bool) -> None:
-    """runs/NAME/train.json: the options, the vocabulary's hash, whether the run finished,
-    and each resume with the options it changed."""
-    path = folder / "train.json"
-    previous = read_json(path) if path.is_file() else {}
-    resumes = list(previous.get("resumes", [])) if start is not None else []
-    if start is not None and not complete:
-        resumes.append({"from": start.name, "changed": changed})
-    write_json(path, {**options, "resumes": resumes, "complete": complete})
-
-
 def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, seed: int = 42, resume: str | None = None,
              force: bool = False, show_progress: bool = False, console=None, log_lines: bool = False,
              given: set[str] | None = None) -> PretrainResult:
@@ -405,7 +133,7 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     params = {**dataclasses.asdict(cfg), "name": name, "seed": seed}
     input_paths = [p for p in (train_path, dev_path, vocab_path) if p is not None]
     if cfg.init_embeddings:
-        from bigmodel_cli.embed import find_run
+        from bigmodel_cli.embed_eval import find_run
 
         input_paths.append(find_run(ws, cfg.init_embeddings)[1])
     inputs = ws.hash_paths(input_paths)
@@ -433,25 +161,6 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
             outputs.append(ws.absolute(report["checkpoint"]) / "model.safetensors")
             record = run.finish([p for p in outputs if p.exists()], _headline(report))
         return PretrainResult(False, name, folder, record, report)
-
-
-@contextlib.contextmanager
-def record_failure(run, dist):
-    """A run that ends in an error, Ctrl-C or SIGTERM leaves a failed record (rank 0), so
-    that `status` says so instead of showing the previous run."""
-    try:
-        yield
-    except BaseException as exc:
-        if dist.main:
-            if isinstance(exc, UserError):
-                error = exc.one_line()
-            elif isinstance(exc, KeyboardInterrupt):
-                error = "interrupted (Ctrl-C); continue with --resume auto"
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-            with contextlib.suppress(Exception):  # the original error matters more than the record
-                run.finish([], {}, status="failed", extra={"error": error})
-        raise
 
 
 def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path: Path, dev_path: Path | None,
@@ -549,11 +258,3 @@ def _read(path: Path) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
 
-class no_lock:
-    """What a process other than rank 0 holds instead of the workspace lock."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

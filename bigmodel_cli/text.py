@@ -103,3 +103,9 @@ def detect_lang(text: str) -> str:
         return "en"
     latin = len(_LATIN_RE.findall(text))
     return "zh" if cjk * 10 >= cjk + latin else "en"
+
+
+# A document is cut to this many characters (or 200 per token of max_len, if more) before
+# it is cleaned and segmented: only its first max_len tokens are classified, and a line of
+# tens of megabytes would otherwise take gigabytes to segment.
+MAX_CHARS = 100_000

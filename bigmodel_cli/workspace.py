@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import platform
+import re
 import secrets
 import stat
 import sys
@@ -463,3 +464,12 @@ def _mark_running(ws: Workspace, rows: list[dict[str, Any]]) -> None:
     else:
         row.update(state="interrupted", reasons=[f"pid {holder['pid']} stopped without finishing {command} "
                                                  f"(started {holder.get('since', '?')}); run it again"])
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UserError(f"--name must be letters, digits, '_', '.' or '-' (at most 64, not starting with '.' '_' '-'), got '{name}'")
+    return name

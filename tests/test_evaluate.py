@@ -13,7 +13,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from bigmodel_cli import baseline as bl
 from bigmodel_cli.config import EvaluateConfig, FinetuneConfig
 from bigmodel_cli.evaluate import SCALARS, calibration, classification_metrics, evaluate
-from bigmodel_cli.finetune import finetune, read_split
+from bigmodel_cli.finetune import finetune
+from bigmodel_cli.classify_data import read_split
 from classify_fixtures import SCRATCH, TINY_FINETUNE, classifier_ws, labelled_ws, reviews, write_jsonl
 
 

@@ -232,7 +232,8 @@ def test_png_of_chinese_words_without_a_cjk_font_warns_once(ws, save_run, run_cl
 
 
 def _synthetic(n_words: int, layers: int, heads: int, seed: int = 0):
-    from bigmodel_cli.explain import METHODS, Explanation
+    from bigmodel_cli.explain import METHODS
+    from bigmodel_cli.explanation import Explanation
 
     rng = np.random.default_rng(seed)
     T = n_words + 2

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from bigmodel_cli.config import FinetuneConfig
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.finetune import ClassifyTask, Encoded, class_weights, encode_ids, finetune
+from bigmodel_cli.finetune import ClassifyTask, class_weights, finetune
+from bigmodel_cli.classify_data import Encoded, encode_ids
 from bigmodel_cli.runs import find_run, load_model, run_kind
 from bigmodel_cli.tokenizer import TextPipeline
 from bigmodel_cli.vocab import Vocab

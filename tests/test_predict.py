@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from bigmodel_cli.finetune import classify_probs, encode_records, read_split
+from bigmodel_cli.classify_data import classify_probs, encode_records, read_split
 from bigmodel_cli.predict import Predictor, predict
 from bigmodel_cli.runs import load_model
 from bigmodel_cli.vocab import PAD

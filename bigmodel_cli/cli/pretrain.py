@@ -87,7 +87,8 @@ def pretrain_cli(
     cfg = resolve_config(config.get("pretrain"), overrides)  # problems are reported before any launch
     launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
 
-    from bigmodel_cli.pretrain import given_options, pretrain
+    from bigmodel_cli.run_setup import given_options
+    from bigmodel_cli.pretrain import pretrain
 
     main = is_main_process()
     result = pretrain(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
