@@ -557,7 +557,7 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
     stage = f"embed:{name}"
     folder = ws.root / "embeddings" / name
 
-    from bigmodel_cli.workspace import StageRun, unchanged
+    from bigmodel_cli.records import StageRun, unchanged
 
     last = ws.last_record(stage)
     if not force and unchanged(ws, last, params, inputs):
@@ -625,7 +625,7 @@ def _run(ws, cfg: EmbedConfig, name: str, seed: int, workers: int, train: Path, 
         "files": {"keyed_vectors": VECTORS, "word2vec_format": export_name(cfg.binary), "binary": cfg.binary,
                   "read_by_bigmodel": [SAFE_VECTORS, SAFE_WORDS]},
     }
-    from bigmodel_cli.workspace import library_versions
+    from bigmodel_cli.records import library_versions
 
     write_json(staging / "config.json", {"name": name, "method": cfg.method, "seed": seed, "workers": workers,
                                          "effective": eff, "config": dataclasses.asdict(cfg),

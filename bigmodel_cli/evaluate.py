@@ -181,8 +181,8 @@ def pick_run(ws, run: str | None) -> Path:
 
 def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateConfig | None = None, force: bool = False,
              show_progress: bool = False, console=None) -> EvaluateResult:
+    from bigmodel_cli.records import StageRun, unchanged
     from bigmodel_cli.runs import model_checkpoint, run_kind
-    from bigmodel_cli.workspace import StageRun, unchanged
 
     cfg = cfg or EvaluateConfig()
     problems = validate(cfg) + ([] if split in SPLITS else [f"--split must be test or dev, got '{split}'"])

@@ -407,8 +407,8 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     from bigmodel_cli.explain_render import render_html, write_png
     from bigmodel_cli.fileio import atomic_write, json_line, write_json
     from bigmodel_cli.plots import CJK_HINT
+    from bigmodel_cli.records import StageRun
     from bigmodel_cli.runs import model_checkpoint
-    from bigmodel_cli.workspace import StageRun
 
     out_dir = ws.root / "explanations" / folder.name
     out_dir.mkdir(parents=True, exist_ok=True)

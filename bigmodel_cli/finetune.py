@@ -271,6 +271,7 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
              given: set[str] | None = None) -> FinetuneResult:
     """Finetune one classifier into runs/NAME/ (see the module docstring). `given`: the
     options the command line set (see pretrain.inherit_options)."""
+    from bigmodel_cli.records import StageRun, unchanged
     from bigmodel_cli.run_setup import (
         find_processed,
         inherit_options,
@@ -279,7 +280,7 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
         resume_point,
     )
     from bigmodel_cli.train import Dist
-    from bigmodel_cli.workspace import StageRun, check_name, unchanged
+    from bigmodel_cli.workspace import check_name
 
     cfg = cfg or FinetuneConfig()
     problems = validate(cfg)

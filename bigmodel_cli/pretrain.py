@@ -139,7 +139,7 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     inputs = ws.hash_paths(input_paths)
     dist = Dist.from_env()
 
-    from bigmodel_cli.workspace import StageRun, unchanged
+    from bigmodel_cli.records import StageRun, unchanged
 
     last = ws.last_record(stage)
     if resume is None and not force and unchanged(ws, last, params, inputs):

@@ -118,7 +118,14 @@ def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, force: boo
     """Run every stage in `root` (see the module docstring); `force` runs each again even
     when it is up to date; `log_lines` prints training progress as plain lines (for a log
     file, where no progress bar is drawn)."""
-    from bigmodel_cli.config import EmbedConfig, EvaluateConfig, FinetuneConfig, PreprocessConfig, PretrainConfig, resolve
+    from bigmodel_cli.config import (
+        EmbedConfig,
+        EvaluateConfig,
+        FinetuneConfig,
+        PreprocessConfig,
+        PretrainConfig,
+        resolve,
+    )
     from bigmodel_cli.workspace import Workspace
 
     if lang not in SETTINGS:
@@ -191,7 +198,7 @@ def training_options(ws, stage: str, force: bool) -> dict[str, Any]:
     else (a run cut short before its first checkpoint, or one whose inputs or settings have
     changed since) train again from the start."""
     from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.workspace import stale_reasons
+    from bigmodel_cli.records import stale_reasons
 
     checkpoints = ws.root / "runs" / stage.split(":", 1)[1] / "checkpoints"
     record = ws.last_record(stage)
@@ -217,8 +224,8 @@ class _Explained(tuple):
 def _explain_example(ws, text: str, force: bool = False):
     """One explained example; its files are written once per checkpoint (again with `force`)."""
     from bigmodel_cli.explain import explain_texts, write_outputs
+    from bigmodel_cli.records import unchanged
     from bigmodel_cli.runs import model_checkpoint
-    from bigmodel_cli.workspace import unchanged
 
     folder, _, results, _ = explain_texts(ws, [text], run="classifier")
     params = {"methods": list(results[0].scores), "text": text, "quickstart": True}

@@ -46,7 +46,7 @@ class TextPipeline:
         self._segmenter = None
 
     def _load(self):
-        from bigmodel_cli.segment import SegmentOptions, Segmenter
+        from bigmodel_cli.segment import Segmenter, SegmentOptions
         from bigmodel_cli.text import CleanOptions
 
         seg = dict(self.meta["segment"])

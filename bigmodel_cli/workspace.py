@@ -18,22 +18,23 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import json
 import os
-import platform
 import re
-import secrets
 import stat
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from bigmodel_cli import __version__
 from bigmodel_cli.config import CONFIG_NAME, LANGS, load_config, render_config
 from bigmodel_cli.errors import UserError, WorkspaceBusy
-from bigmodel_cli.fileio import pid_alive, read_json, recover_dir, remove_stale, sha256_path, write_json
+from bigmodel_cli.fileio import (
+    pid_alive,
+    read_json,
+    recover_dir,
+    remove_stale,
+    sha256_path,
+    write_json,
+)
 
 LAYOUT = ("data/raw", "data/processed", "embeddings", "runs", "reports", "explanations", ".bigmodel/records")
 STAGES = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")
@@ -287,183 +288,6 @@ def _try_lock(fd: int) -> None:
 
 def _printable(text: object) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
-
-
-@dataclass
-class StageRun:
-    """Collects one stage run's record; `finish` writes it atomically."""
-
-    ws: Workspace
-    stage: str
-    params: dict[str, Any]
-    inputs: list[dict[str, str]]
-    # Microseconds keep ids (and so record files) in run order when runs start in the same second.
-    run_id: str = field(default_factory=lambda: dt.datetime.now().strftime("%Y%m%dT%H%M%S-%f") + "-" + secrets.token_hex(3))
-    started: float = field(default_factory=time.time)
-    # The sections of bigmodel.toml that shape this stage (its own and [project]), as
-    # they were: `status` reports the stage stale when they change.
-    config: dict[str, Any] | None = None
-
-    def finish(self, outputs: list[Path], metrics: dict[str, Any], status: str = "ok",
-               extra: dict[str, Any] | None = None, known_hashes: dict[Path, str] | None = None) -> dict[str, Any]:
-        ended = time.time()
-        record = {
-            "stage": self.stage,
-            "run_id": self.run_id,
-            "status": status,
-            "started": dt.datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
-            "seconds": round(ended - self.started, 3),
-            "inputs": self.inputs,
-            "params": self.params,
-            "config": self.config,
-            "outputs": self.ws.hash_paths(outputs, known_hashes) if status == "ok" else [],
-            "metrics": metrics,
-            "versions": library_versions(),
-            "command": " ".join(["bigmodel", *sys.argv[1:]]) if sys.argv and "bigmodel" in sys.argv[0] else None,
-        }
-        if extra:
-            record.update(extra)
-        write_json(self.ws.records_dir(self.stage) / f"{self.run_id}.json", record)
-        return record
-
-
-RECORDED_LIBRARIES = ("torch", "jieba", "jieba_next", "nltk", "gensim", "scikit-learn", "numpy", "charset-normalizer")
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "bigmodel": __version__}
-    installed = _dist_info_versions()
-    for name in RECORDED_LIBRARIES:
-        version = installed.get(_canonical(name))
-        if version is None:  # not installed as a wheel (an egg, a zip): ask importlib.metadata
-            from importlib import metadata
-
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                version = metadata.version(name)
-        if version is not None:
-            versions[name] = version
-    return versions
-
-
-def _canonical(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
-def _dist_info_versions() -> dict[str, str]:
-    """Installed distributions' versions, read from their `NAME-VERSION.dist-info` folder
-    names (as a wheel install names them) in sys.path order, as importlib.metadata finds
-    them: one listing per folder, 1 ms, where asking importlib.metadata for eight
-    packages parses eight METADATA files (5 to 35 ms) at the end of every stage."""
-    found: dict[str, str] = {}
-    for folder in sys.path:
-        try:
-            with os.scandir(folder or ".") as entries:
-                for entry in entries:
-                    if entry.name.endswith(".dist-info"):
-                        name, _, version = entry.name[: -len(".dist-info")].partition("-")
-                        if version:
-                            found.setdefault(_canonical(name), version)
-        except OSError:
-            continue
-    return found
-
-
-def unchanged(ws: Workspace, record: dict[str, Any] | None, params: dict[str, Any], inputs: list[dict[str, str]]) -> bool:
-    """Whether a stage may skip: same parameters and input hashes as its last successful
-    record, and that record's outputs and config intact. The caller has just hashed the
-    inputs, so they are compared, not read again."""
-    return (record is not None and record["params"] == params and record["inputs"] == inputs
-            and not stale_reasons(ws, record, check_inputs=False))
-
-
-def stale_reasons(ws: Workspace, record: dict[str, Any], check_inputs: bool = True) -> list[str]:
-    """Why a stage's last successful run no longer matches the disk (empty: up to date)."""
-    reasons = []
-    for item in record.get("inputs", []) if check_inputs else []:
-        path = ws.absolute(item["path"])
-        if not path.exists():
-            reasons.append(f"input {item['path']} is gone")
-        elif sha256_path(path) != item["sha256"]:
-            reasons.append(f"input {item['path']} changed")
-    for item in record.get("outputs", []):
-        path = ws.absolute(item["path"])
-        if not path.exists():
-            reasons.append(f"output {item['path']} is missing")
-        elif sha256_path(path) != item["sha256"]:
-            reasons.append(f"output {item['path']} was changed or rewritten")
-    config = ws.config()
-    for name, section in (record.get("config") or {}).items():
-        if json.dumps(config.get(name, {}), sort_keys=True) != json.dumps(section, sort_keys=True):
-            reasons.append(f"[{name}] in {CONFIG_NAME} changed")
-    return reasons
-
-
-def _format_metrics(metrics: dict[str, Any]) -> str:
-    parts = []
-    for key, value in list(metrics.items())[:4]:
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        elif isinstance(value, int):
-            value = f"{value:,}"
-        parts.append(f"{key}={value}")
-    return ", ".join(parts)
-
-
-def stage_status(ws: Workspace) -> list[dict[str, Any]]:
-    """One row per pipeline stage (and per named run such as embed:w2v)."""
-    ws.config()  # a broken bigmodel.toml is reported here too, not only by the next stage
-    keys = ws.stage_keys()
-    rows = []
-    for stage in STAGES:
-        own = [k for k in keys if k == stage or k.startswith(stage + ":")]
-        for key in own or [stage]:
-            latest = ws.last_record(key, status=None)
-            ok = ws.last_record(key)
-            row = {"stage": key, "when": None, "status": None, "metrics": "", "state": "never run", "reasons": []}
-            if latest is not None:
-                row.update(when=latest["started"].replace("T", " "), status=latest["status"])
-            if latest is not None and latest["status"] != "ok":
-                row.update(state="failed", reasons=[latest.get("error", "")])
-            elif ok is not None:
-                reasons = stale_reasons(ws, ok)
-                row.update(metrics=_format_metrics(ok.get("metrics", {})),
-                           state="stale" if reasons else "up to date", reasons=reasons)
-            rows.append(row)
-    _mark_running(ws, rows)
-    return rows
-
-
-def _stage_key(command: str) -> str:
-    """The record key of a locked command: `pretrain --name mlm` -> pretrain:mlm,
-    `evaluate classifier --split test` -> evaluate:classifier, `preprocess` -> preprocess."""
-    words = command.split()
-    if not words:
-        return "?"
-    if "--name" in words[:-1]:
-        return f"{words[0]}:{words[words.index('--name') + 1]}"
-    if len(words) > 1 and not words[1].startswith("-"):
-        return f"{words[0]}:{words[1]}"
-    return words[0]
-
-
-def _mark_running(ws: Workspace, rows: list[dict[str, Any]]) -> None:
-    """Show the stage that holds the lock as running, or one whose process died holding it
-    (killed: no record was written) as interrupted."""
-    holder = ws.holder()
-    if holder is None:
-        return
-    alive = pid_alive(holder["pid"]) and ws.lock_held()
-    key = _stage_key(str(holder.get("command", "")))
-    row = next((r for r in rows if r["stage"] == key), None)
-    if row is None:
-        row = {"stage": key, "when": None, "status": None, "metrics": "", "reasons": []}
-        rows.append(row)
-    command = f"`bigmodel {holder.get('command', '?')}`"
-    if alive:
-        row.update(state="running", reasons=[f"pid {holder['pid']}, since {holder.get('since', '?')}: {command}"])
-    else:
-        row.update(state="interrupted", reasons=[f"pid {holder['pid']} stopped without finishing {command} "
-                                                 f"(started {holder.get('since', '?')}); run it again"])
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -17,10 +17,25 @@ import numpy as np
 import pytest
 
 from bigmodel_cli.config import EmbedConfig
-from bigmodel_cli.embed import MAX_SENTENCE, LossProbe, chunked, embed, read_corpus, resolve_config
-from bigmodel_cli.embed_eval import EvalFiles, evaluate_analogies, evaluate_pairs, load_vectors, read_analogies, read_pairs
+from bigmodel_cli.embed import (
+    MAX_SENTENCE,
+    LossProbe,
+    chunked,
+    embed,
+    read_corpus,
+    resolve_config,
+)
+from bigmodel_cli.embed_eval import (
+    EvalFiles,
+    evaluate_analogies,
+    evaluate_pairs,
+    load_vectors,
+    read_analogies,
+    read_pairs,
+)
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.workspace import Workspace, stale_reasons
+from bigmodel_cli.records import stale_reasons
+from bigmodel_cli.workspace import Workspace
 
 gensim = pytest.importorskip("gensim")
 from gensim.models import FastText, KeyedVectors, Word2Vec  # noqa: E402

@@ -8,14 +8,21 @@ import json
 
 import numpy as np
 import pytest
+from classify_fixtures import (
+    SCRATCH,
+    TINY_FINETUNE,
+    classifier_ws,
+    labelled_ws,
+    reviews,
+    write_jsonl,
+)
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from bigmodel_cli import baseline as bl
+from bigmodel_cli.classify_data import read_split
 from bigmodel_cli.config import EvaluateConfig, FinetuneConfig
 from bigmodel_cli.evaluate import SCALARS, calibration, classification_metrics, evaluate
 from bigmodel_cli.finetune import finetune
-from bigmodel_cli.classify_data import read_split
-from classify_fixtures import SCRATCH, TINY_FINETUNE, classifier_ws, labelled_ws, reviews, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +57,7 @@ def test_classifier_report_stands_beside_the_baseline(cws, run_cli):
     record = cws.last_record("evaluate:classifier")
     assert record["params"]["split"] == "test"
     assert list(record["metrics"])[:3] == ["test_macro_f1", "baseline_macro_f1", "vs_baseline"]
-    from bigmodel_cli.workspace import stage_status
+    from bigmodel_cli.records import stage_status
 
     row = next(r for r in stage_status(cws) if r["stage"] == "evaluate:classifier")
     assert row["state"] == "up to date" and row["metrics"].startswith("test_macro_f1=")

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from bigmodel_cli.evaluate import classification_metrics, plot_confusion, plot_reliability, render_markdown
+from bigmodel_cli.evaluate import (
+    classification_metrics,
+    plot_confusion,
+    plot_reliability,
+    render_markdown,
+)
 from bigmodel_cli.fileio import write_json
 from bigmodel_cli.model import ModelConfig, Transformer
 from bigmodel_cli.vocab import SPECIAL_TOKENS
@@ -296,9 +301,10 @@ def test_generation_that_ends_at_once_says_so(ws, save_run, run_cli):
 
 @pytest.mark.slow
 def test_evaluate_end_to_end_with_labels_full_of_markup(tmp_path, run_cli):
+    from classify_fixtures import SCRATCH, TINY_FINETUNE, labelled_ws, reviews
+
     from bigmodel_cli.config import FinetuneConfig
     from bigmodel_cli.finetune import finetune
-    from classify_fixtures import SCRATCH, TINY_FINETUNE, labelled_ws, reviews
 
     names = {"pos": "$\\frac$ good", "neg": "a|b <i>bad</i>"}
     ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": names[label]} for t, label in reviews(40)])

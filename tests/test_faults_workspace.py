@@ -16,8 +16,8 @@ import torch
 from bigmodel_cli.cli import _util
 from bigmodel_cli.fileio import atomic_write, write_json
 from bigmodel_cli.model import ModelConfig, Transformer
+from bigmodel_cli.records import stage_status
 from bigmodel_cli.vocab import SPECIAL_TOKENS
-from bigmodel_cli.workspace import stage_status
 
 WORDS = list(SPECIAL_TOKENS) + ["房间", "很", "干净", "好"]
 CORPUS = "".join(f"第{i}句话很好\n" for i in range(40))

@@ -13,16 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from classify_fixtures import (
+    FINETUNE_ARGS,
+    SCRATCH,
+    TINY_FINETUNE,
+    classifier_ws,
+    labelled_ws,
+    reviews,
+)
 from safetensors.torch import load_file
 
+from bigmodel_cli.classify_data import Encoded, encode_ids
 from bigmodel_cli.config import FinetuneConfig
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.finetune import ClassifyTask, class_weights, finetune
-from bigmodel_cli.classify_data import Encoded, encode_ids
 from bigmodel_cli.runs import find_run, load_model, run_kind
 from bigmodel_cli.tokenizer import TextPipeline
 from bigmodel_cli.vocab import Vocab
-from classify_fixtures import FINETUNE_ARGS, SCRATCH, TINY_FINETUNE, classifier_ws, labelled_ws, reviews
 
 
 @pytest.fixture(scope="module")

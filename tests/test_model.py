@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigmodel_cli.model import HF_NAMES, IGNORE, ModelConfig, Transformer, dropout, hf_name, training_flops
+from bigmodel_cli.model import (
+    HF_NAMES,
+    IGNORE,
+    ModelConfig,
+    Transformer,
+    dropout,
+    hf_name,
+    training_flops,
+)
 
 
 def tiny(**kw) -> Transformer:

@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from classify_fixtures import classifier_ws, reviews, write_jsonl
 
 from bigmodel_cli.classify_data import classify_probs, encode_records, read_split
 from bigmodel_cli.predict import Predictor, predict
 from bigmodel_cli.runs import load_model
 from bigmodel_cli.vocab import PAD
-from classify_fixtures import classifier_ws, reviews, write_jsonl
 
 
 @pytest.fixture(scope="module")

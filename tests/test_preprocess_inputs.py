@@ -4,8 +4,8 @@ stopwords, vocabulary and the report (issue #2). Tiny corpora, one worker unless
 from __future__ import annotations
 
 import json
-import os
 import multiprocessing as mp
+import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,8 +14,8 @@ import pytest
 
 from bigmodel_cli.config import PreprocessConfig
 from bigmodel_cli.preprocess import SPLITS, preprocess
-from bigmodel_cli.workspace import Workspace
 from bigmodel_cli.vocab import SPECIAL_TOKENS
+from bigmodel_cli.workspace import Workspace
 
 # Genuine review sentences, simplified (GB18030/GBK) and traditional (Big5).
 ZH = [

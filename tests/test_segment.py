@@ -19,8 +19,8 @@ from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.segment import (
     ChineseSegmenter,
     EnglishTokenizer,
-    SegmentOptions,
     Segmenter,
+    SegmentOptions,
     jieba_next_available,
     run_segment,
     score_segmentation,

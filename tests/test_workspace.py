@@ -10,11 +10,11 @@ import platform
 import re
 import subprocess
 import sys
-import tomllib
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 import bigmodel_cli.cli  # noqa: F401  (registers the commands)
@@ -25,7 +25,8 @@ from bigmodel_cli.config import PreprocessConfig, ProjectConfig
 from bigmodel_cli.errors import UserError, WorkspaceBusy
 from bigmodel_cli.fileio import atomic_write, recover_dir, replace_dir
 from bigmodel_cli.preprocess import preprocess
-from bigmodel_cli.workspace import LAYOUT, STAGES, Workspace, stage_status
+from bigmodel_cli.records import stage_status
+from bigmodel_cli.workspace import LAYOUT, STAGES, Workspace
 
 CORPUS = """\
 我爱北京天安门
@@ -628,18 +629,18 @@ def test_sha256_in_background_hashes_files_and_leaves_out_missing_ones(tmp_path)
 def test_library_versions_are_importlib_metadatas_found_faster(monkeypatch):
     from importlib import metadata
 
-    from bigmodel_cli import workspace
+    from bigmodel_cli import records
 
     expected = {}
-    for name in workspace.RECORDED_LIBRARIES:
+    for name in records.RECORDED_LIBRARIES:
         try:
             expected[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
     assert {"torch", "jieba"} <= set(expected)
-    versions = workspace.library_versions()
-    assert {k: v for k, v in versions.items() if k in workspace.RECORDED_LIBRARIES} == expected
-    assert versions["bigmodel"] == workspace.__version__
+    versions = records.library_versions()
+    assert {k: v for k, v in versions.items() if k in records.RECORDED_LIBRARIES} == expected
+    assert versions["bigmodel"] == records.__version__
     # Where no dist-info folder names a package, importlib.metadata answers.
     monkeypatch.setattr(workspace, "_dist_info_versions", lambda: {})
-    assert workspace.library_versions() == versions
+    assert records.library_versions() == versions

@@ -6,7 +6,6 @@ from __future__ import annotations
 import typer
 
 from bigmodel_cli import __version__
-from bigmodel_cli.cli._util import app, console
 
 # Each import registers its commands on `app`.
 from bigmodel_cli.cli import embed as _embed  # noqa: E402,F401
@@ -22,6 +21,7 @@ from bigmodel_cli.cli import pretrain as _pretrain  # noqa: E402,F401
 from bigmodel_cli.cli import quickstart as _quickstart  # noqa: E402,F401
 from bigmodel_cli.cli import segment as _segment  # noqa: E402,F401
 from bigmodel_cli.cli import status as _status  # noqa: E402,F401
+from bigmodel_cli.cli._util import app, console
 
 
 def _version(value: bool) -> None:

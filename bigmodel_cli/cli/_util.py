@@ -49,7 +49,12 @@ MasterPortOption = typer.Option(None, "--master-port", help="Port on the rank-0 
 def launch_if_asked(nproc: int, nnodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:
     """With --nproc or --nnodes above 1, run this same command as that many ranks and exit
     with their code; in a rank (or with one process) return and train here."""
-    from bigmodel_cli.distributed import check_launch_options, inside_launch, join_launcher, launch
+    from bigmodel_cli.distributed import (
+        check_launch_options,
+        inside_launch,
+        join_launcher,
+        launch,
+    )
 
     if inside_launch():
         join_launcher()  # a rank dies with the launcher that started it

@@ -7,7 +7,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import (
+    WorkspaceOption,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    open_workspace,
+)
 
 embed_app = typer.Typer(rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(embed_app, name="embed")

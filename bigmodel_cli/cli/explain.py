@@ -7,7 +7,15 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, term_safe
+from bigmodel_cli.cli._util import (
+    WorkspaceOption,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    open_workspace,
+    term_safe,
+)
 
 
 @app.command("explain")
@@ -50,7 +58,13 @@ def explain_cli(
       bigmodel explain "这家酒店" --run gpt               # a causal run: why this next word
     """
     from bigmodel_cli.errors import UserError
-    from bigmodel_cli.explain import explain_texts, html_target, parse_methods, read_split_texts, write_outputs
+    from bigmodel_cli.explain import (
+        explain_texts,
+        html_target,
+        parse_methods,
+        read_split_texts,
+        write_outputs,
+    )
 
     ws = open_workspace(workspace)
     methods = parse_methods(method)
@@ -112,8 +126,8 @@ def _read_input(path: Path, limit: int | None) -> list[str]:
 
 
 def print_explanation(exp) -> None:
-    from bigmodel_cli.explanation import SIGNED
     from bigmodel_cli.explain_render import _scale
+    from bigmodel_cli.explanation import SIGNED
 
     main = "ig" if "ig" in exp.scores else next(iter(exp.scores))
     scale = _scale(exp.scores[main])

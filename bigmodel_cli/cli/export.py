@@ -6,7 +6,13 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import (
+    WorkspaceOption,
+    app,
+    console,
+    handle_errors,
+    open_workspace,
+)
 
 
 @app.command("export")

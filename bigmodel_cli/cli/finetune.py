@@ -7,9 +7,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import (MasterAddrOption, MasterPortOption, NnodesOption, NodeRankOption, NprocOption, WorkspaceOption, app,
-                                    console, err_console, handle_errors, is_main_process, launch_if_asked, open_workspace,
-                                    print_skipped)
+from bigmodel_cli.cli._util import (
+    MasterAddrOption,
+    MasterPortOption,
+    NnodesOption,
+    NodeRankOption,
+    NprocOption,
+    WorkspaceOption,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    is_main_process,
+    launch_if_asked,
+    open_workspace,
+    print_skipped,
+)
 
 _INT = "<int>"  # whole numbers read as text: '--epochs 1.5' gets a one-line error, not click's box
 

@@ -6,7 +6,13 @@ from typing import Optional
 
 import typer
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, err_console, handle_errors, open_workspace
+from bigmodel_cli.cli._util import (
+    WorkspaceOption,
+    app,
+    err_console,
+    handle_errors,
+    open_workspace,
+)
 
 
 @app.command("generate")

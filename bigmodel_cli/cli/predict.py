@@ -4,7 +4,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from bigmodel_cli.cli._util import WorkspaceOption, app, err_console, handle_errors, open_workspace, term_safe
+
+from bigmodel_cli.cli._util import (
+    WorkspaceOption,
+    app,
+    err_console,
+    handle_errors,
+    open_workspace,
+    term_safe,
+)
 
 
 @app.command("predict")

@@ -6,7 +6,15 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, err_console, handle_errors, open_workspace, term_safe
+from bigmodel_cli.cli._util import (
+    WorkspaceOption,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    open_workspace,
+    term_safe,
+)
 
 
 @app.command("preprocess")

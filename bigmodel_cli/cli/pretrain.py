@@ -7,9 +7,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import (MasterAddrOption, MasterPortOption, NnodesOption, NodeRankOption, NprocOption, WorkspaceOption, app,
-                                    console, err_console, handle_errors, is_main_process, launch_if_asked, open_workspace,
-                                    print_skipped)
+from bigmodel_cli.cli._util import (
+    MasterAddrOption,
+    MasterPortOption,
+    NnodesOption,
+    NodeRankOption,
+    NprocOption,
+    WorkspaceOption,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    is_main_process,
+    launch_if_asked,
+    open_workspace,
+    print_skipped,
+)
 
 _INT = "<int>"  # whole numbers read as text: '--dim 1.5' gets a one-line error, not click's box
 
@@ -87,8 +100,8 @@ def pretrain_cli(
     cfg = resolve_config(config.get("pretrain"), overrides)  # problems are reported before any launch
     launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
 
-    from bigmodel_cli.run_setup import given_options
     from bigmodel_cli.pretrain import pretrain
+    from bigmodel_cli.run_setup import given_options
 
     main = is_main_process()
     result = pretrain(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,

@@ -5,7 +5,14 @@ from typing import Optional
 
 from rich.table import Table
 
-from bigmodel_cli.cli._util import WorkspaceOption, app, console, handle_errors, open_workspace, term_safe
+from bigmodel_cli.cli._util import (
+    WorkspaceOption,
+    app,
+    console,
+    handle_errors,
+    open_workspace,
+    term_safe,
+)
 
 
 @app.command("status")
@@ -20,7 +27,7 @@ def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
       bigmodel status                  # the workspace around the current folder
       bigmodel status -w reviews
     """
-    from bigmodel_cli.workspace import stage_status
+    from bigmodel_cli.records import stage_status
 
     ws = open_workspace(workspace)
     table = Table(title=f"workspace {ws.root}", title_justify="left")
