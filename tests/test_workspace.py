@@ -642,5 +642,5 @@ def test_library_versions_are_importlib_metadatas_found_faster(monkeypatch):
     assert {k: v for k, v in versions.items() if k in records.RECORDED_LIBRARIES} == expected
     assert versions["bigmodel"] == records.__version__
     # Where no dist-info folder names a package, importlib.metadata answers.
-    monkeypatch.setattr(workspace, "_dist_info_versions", lambda: {})
+    monkeypatch.setattr(records, "_dist_info_versions", lambda: {})
     assert records.library_versions() == versions
