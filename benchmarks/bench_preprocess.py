@@ -49,9 +49,9 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": time.proces
 OURS = r"""
 import json, resource, sys, time
 from pathlib import Path
-from bigmodel_cli.config import PreprocessConfig
-from bigmodel_cli.preprocess import preprocess
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.workspace.config import PreprocessConfig
+from bigmodel_cli.data.preprocess import preprocess
+from bigmodel_cli.workspace.layout import Workspace
 corpus, folder, workers, segmenter = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 ws, _ = Workspace.init(Path(folder), lang="zh")
 t, c = time.perf_counter(), time.process_time()

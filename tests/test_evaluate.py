@@ -18,11 +18,16 @@ from classify_fixtures import (
 )
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from bigmodel_cli import baseline as bl
-from bigmodel_cli.classify_data import read_split
-from bigmodel_cli.config import EvaluateConfig, FinetuneConfig
-from bigmodel_cli.evaluate import SCALARS, calibration, classification_metrics, evaluate
-from bigmodel_cli.finetune import finetune
+from bigmodel_cli.evaluation import baseline as bl
+from bigmodel_cli.evaluation.evaluate import (
+    SCALARS,
+    calibration,
+    classification_metrics,
+    evaluate,
+)
+from bigmodel_cli.training.classify_data import read_split
+from bigmodel_cli.training.finetune import finetune
+from bigmodel_cli.workspace.config import EvaluateConfig, FinetuneConfig
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,7 @@ def test_classifier_report_stands_beside_the_baseline(cws, run_cli):
     record = cws.last_record("evaluate:classifier")
     assert record["params"]["split"] == "test"
     assert list(record["metrics"])[:3] == ["test_macro_f1", "baseline_macro_f1", "vs_baseline"]
-    from bigmodel_cli.records import stage_status
+    from bigmodel_cli.workspace.records import stage_status
 
     row = next(r for r in stage_status(cws) if r["stage"] == "evaluate:classifier")
     assert row["state"] == "up to date" and row["metrics"].startswith("test_macro_f1=")
@@ -120,9 +125,9 @@ def test_unseen_test_label_is_reported_not_fatal(tmp_path, run_cli):
     train = [{"text": t, "label": label} for t, label in pairs[10:-10]]
     test = [{"text": t, "label": label} for t, label in pairs[:5] + pairs[-5:]] + [{"text": "一般般吧，说不上好坏", "label": "neutral"}]
     dev = [{"text": t, "label": label} for t, label in pairs[5:10] + pairs[-10:-5]]
-    from bigmodel_cli.config import PreprocessConfig
-    from bigmodel_cli.preprocess import preprocess
-    from bigmodel_cli.workspace import Workspace
+    from bigmodel_cli.data.preprocess import preprocess
+    from bigmodel_cli.workspace.config import PreprocessConfig
+    from bigmodel_cli.workspace.layout import Workspace
 
     ws, _ = Workspace.init(tmp_path / "ws", lang="zh")
     paths = {s: write_jsonl(tmp_path / f"{s}.jsonl", r) for s, r in (("train", train), ("dev", dev), ("test", test))}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from bigmodel_cli import checkpoint as ckpt
-from bigmodel_cli.explain import Explainer, rollout, summarize_faithfulness
+from bigmodel_cli.data.vocab import SPECIAL_TOKENS, Vocab
+from bigmodel_cli.explain.explain import Explainer, rollout, summarize_faithfulness
 from bigmodel_cli.fileio import write_json
-from bigmodel_cli.model import ModelConfig, Transformer
-from bigmodel_cli.vocab import SPECIAL_TOKENS, Vocab
+from bigmodel_cli.model import checkpoint as ckpt
+from bigmodel_cli.model.transformer import ModelConfig, Transformer
 
 FILLER = [f"w{i}" for i in range(30)]
 WORDS = list(SPECIAL_TOKENS) + FILLER + ["good", "bad"]

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from bigmodel_cli.model import ModelConfig, Transformer
-from bigmodel_cli.vocab import SPECIAL_TOKENS
+from bigmodel_cli.data.vocab import SPECIAL_TOKENS
+from bigmodel_cli.model.transformer import ModelConfig, Transformer
 
 WORDS = list(SPECIAL_TOKENS) + ["房间", "很", "干净", "服务", "好", "the", "room", ","]
 KINDS = {
@@ -106,7 +106,7 @@ def test_exported_tokenizer_splits_unknown_words_into_our_pieces(ws, save_run, r
     """With character pieces in the vocabulary, Hugging Face's tokenizer splits an unknown word
     exactly as bigmodel does, so the ids match beyond the word vocabulary too."""
     transformers = pytest.importorskip("transformers")
-    from bigmodel_cli.tokenizer import TextPipeline
+    from bigmodel_cli.data.tokenizer import TextPipeline
 
     words = WORDS + ["房", "干", "坑", "##间", "##净", "##爹", "t", "##h", "##e"]
     model = Transformer(ModelConfig(vocab_size=len(words), layers=1, dim=16, heads=2, ffn=32, max_positions=20))

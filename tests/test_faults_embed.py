@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from bigmodel_cli import glove
+from bigmodel_cli.embeddings import glove
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.workspace.layout import Workspace
 
 gensim = pytest.importorskip("gensim")
 from gensim.models import KeyedVectors  # noqa: E402
@@ -264,7 +264,7 @@ def test_cli_glove_lr_1e30_exits_2_and_writes_nothing(lee_ws, run_cli, helpers):
 def test_fasttext_ngram_matrix_is_stored_once(lee_ws, run_cli):
     from safetensors import safe_open
 
-    from bigmodel_cli.embed_eval import load_vectors
+    from bigmodel_cli.embeddings.vectors import load_vectors
 
     buckets, dim = 100_000, 8
     result = run_cli(["embed", "--method", "fasttext", *SMALL, "--buckets", str(buckets), "--min-n", "2", "--max-n", "4"],

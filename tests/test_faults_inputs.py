@@ -68,7 +68,7 @@ def test_unreadable_folder_inside_an_input_folder_is_an_error_not_skipped(done, 
 
 def test_unreadable_file_inside_an_input_folder(done, helpers, run_cli, monkeypatch):
     # Tests may run as root, whom permissions do not stop: the refusal is simulated.
-    from bigmodel_cli import textio
+    from bigmodel_cli.data import readers as textio
 
     ws, _ = done
     helpers.write_lines(ws.root / "corpus" / "a.txt", GOOD)
@@ -134,8 +134,8 @@ def test_named_pipe_is_refused_not_read(done, helpers, run_cli, inside_folder):
 
 
 def test_discover_refuses_devices_and_broken_links(tmp_path):
+    from bigmodel_cli.data.readers import discover
     from bigmodel_cli.errors import InputError
-    from bigmodel_cli.textio import discover
 
     with pytest.raises(InputError, match="character device"):
         discover([Path("/dev/null")], "txt")
@@ -173,7 +173,7 @@ class _FailingStream(io.RawIOBase):
 
 
 def test_read_error_midway_names_the_file_and_says_io_error(done, helpers, run_cli, monkeypatch):
-    from bigmodel_cli import textio
+    from bigmodel_cli.data import readers as textio
 
     ws, _ = done
     path = helpers.write_lines(ws.root / "disk.txt", GOOD * 50)
@@ -224,7 +224,7 @@ def test_json_python_cannot_hold_is_a_reject(ws, helpers, run_cli, out):
 
 
 def test_lone_surrogate_becomes_a_replacement_character_in_predict(tmp_path):
-    from bigmodel_cli.predict import read_items
+    from bigmodel_cli.inference.predict import read_items
 
     path = tmp_path / "in.jsonl"
     path.write_text(SURROGATE_LINE + "\n" + '{"text": "a whole \\ud83d\\ude00 emoji", "label": "neg"}\n', encoding="utf-8")
@@ -240,8 +240,8 @@ def clf_ws(ws, save_run):
     """A workspace with a tiny (untrained) English classifier run 'clf'."""
     import torch
 
-    from bigmodel_cli.model import ModelConfig, Transformer
-    from bigmodel_cli.vocab import SPECIAL_TOKENS
+    from bigmodel_cli.data.vocab import SPECIAL_TOKENS
+    from bigmodel_cli.model.transformer import ModelConfig, Transformer
 
     words = list(SPECIAL_TOKENS) + ["review", "fine", "emoji", "here", "the"]
     torch.manual_seed(0)
@@ -263,8 +263,8 @@ def test_predict_input_with_a_lone_surrogate_and_control_characters(clf_ws, run_
 
 
 def test_predict_cuts_a_huge_document_before_segmenting_it(clf_ws, monkeypatch):
-    from bigmodel_cli import predict as predict_module
-    from bigmodel_cli.tokenizer import TextPipeline
+    from bigmodel_cli.data.tokenizer import TextPipeline
+    from bigmodel_cli.inference import predict as predict_module
 
     seen = []
     tokens = TextPipeline.tokens
@@ -384,7 +384,7 @@ def test_csv_quote_closed_rows_later_rejects_the_row_and_keeps_the_rest(corpus_d
 
 
 def test_csv_quote_open_for_too_many_lines_is_cut_and_reread(corpus_dir, helpers, run_pre, out, monkeypatch):
-    from bigmodel_cli import textio
+    from bigmodel_cli.data import readers as textio
 
     monkeypatch.setattr(textio, "MAX_ROW_LINES", 5)
     _csv(helpers, corpus_dir / "q.csv", {3: '"never closed,a', 20: '"closed much later",b'})
@@ -411,7 +411,7 @@ def test_csv_multiline_field_still_one_record(corpus_dir, helpers, run_pre, out)
 
 @pytest.mark.slow
 def test_csv_resync_gives_the_same_output_with_two_workers(corpus_dir, helpers, run_pre, out, monkeypatch):
-    from bigmodel_cli import read_ahead
+    from bigmodel_cli.data import read_ahead
 
     monkeypatch.setattr(read_ahead, "MAX_SPOOL_BYTES", 1)  # the helper stops after one batch
     _csv(helpers, corpus_dir / "q.csv", {100: '"unclosed,a', 600: '"another unclosed,b'}, n=900)
@@ -451,7 +451,7 @@ def test_blank_lines_in_jsonl_and_csv_and_labelled_txt(corpus_dir, helpers, run_
 
 
 def test_documents_over_max_chars_dropped_by_default(corpus_dir, helpers, run_pre, out):
-    from bigmodel_cli.config import PreprocessConfig
+    from bigmodel_cli.workspace.config import PreprocessConfig
 
     assert PreprocessConfig().max_chars == 100_000
     path = helpers.write_lines(corpus_dir / "long.txt", ["a short review here", "word " * 30_000, "another short one"])
@@ -465,9 +465,9 @@ def test_a_huge_line_is_dropped_without_a_list_of_its_words():
     # (about 12 bytes of memory per character of the line) only to drop it as too long.
     import tracemalloc
 
-    from bigmodel_cli.preprocess import DocProcessor
-    from bigmodel_cli.segment import SegmentOptions
-    from bigmodel_cli.text import CleanOptions
+    from bigmodel_cli.data.cleaning import CleanOptions
+    from bigmodel_cli.data.preprocess import DocProcessor
+    from bigmodel_cli.data.segment import SegmentOptions
 
     text = "word " * 2_000_000
     processor = DocProcessor(CleanOptions(), SegmentOptions(lang="en"), 1, 100_000)
@@ -503,7 +503,7 @@ def test_lowercase_reaches_abbreviations_and_contractions(corpus_dir, helpers, r
 
 
 def test_worker_count_capped_at_twice_the_cores_and_the_chunks(monkeypatch):
-    from bigmodel_cli import preprocess
+    from bigmodel_cli.data import preprocess
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert preprocess.worker_count(0, None) == (3, None)

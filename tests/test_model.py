@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigmodel_cli.model import (
+from bigmodel_cli.model.transformer import (
     HF_NAMES,
     IGNORE,
     ModelConfig,

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from bigmodel_cli.parallel import OrderedWorkers, add_counts
+from bigmodel_cli.data.parallel import OrderedWorkers, add_counts
 
 needs_fork = pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="workers need fork")
 MAIN = os.getpid()

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 from classify_fixtures import classifier_ws, reviews, write_jsonl
 
-from bigmodel_cli.classify_data import classify_probs, encode_records, read_split
-from bigmodel_cli.predict import Predictor, predict
-from bigmodel_cli.runs import load_model
-from bigmodel_cli.vocab import PAD
+from bigmodel_cli.data.vocab import PAD
+from bigmodel_cli.inference.predict import Predictor, predict
+from bigmodel_cli.model.runs import load_model
+from bigmodel_cli.training.classify_data import (
+    classify_probs,
+    encode_records,
+    read_split,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def test_raw_text_gets_the_training_normalisation(cws):
     folder = cws.root / "runs" / "classifier"
     model, _ = load_model(folder)
     vocab_pad = Predictor(folder).pipe.vocab.id(PAD)
-    from bigmodel_cli.vocab import Vocab
+    from bigmodel_cli.data.vocab import Vocab
 
     expected = classify_probs(model, encode_records(records, Vocab.load(folder / "vocab.txt"), ["neg", "pos"], 32), 64, vocab_pad)
     # full-width characters and HTML as users paste them: cleaned away exactly as preprocess did

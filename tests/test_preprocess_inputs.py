@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bigmodel_cli.config import PreprocessConfig
-from bigmodel_cli.preprocess import SPLITS, preprocess
-from bigmodel_cli.vocab import SPECIAL_TOKENS
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.data.preprocess import SPLITS, preprocess
+from bigmodel_cli.data.vocab import SPECIAL_TOKENS
+from bigmodel_cli.workspace.config import PreprocessConfig
+from bigmodel_cli.workspace.layout import Workspace
 
 # Genuine review sentences, simplified (GB18030/GBK) and traditional (Big5).
 ZH = [
@@ -591,7 +591,7 @@ def _record_calls(monkeypatch, owner, name: str, log: Path, value=os.getpid) -> 
 
 
 def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out, monkeypatch):
-    from bigmodel_cli.parallel import OrderedWorkers
+    from bigmodel_cli.data.parallel import OrderedWorkers
 
     lines = [f"__label__{'pos' if i % 3 else 'neg'} {ZH[i % len(ZH)]}第{i}条" if i % 2 else
              f"__label__{'pos' if i % 3 else 'neg'} review {i}: works as described" for i in range(700)]
@@ -618,7 +618,7 @@ def test_two_workers_match_one_with_bad_records_drops_and_duplicates(corpus_dir,
     # main process reads on from the line after its last whole batch: the output is one
     # worker's past bad lines, drops (too short), duplicates and decoding, whether the
     # helper got through the file or (first_batch_only) stopped after one batch.
-    from bigmodel_cli import preprocess, read_ahead
+    from bigmodel_cli.data import preprocess, read_ahead
 
     if first_batch_only:
         monkeypatch.setattr(read_ahead, "MAX_SPOOL_BYTES", 1)
@@ -655,7 +655,7 @@ def test_two_workers_match_one_with_bad_records_drops_and_duplicates(corpus_dir,
 def test_workers_share_the_dictionary_the_main_process_loaded(corpus_dir, helpers, run_pre, out, monkeypatch, tmp_path):
     # Loaded once before the workers fork, the dictionary's pages are shared, not copied
     # into every worker (about 90 MB each), and no worker spends time loading its own.
-    from bigmodel_cli import segment
+    from bigmodel_cli.data import segment
 
     loads = _record_calls(monkeypatch, segment.jieba_cache, "initialize", tmp_path / "loads.txt")
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(1500)])
@@ -668,7 +668,7 @@ def test_a_helper_cleans_the_first_documents_while_the_dictionary_loads(corpus_d
                                                                        tmp_path):
     # Each document is cleaned once: by the helper (in its own process, during the load)
     # or by the main process, never by both; and the output is the one-worker output.
-    from bigmodel_cli import preprocess
+    from bigmodel_cli.data import preprocess
 
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条 <b>粗体</b>" for i in range(1500)])
     run_pre([path], lang="zh", workers=1)
@@ -685,7 +685,7 @@ def test_a_helper_cleans_the_first_documents_while_the_dictionary_loads(corpus_d
 
 
 def test_a_failed_dictionary_load_stops_the_helper_and_keeps_no_output(corpus_dir, helpers, run_pre, out, monkeypatch):
-    from bigmodel_cli import preprocess
+    from bigmodel_cli.data import preprocess
     from bigmodel_cli.errors import UserError
 
     def broken(self):
@@ -705,8 +705,8 @@ def test_progress_bar_on_a_terminal_shows_documents_and_rate(ws, corpus_dir, hel
 
     from rich.console import Console
 
-    from bigmodel_cli.config import PreprocessConfig
-    from bigmodel_cli.preprocess import preprocess
+    from bigmodel_cli.data.preprocess import preprocess
+    from bigmodel_cli.workspace.config import PreprocessConfig
 
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(300)])
     screen = io.StringIO()
@@ -722,8 +722,8 @@ def test_without_a_bar_rich_is_not_imported(ws, corpus_dir, helpers):
     import sys
 
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(50)])
-    code = ("import sys; from pathlib import Path; from bigmodel_cli.config import PreprocessConfig; "
-            "from bigmodel_cli.preprocess import preprocess; from bigmodel_cli.workspace import Workspace; "
+    code = ("import sys; from pathlib import Path; from bigmodel_cli.workspace.config import PreprocessConfig; "
+            "from bigmodel_cli.data.preprocess import preprocess; from bigmodel_cli.workspace.layout import Workspace; "
             f"ws = Workspace.find(Path({str(ws.root)!r})); "
             f"preprocess(ws, [Path({str(path)!r})], config=PreprocessConfig(workers=1), lang='zh', force=True); "
             "print('rich.progress' in sys.modules, 'rich' in sys.modules)")
@@ -734,7 +734,7 @@ def test_without_a_bar_rich_is_not_imported(ws, corpus_dir, helpers):
 def test_top_counts_breaks_ties_by_token_whatever_the_counting_order():
     from collections import Counter
 
-    from bigmodel_cli.preprocess import top_counts
+    from bigmodel_cli.data.preprocess import top_counts
 
     words = ["b", "a", "c", "a", "b", "d", "e", "e"]
     one, other = Counter(words), Counter(reversed(words))
@@ -748,7 +748,7 @@ def test_the_collector_runs_less_often_during_the_stage_and_is_restored(corpus_d
                                                                          tmp_path, workers):
     import gc
 
-    from bigmodel_cli import preprocess
+    from bigmodel_cli.data import preprocess
     from bigmodel_cli.errors import UserError
 
     seen = _record_calls(monkeypatch, preprocess.DocProcessor, "make_lines", tmp_path / "thresholds.txt",

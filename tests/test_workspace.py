@@ -21,12 +21,12 @@ import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli import __version__
 from bigmodel_cli.cli import _util
 from bigmodel_cli.cli._util import app
-from bigmodel_cli.config import PreprocessConfig, ProjectConfig
+from bigmodel_cli.data.preprocess import preprocess
 from bigmodel_cli.errors import UserError, WorkspaceBusy
 from bigmodel_cli.fileio import atomic_write, recover_dir, replace_dir
-from bigmodel_cli.preprocess import preprocess
-from bigmodel_cli.records import stage_status
-from bigmodel_cli.workspace import LAYOUT, STAGES, Workspace
+from bigmodel_cli.workspace.config import PreprocessConfig, ProjectConfig
+from bigmodel_cli.workspace.layout import LAYOUT, STAGES, Workspace
+from bigmodel_cli.workspace.records import stage_status
 
 CORPUS = """\
 我爱北京天安门
@@ -465,7 +465,7 @@ def test_status_failed_run(ws, runner):
 # -- the lock -----------------------------------------------------------------------
 HOLD_LOCK = """
 import sys
-from bigmodel_cli.workspace import Workspace
+from bigmodel_cli.workspace.layout import Workspace
 with Workspace(sys.argv[1]).lock("preprocess"):
     print("locked", flush=True)
     sys.stdin.readline()
@@ -539,7 +539,7 @@ def _boom_on_fifth_doc(original):
 
 @pytest.mark.parametrize("where", ["mid-stream", "vocab"])
 def test_interrupted_preprocess_keeps_previous_output(ws, runner, monkeypatch, where):
-    import bigmodel_cli.preprocess as pp
+    import bigmodel_cli.data.preprocess as pp
 
     assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
     before = snapshot(ws.processed)
@@ -549,7 +549,7 @@ def test_interrupted_preprocess_keeps_previous_output(ws, runner, monkeypatch, w
     if where == "vocab":
         def boom(*args, **kwargs):
             raise KeyboardInterrupt
-        monkeypatch.setattr("bigmodel_cli.preprocess.Vocab.build", boom)
+        monkeypatch.setattr("bigmodel_cli.data.preprocess.Vocab.build", boom)
     else:
         monkeypatch.setattr(pp.DocProcessor, "clean_doc", _boom_on_fifth_doc(pp.DocProcessor.clean_doc))
 
@@ -629,7 +629,7 @@ def test_sha256_in_background_hashes_files_and_leaves_out_missing_ones(tmp_path)
 def test_library_versions_are_importlib_metadatas_found_faster(monkeypatch):
     from importlib import metadata
 
-    from bigmodel_cli import records
+    from bigmodel_cli.workspace import records
 
     expected = {}
     for name in records.RECORDED_LIBRARIES:

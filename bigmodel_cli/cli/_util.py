@@ -37,7 +37,7 @@ WorkspaceOption = typer.Option(
     show_default=False,
 )
 
-# Several processes through torchrun (bigmodel_cli/distributed.py): the same options on every
+# Several processes through torchrun (bigmodel_cli/training/distributed.py): the same options on every
 # training command.
 NprocOption = typer.Option(1, "--nproc", help="Processes on this machine (torchrun; gloo on CPU, NCCL on GPU).")
 NnodesOption = typer.Option(1, "--nnodes", help="Machines taking part (run the same command on each).")
@@ -49,7 +49,7 @@ MasterPortOption = typer.Option(None, "--master-port", help="Port on the rank-0 
 def launch_if_asked(nproc: int, nnodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:
     """With --nproc or --nnodes above 1, run this same command as that many ranks and exit
     with their code; in a rank (or with one process) return and train here."""
-    from bigmodel_cli.distributed import (
+    from bigmodel_cli.training.distributed import (
         check_launch_options,
         inside_launch,
         join_launcher,
@@ -66,7 +66,7 @@ def launch_if_asked(nproc: int, nnodes: int, node_rank: int, master_addr: str | 
 
 def is_main_process() -> bool:
     """Rank 0 (or the only process): the one that prints."""
-    from bigmodel_cli.train import Dist
+    from bigmodel_cli.training.loop import Dist
 
     return Dist.from_env().main
 
@@ -132,7 +132,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_workspace(path: Optional[Path]):
-    from bigmodel_cli.workspace import Workspace
+    from bigmodel_cli.workspace.layout import Workspace
 
     return Workspace.find(path)
 

@@ -68,8 +68,8 @@ def embed_cli(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from bigmodel_cli.config import ProjectConfig, resolve
-    from bigmodel_cli.embed import resolve_config
+    from bigmodel_cli.embeddings.embed import resolve_config
+    from bigmodel_cli.workspace.config import ProjectConfig, resolve
 
     ws = open_workspace(workspace)
     config = ws.config()
@@ -81,7 +81,7 @@ def embed_cli(
                      pairs=str(pairs.resolve()) if pairs else None, probes=list(probe) if probe else None)
     cfg = resolve_config(config.get("embed"), overrides)
 
-    from bigmodel_cli.embed import embed
+    from bigmodel_cli.embeddings.embed import embed
 
     result = embed(ws, cfg, name=name, seed=project.seed, force=force, show_progress=True, console=err_console)
     if result.skipped:
@@ -110,8 +110,8 @@ def evaluate_cli(
       bigmodel embed evaluate w2v --analogies questions-words.txt --pairs wordsim353.tsv
       bigmodel embed evaluate ft200 --probe 手机 --probe 电池
     """
-    from bigmodel_cli.config import EmbedConfig, resolve
-    from bigmodel_cli.embed import evaluate_run
+    from bigmodel_cli.embeddings.embed import evaluate_run
+    from bigmodel_cli.workspace.config import EmbedConfig, resolve
 
     ws = open_workspace(workspace)
     cfg = resolve(EmbedConfig, ws.config().get("embed"), {})
@@ -136,7 +136,7 @@ def neighbors_cli(
       bigmodel embed neighbors 手机
       bigmodel embed neighbors screen --name ft200 --topn 20
     """
-    from bigmodel_cli.embed import lookup_neighbors
+    from bigmodel_cli.embeddings.embed import lookup_neighbors
 
     ws = open_workspace(workspace)
     name, known, found = lookup_neighbors(ws, word, name, topn)

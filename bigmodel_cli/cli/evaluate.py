@@ -39,7 +39,7 @@ def evaluate_cli(
       bigmodel evaluate classifier --split dev
       bigmodel evaluate mlm                      # a pretrain run: perplexity, masked-token accuracy
     """
-    from bigmodel_cli.evaluate import evaluate, resolve_config
+    from bigmodel_cli.evaluation.evaluate import evaluate, resolve_config
 
     ws = open_workspace(workspace)
     cfg = resolve_config(ws.config().get("evaluate"), {"batch_size": batch_size})
@@ -61,7 +61,7 @@ def print_report(report: dict) -> None:
         table.add_row("speed", f"{report['examples_per_s']:,.1f} blocks/s, {report['tokens_per_s']:,.0f} tokens/s")
         console.print(table)
         return
-    from bigmodel_cli.evaluate import LOWER_IS_BETTER, SCALARS
+    from bigmodel_cli.evaluation.evaluate import LOWER_IS_BETTER, SCALARS
 
     m, b, d = report["model"], report["baseline"], report["difference"]
     table = Table(title=f"evaluate {term_safe(report['run'])} on {report['split']} ({report['scored']:,} documents)")

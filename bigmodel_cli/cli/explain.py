@@ -58,7 +58,7 @@ def explain_cli(
       bigmodel explain "这家酒店" --run gpt               # a causal run: why this next word
     """
     from bigmodel_cli.errors import UserError
-    from bigmodel_cli.explain import (
+    from bigmodel_cli.explain.explain import (
         explain_texts,
         html_target,
         parse_methods,
@@ -120,14 +120,14 @@ def explain_cli(
 
 
 def _read_input(path: Path, limit: int | None) -> list[str]:
-    from bigmodel_cli.textio import read_texts
+    from bigmodel_cli.data.readers import read_texts
 
     return read_texts(path, limit)
 
 
 def print_explanation(exp) -> None:
-    from bigmodel_cli.explain_render import _scale
-    from bigmodel_cli.explanation import SIGNED
+    from bigmodel_cli.explain.explanation import SIGNED
+    from bigmodel_cli.explain.render import _scale
 
     main = "ig" if "ig" in exp.scores else next(iter(exp.scores))
     scale = _scale(exp.scores[main])

@@ -36,7 +36,7 @@ def export_cli(
       bigmodel export classifier --out ~/models/reviews-bert
       bigmodel export mlm --format onnx
     """
-    from bigmodel_cli.export import export
+    from bigmodel_cli.inference.export import export
 
     ws = open_workspace(workspace)
     result = export(ws, run, fmt, out)

@@ -84,9 +84,9 @@ def finetune_cli(
       bigmodel finetune --resume auto                     # continue after a crash or --max-time
       bigmodel finetune --nproc 2                         # two processes (DDP), same global batch
     """
-    from bigmodel_cli.config import ProjectConfig, resolve
-    from bigmodel_cli.finetune import finetune, resolve_config
-    from bigmodel_cli.run_setup import given_options
+    from bigmodel_cli.training.finetune import finetune, resolve_config
+    from bigmodel_cli.training.run_setup import given_options
+    from bigmodel_cli.workspace.config import ProjectConfig, resolve
 
     ws = open_workspace(workspace)
     config = ws.config()

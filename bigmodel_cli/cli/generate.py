@@ -37,7 +37,7 @@ def generate_cli(
       bigmodel generate "The film" --run gpt --temperature 0 --max-tokens 20
       bigmodel generate 房间 --top-k 10 --top-p 0.9 --seed 7
     """
-    from bigmodel_cli.generate import generate
+    from bigmodel_cli.inference.generate import generate
 
     ws = open_workspace(workspace)
     result = generate(ws, prompt, run=run, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=max_tokens, seed=seed)

@@ -19,7 +19,7 @@ def init_cli(
       bigmodel init reviews --lang zh
       bigmodel init .            # make the current folder a workspace
     """
-    from bigmodel_cli.workspace import Workspace
+    from bigmodel_cli.workspace.layout import Workspace
 
     ws, created = Workspace.init(path, lang=lang)
     if created:

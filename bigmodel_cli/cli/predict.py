@@ -43,7 +43,7 @@ def predict_cli(
     import contextlib
     import sys
 
-    from bigmodel_cli.predict import predict
+    from bigmodel_cli.inference.predict import predict
 
     ws = open_workspace(workspace)
     texts = list(texts or [])

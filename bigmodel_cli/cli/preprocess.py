@@ -64,8 +64,8 @@ def preprocess_cli(
       bigmodel preprocess --train train.jsonl --dev dev.jsonl --test test.jsonl
       bigmodel preprocess news/ --lang zh --user-dict terms.txt --workers 4
     """
-    from bigmodel_cli.config import PreprocessConfig, ProjectConfig, resolve
-    from bigmodel_cli.preprocess import preprocess
+    from bigmodel_cli.data.preprocess import preprocess
+    from bigmodel_cli.workspace.config import PreprocessConfig, ProjectConfig, resolve
 
     ws = open_workspace(workspace)
     config = ws.config()

@@ -84,8 +84,8 @@ def pretrain_cli(
       bigmodel pretrain --nproc 2                        # two processes (DDP) on this machine
       bigmodel pretrain --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc 8
     """
-    from bigmodel_cli.config import ProjectConfig, resolve
-    from bigmodel_cli.pretrain import resolve_config
+    from bigmodel_cli.training.pretrain import resolve_config
+    from bigmodel_cli.workspace.config import ProjectConfig, resolve
 
     ws = open_workspace(workspace)
     config = ws.config()
@@ -100,8 +100,8 @@ def pretrain_cli(
     cfg = resolve_config(config.get("pretrain"), overrides)  # problems are reported before any launch
     launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
 
-    from bigmodel_cli.pretrain import pretrain
-    from bigmodel_cli.run_setup import given_options
+    from bigmodel_cli.training.pretrain import pretrain
+    from bigmodel_cli.training.run_setup import given_options
 
     main = is_main_process()
     result = pretrain(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,

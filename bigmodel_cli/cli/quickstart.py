@@ -33,7 +33,7 @@ def quickstart_cli(
       bigmodel quickstart --force              # run every stage again
       cd bigmodel-quickstart && bigmodel status
     """
-    from bigmodel_cli.quickstart import quickstart
+    from bigmodel_cli.pipeline.quickstart import quickstart
 
     step = {"n": 0}
     names = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")

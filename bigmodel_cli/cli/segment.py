@@ -30,7 +30,7 @@ def segment_cli(
       bigmodel segment --gold gold.txt --user-dict terms.txt   # raw text from the gold words
       bigmodel segment --input raw.txt --gold gold.txt
     """
-    from bigmodel_cli.segment import run_segment
+    from bigmodel_cli.data.segment import run_segment
 
     result = run_segment(text=text, input=input, gold=gold, lang=lang, segmenter=segmenter, user_dict=user_dict,
                          hmm=hmm, workspace=workspace)

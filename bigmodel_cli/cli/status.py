@@ -27,7 +27,7 @@ def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
       bigmodel status                  # the workspace around the current folder
       bigmodel status -w reviews
     """
-    from bigmodel_cli.records import stage_status
+    from bigmodel_cli.workspace.records import stage_status
 
     ws = open_workspace(workspace)
     table = Table(title=f"workspace {ws.root}", title_justify="left")

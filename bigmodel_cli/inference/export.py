@@ -21,9 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bigmodel_cli.data.vocab import SPECIAL_TOKENS
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json, remove_stale, replace_dir, write_json
-from bigmodel_cli.vocab import SPECIAL_TOKENS
 
 FORMATS = ("hf", "onnx")
 
@@ -54,7 +54,7 @@ def hf_config(cfg) -> dict[str, Any]:
 
 
 def hf_state_dict(model) -> dict:
-    from bigmodel_cli.model import hf_name
+    from bigmodel_cli.model.transformer import hf_name
 
     return {hf_name(k): v.detach().contiguous() for k, v in model.state_dict().items()}
 
@@ -95,7 +95,7 @@ HMM setting. Only a word with a character never seen in training becomes [UNK]
 def export_hf(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from bigmodel_cli.runs import load_model
+    from bigmodel_cli.model.runs import load_model
 
     model, checkpoint = load_model(folder)
     cfg = model.cfg
@@ -125,7 +125,7 @@ def export_onnx(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
     verified against PyTorch with onnxruntime when it is installed."""
     import torch
 
-    from bigmodel_cli.runs import load_model
+    from bigmodel_cli.model.runs import load_model
 
     try:
         import onnx  # noqa: F401
@@ -189,7 +189,7 @@ MARKER = "bigmodel_export.json"
 
 
 def export(ws, run: str | None, fmt: str = "hf", out: Path | None = None) -> dict[str, Any]:
-    from bigmodel_cli.runs import find_run
+    from bigmodel_cli.model.runs import find_run
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.explanation import SIGNED, Explanation
+from bigmodel_cli.explain.explanation import SIGNED, Explanation
 
 TOP_TOKENS = 20  # attention maps show the tokens that receive the most attention (page size)
 SHADES = 8  # colour steps of the word rows and the attention maps
@@ -191,8 +191,8 @@ def write_png(exp: Explanation, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bigmodel_cli.evaluation.plots import plot_text, text_font
     from bigmodel_cli.fileio import atomic_write
-    from bigmodel_cli.plots import plot_text, text_font
 
     methods = list(exp.scores)
     data = np.array([np.asarray(exp.scores[m]) / (_scale(exp.scores[m]) or 1.0) for m in methods])

@@ -25,17 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.classify_data import (
+from bigmodel_cli.data.vocab import PAD, UNK, Vocab
+from bigmodel_cli.errors import UserError
+from bigmodel_cli.fileio import read_json, write_json
+from bigmodel_cli.training.classify_data import (
     Encoded,
     classify_probs,
     encode_records,
     pad_batch,
     read_split,
 )
-from bigmodel_cli.config import FinetuneConfig
-from bigmodel_cli.errors import UserError
-from bigmodel_cli.fileio import read_json, write_json
-from bigmodel_cli.vocab import PAD, UNK, Vocab
+from bigmodel_cli.workspace.config import FinetuneConfig
 
 POOLINGS = ("cls", "mean")
 INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", "eval_batches", "checkpoint_every",
@@ -46,14 +46,14 @@ SORT_WINDOW = 50  # batches whose documents are sorted by length together
 # -- options ------------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> FinetuneConfig:
     """Defaults < [finetune] in bigmodel.toml < options; every problem reported at once."""
-    from bigmodel_cli.config import resolve_checked
+    from bigmodel_cli.workspace.config import resolve_checked
 
     return resolve_checked(FinetuneConfig, section, overrides, INT_OPTIONS, validate)
 
 
 def validate(cfg: FinetuneConfig) -> list[str]:
-    from bigmodel_cli.model import validate_shape
-    from bigmodel_cli.train import validate as validate_loop
+    from bigmodel_cli.model.transformer import validate_shape
+    from bigmodel_cli.training.loop import validate as validate_loop
 
     problems = validate_loop(cfg)
     if cfg.pooling not in POOLINGS:
@@ -201,7 +201,7 @@ class ClassifyTask:
 # -- the model --------------------------------------------------------------------------------
 def base_run(ws, from_run: str) -> Path | None:
     """The pretrain run to start from (None for scratch)."""
-    from bigmodel_cli.runs import find_run, run_folders, run_kind
+    from bigmodel_cli.model.runs import find_run, run_folders, run_kind
 
     if from_run == "scratch":
         return None
@@ -213,7 +213,7 @@ def base_run(ws, from_run: str) -> Path | None:
 
 def resumed_base(ws, folder: Path, latest: Path | None) -> Path | None:
     """The base a resumed `--from latest` run started from, not a pretrain run made since."""
-    from bigmodel_cli.runs import find_run, train_options
+    from bigmodel_cli.model.runs import find_run, train_options
 
     recorded = train_options(folder).get("base")
     if not recorded or (latest is not None and recorded == latest.name):
@@ -222,9 +222,9 @@ def resumed_base(ws, folder: Path, latest: Path | None) -> Path | None:
 
 
 def model_config(cfg: FinetuneConfig, base: Path | None, vocab: Vocab, labels: list[str]):
-    from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.model import ModelConfig, architecture
-    from bigmodel_cli.runs import model_checkpoint
+    from bigmodel_cli.model import checkpoint as ckpt
+    from bigmodel_cli.model.runs import model_checkpoint
+    from bigmodel_cli.model.transformer import ModelConfig, architecture
 
     head = dict(num_labels=len(labels), labels=list(labels), pooling=cfg.pooling, classifier_dropout=cfg.dropout,
                 dropout=cfg.dropout, attention_dropout=cfg.dropout, lm_head=False, causal=False)
@@ -241,8 +241,8 @@ def model_config(cfg: FinetuneConfig, base: Path | None, vocab: Vocab, labels: l
 
 def init_from(model, base: Path) -> dict[str, Any]:
     """Load the base run's weights; the pooler and classifier stay new (and are reported)."""
-    from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.runs import model_checkpoint
+    from bigmodel_cli.model import checkpoint as ckpt
+    from bigmodel_cli.model.runs import model_checkpoint
 
     checkpoint = model_checkpoint(base)
     ckpt.verify(checkpoint)
@@ -271,16 +271,16 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
              given: set[str] | None = None) -> FinetuneResult:
     """Finetune one classifier into runs/NAME/ (see the module docstring). `given`: the
     options the command line set (see pretrain.inherit_options)."""
-    from bigmodel_cli.records import StageRun, unchanged
-    from bigmodel_cli.run_setup import (
+    from bigmodel_cli.training.loop import Dist
+    from bigmodel_cli.training.run_setup import (
         find_processed,
         inherit_options,
         no_lock,
         record_failure,
         resume_point,
     )
-    from bigmodel_cli.train import Dist
-    from bigmodel_cli.workspace import check_name
+    from bigmodel_cli.workspace.layout import check_name
+    from bigmodel_cli.workspace.records import StageRun, unchanged
 
     cfg = cfg or FinetuneConfig()
     problems = validate(cfg)
@@ -303,7 +303,7 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     params = {**dataclasses.asdict(cfg), "name": name, "seed": seed, "base": base.name if base else "scratch"}
     input_paths = [p for p in (train_path, dev_path, vocab_path, ws.processed / "meta.json") if p is not None and p.exists()]
     if base is not None:
-        from bigmodel_cli.runs import model_checkpoint
+        from bigmodel_cli.model.runs import model_checkpoint
 
         input_paths += [base / "vocab.txt", model_checkpoint(base) / "model.safetensors"]
     inputs = ws.hash_paths(input_paths)
@@ -335,11 +335,11 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
 def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,
          dev_path: Path | None, vocab_path: Path, start: Path | None, dist, show_progress: bool, console,
          log_lines: bool) -> dict[str, Any]:
+    from bigmodel_cli.data.tokenizer import copy_tokenizer_files
     from bigmodel_cli.fileio import sha256_file
-    from bigmodel_cli.model import Transformer
-    from bigmodel_cli.run_setup import check_resume, write_train_options
-    from bigmodel_cli.tokenizer import copy_tokenizer_files
-    from bigmodel_cli.train import fit, pick_device, seed_everything
+    from bigmodel_cli.model.transformer import Transformer
+    from bigmodel_cli.training.loop import fit, pick_device, seed_everything
+    from bigmodel_cli.training.run_setup import check_resume, write_train_options
 
     train_records = read_split(train_path)
     labels = train_labels(ws, train_records, train_path)
@@ -412,7 +412,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
 
 def _best(folder: Path, result) -> dict[str, Any]:
     """The dev metrics of the evaluation that picked the best checkpoint."""
-    from bigmodel_cli.train import read_metrics
+    from bigmodel_cli.training.loop import read_metrics
 
     entry = next((e for e in read_metrics(folder / "metrics.jsonl")
                   if e.get("split") == "dev" and e["step"] == result.best_step), {})

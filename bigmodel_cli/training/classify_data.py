@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bigmodel_cli.data.vocab import CLS, SEP, Vocab
 from bigmodel_cli.errors import InputError
 from bigmodel_cli.fileio import read_json
-from bigmodel_cli.vocab import CLS, SEP, Vocab
 
 
 # -- data -----------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ def resume_point(folder: Path, resume: str | None) -> Path | None:
     """The checkpoint to continue from, verified: `auto` takes `last`, or when `last` is
     gone the newest intact step-N (never starting over beside them); None when the run has
     no checkpoint at all."""
-    from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.runs import warn
-    from bigmodel_cli.train import Dist
+    from bigmodel_cli.model import checkpoint as ckpt
+    from bigmodel_cli.model.runs import warn
+    from bigmodel_cli.training.loop import Dist
 
     if resume is None:
         return None
@@ -69,10 +69,10 @@ def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: st
     """Refuse a resume that would not continue the same run (another model, another
     vocabulary, other training options); return the options it changes that may change
     (see train.RESUMABLE) as {option: [run's value, new value]}."""
-    from bigmodel_cli import checkpoint as ckpt
     from bigmodel_cli.fileio import sha256_file
-    from bigmodel_cli.runs import recorded_vocab_hash
-    from bigmodel_cli.train import RESUMABLE
+    from bigmodel_cli.model import checkpoint as ckpt
+    from bigmodel_cli.model.runs import recorded_vocab_hash
+    from bigmodel_cli.training.loop import RESUMABLE
 
     new_run = "start a new run instead with another --name, or replace this one with --force"
     saved = ckpt.read_config(start)

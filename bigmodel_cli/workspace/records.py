@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel_cli import __version__
-from bigmodel_cli.config import CONFIG_NAME
 from bigmodel_cli.fileio import pid_alive, sha256_path, write_json
-from bigmodel_cli.workspace import STAGES, Workspace
+from bigmodel_cli.workspace.config import CONFIG_NAME
+from bigmodel_cli.workspace.layout import STAGES, Workspace
 
 
 @dataclass

@@ -23,9 +23,9 @@ from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 
+from bigmodel_cli.data.cleaning import MAX_CHARS
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.fileio import json_line
-from bigmodel_cli.text import MAX_CHARS
 
 CHUNK = 1024  # documents read, segmented and classified at a time
 
@@ -41,9 +41,9 @@ class Predictor:
     """A finetuned run, ready to classify raw text."""
 
     def __init__(self, folder: Path, batch_size: int = 64):
+        from bigmodel_cli.data.tokenizer import TextPipeline
         from bigmodel_cli.fileio import read_json
-        from bigmodel_cli.runs import load_model
-        from bigmodel_cli.tokenizer import TextPipeline
+        from bigmodel_cli.model.runs import load_model
 
         self.folder, self.batch_size = folder, batch_size
         self.model, self.checkpoint = load_model(folder)
@@ -53,8 +53,8 @@ class Predictor:
         self.pipe = TextPipeline(folder)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        from bigmodel_cli.classify_data import Encoded, classify_probs
-        from bigmodel_cli.vocab import PAD
+        from bigmodel_cli.data.vocab import PAD
+        from bigmodel_cli.training.classify_data import Encoded, classify_probs
 
         cut = max(MAX_CHARS, 200 * self.max_len)
         docs = [self.pipe.encode(self.pipe.tokens(text[:cut]), self.max_len) for text in texts]
@@ -79,7 +79,7 @@ class Predictor:
 
 def classifier_run(ws, run: str | None) -> Path:
     """runs/RUN (or the newest finetune run), which must be a classifier."""
-    from bigmodel_cli.runs import find_run, run_kind
+    from bigmodel_cli.model.runs import find_run, run_kind
 
     folder = find_run(ws, run, kind=None if run not in (None, "latest") else "finetune")
     if run_kind(folder) != "finetune":
@@ -92,7 +92,7 @@ def classifier_run(ws, run: str | None) -> Path:
 def read_items(path: Path, fmt: str | None, text_field: str, label_field: str, encoding: str = "auto",
                on_progress=None, name: str | None = None) -> Iterator[Item]:
     """The documents of one file as preprocess reads it; a bad record is a one-line error."""
-    from bigmodel_cli.textio import (
+    from bigmodel_cli.data.readers import (
         Reader,
         Reject,
         check_encoding,
@@ -147,7 +147,7 @@ def predict(ws, texts: Iterable[str] = (), *, input_path: Path | None = None, ru
             batch_size: int = 64, fmt: str | None = None, text_field: str | None = None, out: IO[str] | None = None,
             stdin: IO[bytes] | None = None, show_progress: bool = False, console=None) -> PredictSummary:
     """Classify TEXTs, or the documents of `input_path` ('-': standard input), writing JSONL to `out`."""
-    from bigmodel_cli.textio import without_surrogates
+    from bigmodel_cli.data.readers import without_surrogates
 
     texts = [without_surrogates(t) for t in texts]  # arguments that were not UTF-8 hold them
     problems = []

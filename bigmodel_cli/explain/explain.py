@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.classify_data import encode_ids
+from bigmodel_cli.data.vocab import CLS, MASK, PAD, SEP, UNK
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.explanation import Explanation
-from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, UNK
+from bigmodel_cli.explain.explanation import Explanation
+from bigmodel_cli.training.classify_data import encode_ids
 
 METHODS = ("attention", "rollout", "saliency", "grad-input", "ig")
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -250,9 +250,9 @@ def rollout(att) -> Any:
 
 # -- the stage ------------------------------------------------------------------------
 def load_explainer(ws, run: str | None):
-    from bigmodel_cli.classify_data import classifier_max_len
-    from bigmodel_cli.runs import find_run, load_model, run_folders, run_kind
-    from bigmodel_cli.tokenizer import TextPipeline
+    from bigmodel_cli.data.tokenizer import TextPipeline
+    from bigmodel_cli.model.runs import find_run, load_model, run_folders, run_kind
+    from bigmodel_cli.training.classify_data import classifier_max_len
 
     if run in (None, "latest"):  # the newest classifier; a pretrain run only when there is none
         kinds = {run_kind(p) for p in run_folders(ws)}
@@ -324,7 +324,7 @@ def readable_part(text: str, explainer: Explainer) -> str:
     predict's character budget (its first max_len tokens lie well inside), and a causal
     run's from the left (its last words matter), so that a line of megabytes does not take
     minutes to segment for words the model never reads."""
-    from bigmodel_cli.text import MAX_CHARS
+    from bigmodel_cli.data.cleaning import MAX_CHARS
 
     cut = max(MAX_CHARS, 200 * explainer.max_len)
     return text[:cut] if explainer.kind == "classifier" else text[-cut:]
@@ -404,11 +404,11 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     """HTML page, JSON(L) scores, PNGs and the faithfulness table into explanations/RUN/, then
     the record `explain:RUN`. An `html_path` that is a folder gets STEM.html inside it. Things
     the user should know (no font for the words of a PNG) are appended to `warnings`."""
-    from bigmodel_cli.explain_render import render_html, write_png
+    from bigmodel_cli.evaluation.plots import CJK_HINT
+    from bigmodel_cli.explain.render import render_html, write_png
     from bigmodel_cli.fileio import atomic_write, json_line, write_json
-    from bigmodel_cli.plots import CJK_HINT
-    from bigmodel_cli.records import StageRun
-    from bigmodel_cli.runs import model_checkpoint
+    from bigmodel_cli.model.runs import model_checkpoint
+    from bigmodel_cli.workspace.records import StageRun
 
     out_dir = ws.root / "explanations" / folder.name
     out_dir.mkdir(parents=True, exist_ok=True)

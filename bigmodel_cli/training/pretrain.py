@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.config import PretrainConfig, resolve_checked
+from bigmodel_cli.data.vocab import PAD, SPECIAL_TOKENS, Vocab
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json, write_json
-from bigmodel_cli.lm_data import CLMTask, MLMTask, cached_blocks
-from bigmodel_cli.model import architecture, validate_shape
-from bigmodel_cli.run_setup import (
+from bigmodel_cli.model.transformer import architecture, validate_shape
+from bigmodel_cli.training.lm_data import CLMTask, MLMTask, cached_blocks
+from bigmodel_cli.training.run_setup import (
     check_resume,
     find_processed,
     inherit_options,
@@ -34,8 +34,8 @@ from bigmodel_cli.run_setup import (
     resume_point,
     write_train_options,
 )
-from bigmodel_cli.vocab import PAD, SPECIAL_TOKENS, Vocab
-from bigmodel_cli.workspace import check_name
+from bigmodel_cli.workspace.config import PretrainConfig, resolve_checked
+from bigmodel_cli.workspace.layout import check_name
 
 OBJECTIVES = ("mlm", "clm")
 INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", "eval_batches", "checkpoint_every",
@@ -49,7 +49,7 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
 
 
 def validate(cfg: PretrainConfig) -> list[str]:
-    from bigmodel_cli.train import validate as validate_loop
+    from bigmodel_cli.training.loop import validate as validate_loop
 
     problems = validate_loop(cfg)
     if cfg.objective not in OBJECTIVES:
@@ -69,7 +69,7 @@ def validate(cfg: PretrainConfig) -> list[str]:
 
 
 def model_config(cfg: PretrainConfig, vocab: Vocab):
-    from bigmodel_cli.model import ModelConfig
+    from bigmodel_cli.model.transformer import ModelConfig
 
     layers, dim, heads, ffn = architecture(cfg)
     return ModelConfig(vocab_size=len(vocab), layers=layers, dim=dim, heads=heads, ffn=ffn,
@@ -83,7 +83,7 @@ def init_embeddings(ws, model, vocab: Vocab, name: str) -> dict[str, Any]:
     model's initial spread (BERT's N(0, 0.02)), and report the coverage."""
     import torch
 
-    from bigmodel_cli.embed_eval import find_run, load_vectors
+    from bigmodel_cli.embeddings.vectors import find_run, load_vectors
 
     run_name, folder = find_run(ws, name)
     kv = load_vectors(folder)  # safetensors + JSON, not a pickle; 10x faster than parsing vectors.txt
@@ -118,7 +118,7 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
              given: set[str] | None = None) -> PretrainResult:
     """Pretrain one model into runs/NAME/ (see the module docstring). `given`: the options
     the command line set (see inherit_options)."""
-    from bigmodel_cli.train import Dist
+    from bigmodel_cli.training.loop import Dist
 
     cfg = cfg or PretrainConfig()
     problems = validate(cfg)
@@ -133,13 +133,13 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     params = {**dataclasses.asdict(cfg), "name": name, "seed": seed}
     input_paths = [p for p in (train_path, dev_path, vocab_path) if p is not None]
     if cfg.init_embeddings:
-        from bigmodel_cli.embed_eval import find_run
+        from bigmodel_cli.embeddings.vectors import find_run
 
         input_paths.append(find_run(ws, cfg.init_embeddings)[1])
     inputs = ws.hash_paths(input_paths)
     dist = Dist.from_env()
 
-    from bigmodel_cli.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import StageRun, unchanged
 
     last = ws.last_record(stage)
     if resume is None and not force and unchanged(ws, last, params, inputs):
@@ -167,10 +167,10 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
          vocab_path: Path, start: Path | None, dist, show_progress: bool, console, log_lines: bool) -> dict[str, Any]:
     import torch
 
+    from bigmodel_cli.data.tokenizer import copy_tokenizer_files
     from bigmodel_cli.fileio import sha256_file
-    from bigmodel_cli.model import Transformer, training_flops
-    from bigmodel_cli.tokenizer import copy_tokenizer_files
-    from bigmodel_cli.train import fit, pick_device, seed_everything
+    from bigmodel_cli.model.transformer import Transformer, training_flops
+    from bigmodel_cli.training.loop import fit, pick_device, seed_everything
 
     vocab = Vocab.load(vocab_path)
     mcfg = model_config(cfg, vocab)

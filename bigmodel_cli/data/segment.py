@@ -27,9 +27,14 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from bigmodel_cli import jieba_cache
+from bigmodel_cli.data import jieba_cache
+from bigmodel_cli.data.cleaning import (
+    EMAIL_TOKEN,
+    PLACEHOLDER_RE,
+    URL_TOKEN,
+    detect_lang,
+)
 from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.text import EMAIL_TOKEN, PLACEHOLDER_RE, URL_TOKEN, detect_lang
 
 SEGMENTERS = ("auto", "jieba", "jieba_next")
 FLUSH_CACHE = 200_000  # character runs whose words are remembered (about 30 MB at most)
@@ -422,10 +427,10 @@ def run_segment(*, text: str | None = None, input: Path | None = None, gold: Pat
     defaults. Shown segmentations are of cleaned text, as preprocess would see it; scoring
     segments the raw lines, so that the characters match the gold words exactly.
     """
-    from bigmodel_cli.config import PreprocessConfig, ProjectConfig, resolve
-    from bigmodel_cli.text import CleanOptions, clean_text
-    from bigmodel_cli.textio import read_lines, without_surrogates
-    from bigmodel_cli.workspace import Workspace
+    from bigmodel_cli.data.cleaning import CleanOptions, clean_text
+    from bigmodel_cli.data.readers import read_lines, without_surrogates
+    from bigmodel_cli.workspace.config import PreprocessConfig, ProjectConfig, resolve
+    from bigmodel_cli.workspace.layout import Workspace
 
     config: dict = {}
     ws = Workspace.find(workspace) if workspace is not None else Workspace.nearest()

@@ -3,7 +3,7 @@
 Classifiers get accuracy; macro, micro and weighted precision, recall and F1; a per-class
 table; the confusion matrix; the expected calibration error (ECE) with a reliability
 plot; and examples per second. Beside every figure stands the TF-IDF + LogisticRegression
-baseline (bigmodel_cli.baseline), trained on the same training split and scored on the same
+baseline (bigmodel_cli.evaluation.baseline), trained on the same training split and scored on the same
 documents, with the difference, so that the report says at a glance whether the
 Transformer earns its cost. Documents whose label the model never saw in training are
 counted and reported, and left out of the metrics of both.
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from bigmodel_cli.classify_data import classifier_max_len
-from bigmodel_cli.config import EvaluateConfig, resolve
 from bigmodel_cli.errors import UserError
+from bigmodel_cli.evaluation.plots import CJK_HINT, plot_text, text_font
 from bigmodel_cli.fileio import atomic_write, read_json, write_json
-from bigmodel_cli.plots import CJK_HINT, plot_text, text_font
+from bigmodel_cli.training.classify_data import classifier_max_len
+from bigmodel_cli.workspace.config import EvaluateConfig, resolve
 
 SPLITS = ("test", "dev")
 AVERAGES = ("macro", "micro", "weighted")
@@ -171,7 +171,7 @@ class EvaluateResult:
 
 def pick_run(ws, run: str | None) -> Path:
     """runs/RUN, or the newest finetune run (the newest pretrain run when there is none)."""
-    from bigmodel_cli.runs import find_run, run_folders, run_kind
+    from bigmodel_cli.model.runs import find_run, run_folders, run_kind
 
     if run in (None, "latest"):
         kinds = {run_kind(p) for p in run_folders(ws)}
@@ -181,8 +181,8 @@ def pick_run(ws, run: str | None) -> Path:
 
 def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateConfig | None = None, force: bool = False,
              show_progress: bool = False, console=None) -> EvaluateResult:
-    from bigmodel_cli.records import StageRun, unchanged
-    from bigmodel_cli.runs import model_checkpoint, run_kind
+    from bigmodel_cli.model.runs import model_checkpoint, run_kind
+    from bigmodel_cli.workspace.records import StageRun, unchanged
 
     cfg = cfg or EvaluateConfig()
     problems = validate(cfg) + ([] if split in SPLITS else [f"--split must be test or dev, got '{split}'"])
@@ -227,10 +227,14 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
 
 def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig, out: Path,
                 show_progress: bool, console) -> dict[str, Any]:
-    from bigmodel_cli import baseline as bl
-    from bigmodel_cli.classify_data import classify_probs, encode_records, read_split
-    from bigmodel_cli.runs import load_model
-    from bigmodel_cli.vocab import PAD, Vocab
+    from bigmodel_cli.data.vocab import PAD, Vocab
+    from bigmodel_cli.evaluation import baseline as bl
+    from bigmodel_cli.model.runs import load_model
+    from bigmodel_cli.training.classify_data import (
+        classify_probs,
+        encode_records,
+        read_split,
+    )
 
     model, checkpoint = load_model(folder, checkpoint)
     labels = list(model.cfg.labels)
@@ -308,9 +312,9 @@ def verdict(report: dict[str, Any]) -> str:
 def _language_model(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig) -> dict[str, Any]:
     import contextlib
 
-    from bigmodel_cli.lm_data import CLMTask, MLMTask, encode_blocks
-    from bigmodel_cli.runs import load_model
-    from bigmodel_cli.vocab import Vocab
+    from bigmodel_cli.data.vocab import Vocab
+    from bigmodel_cli.model.runs import load_model
+    from bigmodel_cli.training.lm_data import CLMTask, MLMTask, encode_blocks
 
     model, checkpoint = load_model(folder, checkpoint)
     train_cfg = read_json(folder / "train.json") if (folder / "train.json").exists() else {}

@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from bigmodel_cli.config import CONFIG_NAME, LANGS, load_config, render_config
 from bigmodel_cli.errors import UserError, WorkspaceBusy
 from bigmodel_cli.fileio import (
     pid_alive,
@@ -35,6 +34,7 @@ from bigmodel_cli.fileio import (
     sha256_path,
     write_json,
 )
+from bigmodel_cli.workspace.config import CONFIG_NAME, LANGS, load_config, render_config
 
 LAYOUT = ("data/raw", "data/processed", "embeddings", "runs", "reports", "explanations", ".bigmodel/records")
 STAGES = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")

@@ -11,9 +11,9 @@ import re
 import shutil
 from pathlib import Path
 
+from bigmodel_cli.data.vocab import CLS, CONTINUATION, SEP, SPECIAL_TOKENS, Vocab
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json
-from bigmodel_cli.vocab import CLS, CONTINUATION, SEP, SPECIAL_TOKENS, Vocab
 
 FILES = ("meta.json", "vocab.txt")
 
@@ -46,8 +46,8 @@ class TextPipeline:
         self._segmenter = None
 
     def _load(self):
-        from bigmodel_cli.segment import Segmenter, SegmentOptions
-        from bigmodel_cli.text import CleanOptions
+        from bigmodel_cli.data.cleaning import CleanOptions
+        from bigmodel_cli.data.segment import Segmenter, SegmentOptions
 
         seg = dict(self.meta["segment"])
         if seg.get("user_dict"):
@@ -57,7 +57,7 @@ class TextPipeline:
 
     def tokens(self, text: str) -> list[str]:
         """Clean and segment one text as preprocess did ([] if nothing is left)."""
-        from bigmodel_cli.text import clean_text
+        from bigmodel_cli.data.cleaning import clean_text
 
         if self._segmenter is None:
             self._load()

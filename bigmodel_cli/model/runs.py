@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bigmodel_cli import checkpoint as ckpt
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json, sha256_file
+from bigmodel_cli.model import checkpoint as ckpt
 
 RETRAIN = "restore it, or train the run again"
 
@@ -115,7 +115,7 @@ def load_model(folder: Path, checkpoint: Path | None = None, device: str = "cpu"
     """The run's Transformer with the weights of `checkpoint` (default: best, else last), in eval mode."""
     import torch
 
-    from bigmodel_cli.model import ModelConfig, Transformer
+    from bigmodel_cli.model.transformer import ModelConfig, Transformer
 
     if not is_complete(folder):
         warn(f"run '{folder.name}' was interrupted and is used as it stands ({resume_advice(folder)})")
@@ -135,7 +135,7 @@ def load_model(folder: Path, checkpoint: Path | None = None, device: str = "cpu"
 def check_run_config(folder: Path, saved: dict[str, Any]) -> None:
     """The run's config.json (what later stages read) must build a model and agree with the
     checkpoint's config (what the weights were saved with)."""
-    from bigmodel_cli.model import ModelConfig
+    from bigmodel_cli.model.transformer import ModelConfig
 
     path = folder / "config.json"
     ours = _read_object(path)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from bigmodel_cli.data.readers import Reader, Reject
 from bigmodel_cli.lifecycle import die_with_parent, ignore_interrupts
-from bigmodel_cli.textio import Reader, Reject
 
 Clean = Callable[[str], tuple]
 OpenReader = Callable[[int], "Reader | None"]  # the reader of the plan's file `index`; None past the end

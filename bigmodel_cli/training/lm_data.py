@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bigmodel_cli.data.vocab import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, Vocab
 from bigmodel_cli.errors import InputError
 from bigmodel_cli.fileio import atomic_write
-from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, Vocab
 
 
 # -- data -----------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from bigmodel_cli.config import EvaluateConfig
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import atomic_write, read_json, write_json
+from bigmodel_cli.workspace.config import EvaluateConfig
 
 FOLDER = "reports/_baseline"
 SEP = " "  # joins the words of a bigram
@@ -184,7 +184,7 @@ def cache_key(ws, cfg: EvaluateConfig) -> str:
 def load_or_train(ws, cfg: EvaluateConfig) -> tuple[Baseline, bool]:
     """The workspace's baseline: from the cache when its key matches, else trained and saved.
     Returns (baseline, whether it came from the cache)."""
-    from bigmodel_cli.classify_data import read_split
+    from bigmodel_cli.training.classify_data import read_split
 
     folder = ws.root / FOLDER
     key = cache_key(ws, cfg)

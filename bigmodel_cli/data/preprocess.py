@@ -35,27 +35,11 @@ from operator import ge
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bigmodel_cli.config import LANGS, PreprocessConfig
-from bigmodel_cli.dedupe import LABEL_BITS, SeenIndex, kept_sources
-from bigmodel_cli.errors import InputError, UserError
-from bigmodel_cli.fileio import (
-    atomic_write,
-    replace_dir,
-    sha256_in_background,
-    write_json,
-)
-from bigmodel_cli.parallel import OrderedWorkers
-from bigmodel_cli.read_ahead import CleanDoc, ReadAhead
-from bigmodel_cli.segment import (
-    Segmenter,
-    SegmentOptions,
-    check_user_dict,
-    describe_segmenter,
-    resolve_backend,
-)
-from bigmodel_cli.stopwords import load_stopwords
-from bigmodel_cli.text import URL_CHOICES, CleanOptions, clean_text
-from bigmodel_cli.textio import (
+from bigmodel_cli.data.cleaning import URL_CHOICES, CleanOptions, clean_text
+from bigmodel_cli.data.dedupe import LABEL_BITS, SeenIndex, kept_sources
+from bigmodel_cli.data.parallel import OrderedWorkers
+from bigmodel_cli.data.read_ahead import CleanDoc, ReadAhead
+from bigmodel_cli.data.readers import (
     SAMPLE_BYTES,
     Doc,
     Reader,
@@ -67,7 +51,23 @@ from bigmodel_cli.textio import (
     printable_name,
     read_sample,
 )
-from bigmodel_cli.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
+from bigmodel_cli.data.segment import (
+    Segmenter,
+    SegmentOptions,
+    check_user_dict,
+    describe_segmenter,
+    resolve_backend,
+)
+from bigmodel_cli.data.stopwords import load_stopwords
+from bigmodel_cli.data.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
+from bigmodel_cli.errors import InputError, UserError
+from bigmodel_cli.fileio import (
+    atomic_write,
+    replace_dir,
+    sha256_in_background,
+    write_json,
+)
+from bigmodel_cli.workspace.config import LANGS, PreprocessConfig
 
 SPLITS = ("train", "dev", "test")
 CHUNK_DOCS = 256
@@ -345,7 +345,7 @@ def preprocess(
     # File names that are not UTF-8 are recorded with those bytes as \xNN: JSON cannot hold them.
     input_hashes = [{**h, "path": printable_name(h["path"])} for h in ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)]
 
-    from bigmodel_cli.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import StageRun, unchanged
 
     last = ws.last_record("preprocess")
     if not force and unchanged(ws, last, params, input_hashes):

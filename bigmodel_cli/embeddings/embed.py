@@ -1,7 +1,7 @@
 """`bigmodel embed`: static word embeddings from the processed training split.
 
     train.jsonl tokens -> stopwords out -> chunks of <= 10,000 tokens -> one token file
-      -> word2vec / fasttext (gensim, `corpus_file` mode) or glove (bigmodel_cli.glove)
+      -> word2vec / fasttext (gensim, `corpus_file` mode) or glove (bigmodel_cli.embeddings.glove)
       -> per-epoch loss (float64) -> evaluation -> .kv + word2vec-format export
 
 Each run is a named folder `embeddings/NAME/` written into a staging folder that replaces
@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bigmodel_cli.config import EmbedConfig, resolve_checked
-from bigmodel_cli.embed_eval import (
+from bigmodel_cli.embeddings.vectors import (
     SAFE_VECTORS,
     SAFE_WORDS,
     TOPN,
@@ -56,7 +55,8 @@ from bigmodel_cli.fileio import (
     replace_dir,
     write_json,
 )
-from bigmodel_cli.workspace import check_name
+from bigmodel_cli.workspace.config import EmbedConfig, resolve_checked
+from bigmodel_cli.workspace.layout import check_name
 
 METHODS = ("word2vec", "fasttext", "glove")
 # gensim silently cuts a sentence after this many tokens (MAX_WORDS_IN_BATCH): longer
@@ -484,9 +484,9 @@ def train_glove_vectors(cfg: EmbedConfig, corpus: Corpus, seed: int, workers: in
     from gensim.models import KeyedVectors
 
     try:
-        from bigmodel_cli.glove import train_glove
+        from bigmodel_cli.embeddings.glove import train_glove
     except ImportError:
-        raise UserError("--method glove is not available in this build (bigmodel_cli.glove is missing)",
+        raise UserError("--method glove is not available in this build (bigmodel_cli.embeddings.glove is missing)",
                         hint="use --method word2vec or fasttext") from None
     words, counts, ids = glove_ids(corpus, cfg.min_count)
     bar.epochs = cfg.glove_epochs
@@ -509,7 +509,7 @@ def train_glove_vectors(cfg: EmbedConfig, corpus: Corpus, seed: int, workers: in
     for word, count in zip(words, counts):
         kv.set_vecattr(word, "count", count)
     clean = {k: _rounded(v) for k, v in stats.items() if isinstance(v, (int, float, str, list))}
-    return Trained(kv, rows, None, "GloVe weighted least-squares cost per epoch (from bigmodel_cli.glove)", clean)
+    return Trained(kv, rows, None, "GloVe weighted least-squares cost per epoch (from bigmodel_cli.embeddings.glove)", clean)
 
 
 def _rounded(value: Any) -> Any:
@@ -557,7 +557,7 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
     stage = f"embed:{name}"
     folder = ws.root / "embeddings" / name
 
-    from bigmodel_cli.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import StageRun, unchanged
 
     last = ws.last_record(stage)
     if not force and unchanged(ws, last, params, inputs):
@@ -625,7 +625,7 @@ def _run(ws, cfg: EmbedConfig, name: str, seed: int, workers: int, train: Path, 
         "files": {"keyed_vectors": VECTORS, "word2vec_format": export_name(cfg.binary), "binary": cfg.binary,
                   "read_by_bigmodel": [SAFE_VECTORS, SAFE_WORDS]},
     }
-    from bigmodel_cli.records import library_versions
+    from bigmodel_cli.workspace.records import library_versions
 
     write_json(staging / "config.json", {"name": name, "method": cfg.method, "seed": seed, "workers": workers,
                                          "effective": eff, "config": dataclasses.asdict(cfg),
@@ -718,7 +718,7 @@ class _Bars:
         self.progress.update(self.task, advance=amount, info=f"epoch {epoch}/{self.epochs}  {rate:,.0f} {self.unit}/s  loss {shown}")
 
     def glove_callback(self) -> Callable[..., None]:
-        """Progress from bigmodel_cli.glove: ("cooc", done=, total=) tokens counted, then
+        """Progress from bigmodel_cli.embeddings.glove: ("cooc", done=, total=) tokens counted, then
         ("epoch", epoch=, epochs=, loss=, pairs_per_s=) after every epoch."""
         cooc = None
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bigmodel_cli.data.vocab import CLS, MASK, PAD, SEP, UNK
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.vocab import CLS, MASK, PAD, SEP, UNK
 
 
 @dataclass
@@ -57,8 +57,8 @@ def generate(ws, prompt: str, *, run: str | None = None, temperature: float = 0.
              max_tokens: int = 50, seed: int = 42) -> Generation:
     import torch
 
-    from bigmodel_cli.runs import find_run, load_model
-    from bigmodel_cli.tokenizer import TextPipeline, detokenize
+    from bigmodel_cli.data.tokenizer import TextPipeline, detokenize
+    from bigmodel_cli.model.runs import find_run, load_model
 
     problems = validate(temperature, top_k, top_p, max_tokens)
     if problems:

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bigmodel_cli import checkpoint as ckpt
-from bigmodel_cli.config import TrainConfig
 from bigmodel_cli.errors import UserError
+from bigmodel_cli.model import checkpoint as ckpt
+from bigmodel_cli.workspace.config import TrainConfig
 
 PRECISIONS = ("32", "bf16-mixed")
 Batch = dict[str, torch.Tensor]

@@ -1,0 +1,1 @@
+"""Text in: readers, cleaning, segmentation, stopwords, vocabulary and tokenizer, and the preprocess stage that writes data/processed/."""

@@ -1,0 +1,1 @@
+"""The explain stage: per-word attributions, faithfulness, and the pages that show them."""

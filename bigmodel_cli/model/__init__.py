@@ -1,0 +1,1 @@
+"""The one Transformer, its checkpoints, and the run folders that hold them."""

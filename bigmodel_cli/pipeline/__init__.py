@@ -1,0 +1,1 @@
+"""Stages run together: quickstart, the whole lifecycle on a sample."""
