@@ -1,4 +1,4 @@
-"""The record of every stage run: StageRun writes one JSON record per run (inputs and outputs with sha256, parameters, metrics, timings, library versions); unchanged() says whether a stage may skip; stage_status() what `bigmodel status` shows."""
+"""The record of every stage run: StageRun writes one JSON record per run (inputs and outputs with sha256, parameters, metrics, timings, library versions); run_stage() is the skeleton every stage runs in (skip when unchanged, lock, record, failed record); unchanged() says whether a stage may skip; stage_status() what `bigmodel status` shows."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bigmodel_cli import __version__
+from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import pid_alive, sha256_path, write_json
 from bigmodel_cli.workspace.config import CONFIG_NAME
 from bigmodel_cli.workspace.layout import STAGES, Workspace
@@ -57,6 +58,81 @@ class StageRun:
         write_json(self.ws.records_dir(self.stage) / f"{self.run_id}.json", record)
         return record
 
+
+
+# -- the skeleton every stage runs in ----------------------------------------------------------
+@dataclass
+class Done:
+    """What a stage's work hands back: its value, and what its record holds (the outputs are
+    hashed when the record is written; `known_hashes` are those the work already took)."""
+
+    value: Any
+    outputs: list[Path]
+    metrics: dict[str, Any]
+    known_hashes: dict[Path, str] | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass
+class Outcome:
+    """A stage run: skipped (then `record` is the last successful one and `value` None) or done."""
+
+    skipped: bool
+    record: dict[str, Any] | None
+    value: Any = None
+
+
+_LAST = object()  # run_stage's `last` when not given: the stage's last successful record
+
+
+def skip_record(ws: Workspace, stage: str, params: dict[str, Any], inputs: list[dict[str, str]],
+                last: Any = _LAST) -> dict[str, Any] | None:
+    """The last successful record of `stage` when the stage may skip (see unchanged), else None."""
+    last = ws.last_record(stage) if last is _LAST else last
+    return last if unchanged(ws, last, params, inputs) else None
+
+
+def run_stage(ws: Workspace, stage: str, params: dict[str, Any], inputs: list[dict[str, str]],
+              work: Callable[[], Done], *, lock: str | None, sections: tuple[str, ...] | None = None,
+              may_skip: bool = True, last: Any = _LAST, refuse: Callable[[], None] | None = None, main: bool = True,
+              record_errors: type[BaseException] | tuple[type[BaseException], ...] = UserError,
+              interrupted: str = "interrupted (Ctrl-C)") -> Outcome:
+    """One stage run. Skip (without the lock) when `may_skip` and the parameters and input
+    hashes match the last successful record (`last`, when the stage picks it itself); else
+    call `refuse` (it raises to refuse the run), take the workspace lock as `lock` (the
+    command `status` shows), run `work` and write its record with the outputs hashed.
+
+    A failure of a type in `record_errors` leaves a failed record with its one-line error
+    (`interrupted` for Ctrl-C), so that `status` says so; by default only a user's mistake
+    does, since a Ctrl-C of a stage that keeps its previous output leaves nothing to report.
+    `sections`: the bigmodel.toml sections saved in the record (see StageRun.config).
+    `main`: False in a torchrun rank other than 0, which neither locks nor records."""
+    if may_skip:
+        skipped = skip_record(ws, stage, params, inputs, last)
+        if skipped is not None:
+            return Outcome(True, skipped)
+    if refuse is not None:
+        refuse()
+    with ws.lock(lock) if main and lock else contextlib.nullcontext():
+        run = StageRun(ws, stage, params, inputs, config=ws.config_sections(*sections) if sections else None)
+        try:
+            done = work()
+        except record_errors as exc:
+            if main:
+                with contextlib.suppress(Exception):  # the original error matters more than the record
+                    run.finish([], {}, status="failed", extra={"error": failure_line(exc, interrupted)})
+            raise
+        record = run.finish(done.outputs, done.metrics, known_hashes=done.known_hashes, extra=done.extra) if main else None
+    return Outcome(False, record, done.value)
+
+
+def failure_line(exc: BaseException, interrupted: str = "interrupted (Ctrl-C)") -> str:
+    """The `error` of a failed record: a user's mistake as its one line, Ctrl-C as `interrupted`."""
+    if isinstance(exc, UserError):
+        return exc.one_line()
+    if isinstance(exc, KeyboardInterrupt):
+        return interrupted
+    return f"{type(exc).__name__}: {exc}"
 
 RECORDED_LIBRARIES = ("torch", "jieba", "jieba_next", "nltk", "gensim", "scikit-learn", "numpy", "charset-normalizer")
 
