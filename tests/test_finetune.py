@@ -199,10 +199,17 @@ def test_finetune_with_rdrop(cws):
     assert all(np.isfinite(m["loss"]) for m in metrics(result.folder) if "loss" in m)
 
 
-def test_encode_ids_cuts_like_the_text_pipeline():
-    vocab = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"], [0] * 7)
+def test_encode_ids_cuts_like_the_text_pipeline(tmp_path):
+    vocab = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "##b"], [0] * 9)
+    with open(tmp_path / "vocab.txt", "w", encoding="utf-8") as handle:
+        vocab.save(handle)
+    (tmp_path / "meta.json").write_text("{}", encoding="utf-8")
+    pipe = TextPipeline(tmp_path)
     assert encode_ids(vocab, ["a", "b", "x"], 10) == [2, 5, 6, 1, 3]
     assert encode_ids(vocab, ["a", "b", "a", "b"], 4) == [2, 5, 6, 3]
+    for tokens in ([], ["a"], ["a", "b", "x"], ["c", "ab", "b", "a", "c", "b"]):  # "ab" is split into pieces
+        for max_len in range(2, len(tokens) + 5):
+            assert encode_ids(vocab, tokens, max_len) == pipe.encode(tokens, max_len), (tokens, max_len)
 
 
 def test_early_stopping_keeps_the_best_checkpoint(cws):
