@@ -77,7 +77,10 @@ def test_mlm_loss_at_masked_positions_equals_full_logits_loss():
     loss, n, correct = model.mlm_loss(hidden, labels)
     full = F.cross_entropy(model.lm_logits(hidden).flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
     assert int(n) == 3 and torch.allclose(loss, full, atol=1e-5)
-    assert 0 <= int(correct) <= 3
+    # two positions labelled with the full logits' argmax, one with another token: 2 correct
+    guess = model.lm_logits(hidden).argmax(-1)
+    labels[0, 3], labels[1, 5], labels[2, 0] = guess[0, 3], guess[1, 5], (guess[2, 0] + 1) % 60
+    assert int(model.mlm_loss(hidden, labels)[2]) == 2
 
 
 def test_clm_loss_is_next_token_loss_skipping_padding():
