@@ -442,56 +442,128 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     """Writes the outputs into `staging`; returns the report, and a function that gives
     the hashes of the data files (taken on a thread while the report is made)."""
     started = time.perf_counter()
-    user_dict = None
-    if cfg.user_dict:
-        user_dict = staging / "user_dict.txt"
-        shutil.copyfile(cfg.user_dict, user_dict)  # kept so that predict replays the same segmentation
-    segment_opts = SegmentOptions(lang=lang, backend=backend, hmm=cfg.hmm, user_dict=str(user_dict) if user_dict else None,
-                                  lowercase=cfg.lowercase, stem=cfg.stem)
-    clean_opts = CleanOptions(nfkc=cfg.nfkc, strip_html=cfg.strip_html, urls=cfg.urls, emails=cfg.emails)
+    clean_opts, segment_opts = _options(cfg, lang, backend, staging)
     # With one worker the segmenter loads on first use: a run whose first records are bad
     # (under --strict) fails without waiting for the dictionary.
     processor = DocProcessor(clean_opts, segment_opts, cfg.min_chars, cfg.max_chars)
     chunks_at_most = None if lines_at_most is None else -(-lines_at_most // CHUNK_DOCS)
     workers, workers_warning = worker_count(cfg.workers, chunks_at_most)
-    strict = cfg.on_error == "fail"
     given_splits = plan[0][0] is not None
     splitter = None if given_splits else Splitter(parse_split(cfg.split), seed)
-
-    stats = Stats()
-    seen = SeenIndex(DEDUPE_FLUSH)  # every kept document: hash of its clean text -> (id, label, split)
-    label_ids: dict[str | None, int] = {None: 0}
-    labels_by_id: list[str | None] = [None]
     total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
     bar = _Bar(_show_bar(show_progress, console), console, total_bytes)
-
-    read_bytes = 0
-
-    def on_bytes(done: int | None) -> None:  # None: the same bytes, more documents
-        nonlocal read_bytes
-        read_bytes = read_bytes if done is None else done
-        bar.update(done, stats.read, stats.read / max(time.perf_counter() - started, 1e-9))
 
     files = {s: open(staging / f"{s}.jsonl", "wb") for s in SPLITS}
     # backslashreplace: a reject's raw text or reason may hold what UTF-8 cannot encode
     # (a lone surrogate from a JSON escape); the reject is still written, never a crash.
     rejects = open(staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace")
+    docs = _DocumentPass(cfg, splitter, given_splits, rejects, bar, total_bytes, started)
+    runner, ahead = _start_workers(ws, plan, cfg, label_required, processor, workers, staging)
+    try:
+        records = _doc_stream(ws, plan, cfg, label_required, docs.on_bytes, ahead)
+        with bar:
+            for metas, info, write in runner.map(docs.chunks(records, processor.clean_doc, runner.ship_counts)):
+                write(files)
+                docs.tally(metas, info)
+                docs.on_bytes(None)
+    except BaseException:
+        runner.close(abort=True)
+        raise
+    finally:
+        for handle in (*files.values(), rejects):
+            handle.close()
+        if ahead is not None:
+            ahead.close()
+    output_hashes = sha256_in_background([staging / f"{s}.jsonl" for s in SPLITS] + [staging / "rejects.jsonl"])
+    stats = _finish_workers(runner, docs.stats, staging)
+    elapsed = time.perf_counter() - started
 
-    def reject(item: Reject, split: str | None) -> None:
-        if strict:
+    _check_outcome(stats, plan)
+    vocab, meta = _write_vocab_and_meta(stats, cfg, lang, clean_opts, segment_opts, staging)
+    report = _report(stats, vocab, meta, elapsed, workers, plan, given_splits)
+    if workers_warning:
+        report["warnings"].insert(0, workers_warning)
+    write_json(staging / "report.json", report)
+    return report, output_hashes
+
+
+def _options(cfg: PreprocessConfig, lang: str, backend: str, staging: Path) -> tuple[CleanOptions, SegmentOptions]:
+    """The cleaning and segmentation options; a user dictionary is copied into the outputs,
+    so that predict replays the same segmentation."""
+    user_dict = None
+    if cfg.user_dict:
+        user_dict = staging / "user_dict.txt"
+        shutil.copyfile(cfg.user_dict, user_dict)
+    segment_opts = SegmentOptions(lang=lang, backend=backend, hmm=cfg.hmm, user_dict=str(user_dict) if user_dict else None,
+                                  lowercase=cfg.lowercase, stem=cfg.stem)
+    clean_opts = CleanOptions(nfkc=cfg.nfkc, strip_html=cfg.strip_html, urls=cfg.urls, emails=cfg.emails)
+    return clean_opts, segment_opts
+
+
+def _start_workers(ws, plan, cfg: PreprocessConfig, label_required: bool, processor: DocProcessor, workers: int,
+                   staging: Path) -> tuple[OrderedWorkers, ReadAhead | None]:
+    """The worker processes, and with more than one the read-ahead helper (None otherwise)."""
+    if workers <= 1:
+        return OrderedWorkers(processor.make_lines, workers, staging / "shards"), None
+    # The dictionaries load once, here, and the workers inherit them by forking: they
+    # share those pages (about 90 MB less private memory per extra worker) and skip
+    # the 0.2 s load. Meanwhile a helper reads and cleans the first documents on
+    # another core.
+    (staging / "shards").mkdir()
+    ahead = ReadAhead(lambda index: _reader(ws, plan, cfg, label_required, index) if index < len(plan) else None,
+                      processor.clean_doc, staging / "shards" / "read-ahead")
+    try:
+        processor.load()
+        runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
+    except BaseException:
+        ahead.close()
+        raise
+    ahead.stop()
+    return runner, ahead
+
+
+class _DocumentPass:
+    """The main process's share of the work, in input order: count, reject, clean,
+    de-duplicate and assign a split, then hand the kept documents to the workers in chunks;
+    and tally what the workers send back."""
+
+    def __init__(self, cfg: PreprocessConfig, splitter: Splitter | None, given_splits: bool, rejects, bar: _Bar,
+                 total_bytes: int, started: float):
+        self.cfg, self.splitter, self.given_splits = cfg, splitter, given_splits
+        self.strict = cfg.on_error == "fail"
+        self.rejects, self.bar, self.total_bytes, self.started = rejects, bar, total_bytes, started
+        self.stats = Stats()
+        self.seen = SeenIndex(DEDUPE_FLUSH)  # every kept document: hash of its clean text -> (id, label, split)
+        self.label_ids: dict[str | None, int] = {None: 0}
+        self.labels_by_id: list[str | None] = [None]
+        self.read_bytes = 0
+
+    def on_bytes(self, done: int | None) -> None:  # None: the same bytes, more documents
+        self.read_bytes = self.read_bytes if done is None else done
+        read = self.stats.read
+        self.bar.update(done, read, read / max(time.perf_counter() - self.started, 1e-9))
+
+    def reject(self, item: Reject, split: str | None) -> None:
+        if self.strict:
             raise UserError(f"{item.source}: {item.reason}", hint="fix the record, or drop --strict to skip bad records into rejects.jsonl")
+        stats = self.stats
         stats.rejected += 1
         if item.missing_label:
             stats.missing_labels += 1
         if len(stats.reject_examples) < 5:
             stats.reject_examples.append(f"{item.source}: {item.reason}")
-        rejects.write(_encode({"source": item.source, "reason": item.reason, "split": split, "raw": item.raw}) + "\n")
+        self.rejects.write(_encode({"source": item.source, "reason": item.reason, "split": split, "raw": item.raw}) + "\n")
 
-    def chunks() -> Iterator[tuple[list, tuple[int, list[tuple]]]]:
+    def chunks(self, records: Iterator[tuple[str | None, Doc | CleanDoc | Reject]], clean_doc: Callable,
+               ship_counts: Callable[[], None]) -> Iterator[tuple[list, tuple[int, list[tuple]]]]:
+        """(metas, (first id, documents)) for each chunk of CHUNK_DOCS kept documents. What
+        the per-record loop uses is bound to local names first: it runs for every record."""
+        stats, seen, reject, splitter = self.stats, self.seen, self.reject, self.splitter
+        label_ids, labels_by_id, given_splits, dedupe = self.label_ids, self.labels_by_id, self.given_splits, self.cfg.dedupe
         metas, docs, next_id, shipped = [], [], 0, False
-        for batch in _batches(_doc_stream(ws, plan, cfg, label_required, on_bytes, ahead), CHUNK_DOCS):
-            if not shipped and read_bytes >= SHIP_COUNTS_AT * total_bytes:
-                runner.ship_counts()
+        for batch in _batches(records, CHUNK_DOCS):
+            if not shipped and self.read_bytes >= SHIP_COUNTS_AT * self.total_bytes:
+                ship_counts()
                 shipped = True
             cleaned = []
             for split, item in batch:
@@ -504,11 +576,11 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
                     stats.dropped[reason] += 1
                     continue
                 cleaned.append((split, item, clean))
-            if cfg.dedupe:
+            if dedupe:
                 keys = [hash(clean) for _, _, clean in cleaned]
                 older = seen.find_flushed(keys)  # one search for the batch
             for k, (split, item, clean) in enumerate(cleaned):
-                if cfg.dedupe:
+                if dedupe:
                     first = older[k]
                     if first is None:
                         first = seen.recent.get(keys[k])
@@ -540,52 +612,27 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         if docs:
             yield metas, (next_id, docs)
 
-    clean_doc = processor.clean_doc
-    ahead = None
-    if workers > 1:
-        # The dictionaries load once, here, and the workers inherit them by forking: they
-        # share those pages (about 90 MB less private memory per extra worker) and skip
-        # the 0.2 s load. Meanwhile a helper reads and cleans the first documents on
-        # another core.
-        (staging / "shards").mkdir()
-        ahead = ReadAhead(lambda index: _reader(ws, plan, cfg, label_required, index) if index < len(plan) else None,
-                          processor.clean_doc, staging / "shards" / "read-ahead")
-        try:
-            processor.load()
-            runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
-        except BaseException:
-            ahead.close()
-            raise
-        ahead.stop()
-    else:
-        runner = OrderedWorkers(processor.make_lines, workers, staging / "shards")
-    try:
-        with bar:
-            for metas, info, write in runner.map(chunks()):
-                write(files)
-                for (split, doc, n_chars), (doc_lang, n_tokens) in zip(metas, info):
-                    if doc.label is not None:
-                        stats.labels[split][doc.label] += 1
-                    else:
-                        stats.unlabelled += 1
-                        stats.first_unlabelled = stats.first_unlabelled or doc.source
-                    stats.kept += 1
-                    stats.split_docs[split] += 1
-                    stats.split_tokens[split] += n_tokens
-                    stats.langs[doc_lang] += 1
-                    stats.char_hist[n_chars] += 1
-                    stats.token_hist[n_tokens] += 1
-                    stats.chars += n_chars
-                on_bytes(None)
-    except BaseException:
-        runner.close(abort=True)
-        raise
-    finally:
-        for handle in (*files.values(), rejects):
-            handle.close()
-        if ahead is not None:
-            ahead.close()
-    output_hashes = sha256_in_background([staging / f"{s}.jsonl" for s in SPLITS] + [staging / "rejects.jsonl"])
+    def tally(self, metas: list, info: list[tuple[str, int]]) -> None:
+        """Count a chunk's kept documents, with the language and token count the workers found."""
+        stats = self.stats
+        for (split, doc, n_chars), (doc_lang, n_tokens) in zip(metas, info):
+            if doc.label is not None:
+                stats.labels[split][doc.label] += 1
+            else:
+                stats.unlabelled += 1
+                stats.first_unlabelled = stats.first_unlabelled or doc.source
+            stats.kept += 1
+            stats.split_docs[split] += 1
+            stats.split_tokens[split] += n_tokens
+            stats.langs[doc_lang] += 1
+            stats.char_hist[n_chars] += 1
+            stats.token_hist[n_tokens] += 1
+            stats.chars += n_chars
+
+
+def _finish_workers(runner: OrderedWorkers, stats: Stats, staging: Path) -> Stats:
+    """Stop the workers and take their token counts; name the kept copy of each label
+    conflict by its source, read back from the outputs."""
     runner.close()
     shutil.rmtree(staging / "shards", ignore_errors=True)
     stats.train_counts = runner.counts.get("train", Counter())
@@ -594,9 +641,13 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         sources = kept_sources([staging / f"{s}.jsonl" for s in SPLITS], {e["kept"] for e in stats.conflict_examples})
         for example in stats.conflict_examples:
             example["kept"] = sources.get(example["kept"])
-    elapsed = time.perf_counter() - started
+    return stats
 
-    _check_outcome(stats, plan)
+
+def _write_vocab_and_meta(stats: Stats, cfg: PreprocessConfig, lang: str, clean_opts: CleanOptions,
+                          segment_opts: SegmentOptions, staging: Path) -> tuple[Vocab, dict[str, Any]]:
+    """vocab.txt, stopwords.txt and meta.json: what the later stages read to encode text
+    the way it was encoded here."""
     vocab = Vocab.build(stats.train_counts, cfg.min_count, cfg.max_vocab, pieces=cfg.pieces)
     with atomic_write(staging / "vocab.txt") as handle:
         vocab.save(handle)
@@ -606,7 +657,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     labels = sorted(set().union(*[set(c) for c in stats.labels.values()]))
     meta = {
         "clean": dataclasses.asdict(clean_opts),
-        "segment": {**dataclasses.asdict(segment_opts), "user_dict": "user_dict.txt" if user_dict else None},
+        "segment": {**dataclasses.asdict(segment_opts), "user_dict": "user_dict.txt" if segment_opts.user_dict else None},
         "segmenter": describe_segmenter(segment_opts),
         "stopwords": cfg.stopwords if cfg.stopwords in ("builtin", "none") else f"file:{cfg.stopwords}",
         "stopword_count": len(stop),
@@ -615,11 +666,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         "splits": {s: stats.split_docs[s] for s in SPLITS},
     }
     write_json(staging / "meta.json", meta)
-    report = _report(stats, vocab, meta, elapsed, workers, plan, given_splits)
-    if workers_warning:
-        report["warnings"].insert(0, workers_warning)
-    write_json(staging / "report.json", report)
-    return report, output_hashes
+    return vocab, meta
 
 
 class _Bar:
