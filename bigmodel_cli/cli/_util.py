@@ -6,13 +6,15 @@ function of its stage. No stage logic lives in the CLI layer.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
+import inspect
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -145,3 +147,85 @@ def print_skipped(what: str, record: dict, extra: str = "") -> None:
     """The line a stage prints when its inputs and options are unchanged."""
     console.print(f"[green]✓[/] {escape(what)} is up to date (inputs and options unchanged since run "
                   f"{record['run_id']}); skipped. Use --force to run again{extra}.")
+
+
+# -- options made from a stage's config dataclass ---------------------------------------
+def config_options(cls: type, config_only: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per field of the config dataclass `cls`: the field's type,
+    its help text, its default shown in the help; the fields in `config_only` are set in
+    bigmodel.toml only. The command declares `options: dict = CONFIG_OPTIONS` where the
+    options go in its --help; it receives {field: value, None when not given}, to pass to
+    the stage's resolve_config (defaults < bigmodel.toml < command line)."""
+    fields = [f for f in dataclasses.fields(cls) if f.name not in config_only]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(func)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
+        clash = {p.name for p in own} & {f.name for f in fields}
+        if clash or "options" not in signature.parameters:
+            raise TypeError(f"{func.__name__}: needs an options parameter and no parameter named as a field ({clash})")
+        at = [p.name for p in own].index("options")
+        generated = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_option(f), annotation=_annotation(f))
+                     for f in fields]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            options = {f.name: kwargs.pop(f.name) for f in fields}
+            return func(**kwargs, options=options)
+
+        command.__signature__ = signature.replace(parameters=[*own[:at], *generated, *own[at + 1:]])
+        command.config_class, command.config_only = cls, tuple(config_only)
+        return command
+
+    return decorate
+
+
+CONFIG_OPTIONS: Any = None  # the default of a command's `options` parameter (see config_options)
+
+
+def _annotation(f: dataclasses.Field) -> Any:
+    kind = type(_default(f))
+    return Optional[List[str]] if kind is list else Optional[kind]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _option(f: dataclasses.Field) -> Any:
+    """A typer.Option for field `f`. It defaults to None (not given), so bigmodel.toml's value
+    stands; the help shows the code's default. Numbers are parsed by `_number`: a bad one is
+    reported with the other problems of the command line, not by click alone."""
+    from bigmodel_cli.workspace.config import option_name
+
+    default, flag = _default(f), f.metadata.get("flag")
+    if isinstance(default, bool) and not flag:
+        flag = f"{option_name(f)}/--no-{option_name(f)[2:]}"
+    decls = [flag or option_name(f)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+    help_text = escape(f.metadata.get("doc", ""))
+    shown = _shown_default(default, flag)
+    if shown:
+        help_text += f"  \\[default: {escape(shown)}]"
+    extra: dict[str, Any] = {}
+    if type(default) in (int, float):
+        extra = dict(parser=_number(type(default)), metavar="<int>" if type(default) is int else "<float>")
+    return typer.Option(None, *decls, help=help_text, show_default=False, **extra)
+
+
+def _shown_default(default: Any, flag: str | None) -> str:
+    """The default as --help shows it: on/off, or the flag that is on for a pair such as
+    --sg/--cbow; nothing for an empty text or list."""
+    if isinstance(default, bool):
+        on, off = flag.split("/")
+        if off == "--no-" + on[2:]:
+            return "on" if default else "off"
+        return (on if default else off)[2:]
+    if isinstance(default, list):
+        return ", ".join(map(str, default))
+    return str(default)
+
+
+def _number(kind: type) -> Callable[[Any], Any]:
+    from bigmodel_cli.workspace.config import NotANumber
+
+    return functools.partial(NotANumber.parse, kind=kind)

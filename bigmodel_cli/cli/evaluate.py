@@ -7,22 +7,26 @@ import typer
 from rich.table import Table
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     WorkspaceOption,
     app,
+    config_options,
     console,
     err_console,
     handle_errors,
     open_workspace,
     term_safe,
 )
+from bigmodel_cli.workspace.config import EvaluateConfig
 
 
 @app.command("evaluate")
 @handle_errors
+@config_options(EvaluateConfig, config_only=("bins", "baseline_c", "baseline_char_ngrams", "baseline_stopwords"))
 def evaluate_cli(
     run: Optional[str] = typer.Argument(None, help="A run in runs/.  \\[default: the newest finetune run, else the newest pretrain run]", show_default=False),
     split: str = typer.Option("test", help="test or dev."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Documents per forward pass.  \\[default: 64]", show_default=False),
+    options: dict = CONFIG_OPTIONS,
     force: bool = typer.Option(False, "--force", "-f", help="Evaluate again even if nothing changed."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -42,7 +46,7 @@ def evaluate_cli(
     from bigmodel_cli.evaluation.evaluate import evaluate, resolve_config
 
     ws = open_workspace(workspace)
-    cfg = resolve_config(ws.config().get("evaluate"), {"batch_size": batch_size})
+    cfg = resolve_config(ws.config().get("evaluate"), options)
     result = evaluate(ws, run, split=split, cfg=cfg, force=force, show_progress=err_console.is_terminal, console=err_console)
     if result.skipped:
         console.print(f"[green]✓[/] evaluate {term_safe(result.name)} --split {result.split} is up to date "

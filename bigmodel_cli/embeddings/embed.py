@@ -87,7 +87,7 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
                     options[f"glove_{key}"] = options.pop(key)
         return options
 
-    return resolve_checked(EmbedConfig, section, overrides, INT_OPTIONS, validate, rename=for_glove)
+    return resolve_checked(EmbedConfig, section, overrides, validate, rename=for_glove, int_options=INT_OPTIONS)
 
 
 def validate(cfg: EmbedConfig) -> list[str]:

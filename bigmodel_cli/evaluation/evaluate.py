@@ -29,7 +29,7 @@ from bigmodel_cli.errors import UserError
 from bigmodel_cli.evaluation.plots import CJK_HINT, plot_text, text_font
 from bigmodel_cli.fileio import atomic_write, read_json, write_json
 from bigmodel_cli.training.classify_data import classifier_max_len
-from bigmodel_cli.workspace.config import EvaluateConfig, resolve
+from bigmodel_cli.workspace.config import EvaluateConfig, resolve_checked
 
 SPLITS = ("test", "dev")
 AVERAGES = ("macro", "micro", "weighted")
@@ -39,11 +39,8 @@ LOWER_IS_BETTER = {"ece"}
 
 # -- options ------------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> EvaluateConfig:
-    cfg = resolve(EvaluateConfig, section, overrides)
-    problems = validate(cfg)
-    if problems:
-        raise UserError("; ".join(problems))
-    return cfg
+    """Defaults < [evaluate] in bigmodel.toml < options; every problem reported at once."""
+    return resolve_checked(EvaluateConfig, section, overrides, validate)
 
 
 def validate(cfg: EvaluateConfig) -> list[str]:

@@ -48,7 +48,7 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
     """Defaults < [finetune] in bigmodel.toml < options; every problem reported at once."""
     from bigmodel_cli.workspace.config import resolve_checked
 
-    return resolve_checked(FinetuneConfig, section, overrides, INT_OPTIONS, validate)
+    return resolve_checked(FinetuneConfig, section, overrides, validate, int_options=INT_OPTIONS)
 
 
 def validate(cfg: FinetuneConfig) -> list[str]:

@@ -45,7 +45,7 @@ INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", 
 # -- options ------------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> PretrainConfig:
     """Defaults < [pretrain] in bigmodel.toml < options; every problem reported at once."""
-    return resolve_checked(PretrainConfig, section, overrides, INT_OPTIONS, validate)
+    return resolve_checked(PretrainConfig, section, overrides, validate, int_options=INT_OPTIONS)
 
 
 def validate(cfg: PretrainConfig) -> list[str]:

@@ -24,11 +24,42 @@ CONFIG_NAME = "bigmodel.toml"
 LANGS = ("zh", "en", "auto")
 
 
-def doc(text: str, default: Any) -> Any:
-    """A dataclass field whose help text is written into the config file."""
+def doc(text: str, default: Any, *, flag: str | None = None, short: str | None = None) -> Any:
+    """A dataclass field whose help text is written into the config file and is the help of
+    its command-line option. `flag` spells that option when it is not --field-name (`--from`,
+    or `--sg/--cbow` for a true/false pair); `short` is its one-letter alias."""
+    metadata = {"doc": text, "flag": flag, "short": short}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def option_name(f: dataclasses.Field) -> str:
+    """The command-line option that sets field `f`, as messages name it (`--batch-size`)."""
+    flag = f.metadata.get("flag")
+    return flag.split("/")[0] if flag else "--" + f.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class NotANumber:
+    """A command-line value that is not of its option's number type. The option keeps it
+    instead of refusing it at once, so that it is reported together with every other problem."""
+
+    text: str
+    kind: type
+
+    @staticmethod
+    def parse(text: Any, kind: type) -> Any:
+        """`text` as a `kind` (int or float), or a NotANumber to report."""
+        if isinstance(text, kind) and not isinstance(text, bool):
+            return text
+        try:
+            return kind(str(text).strip())
+        except ValueError:
+            return NotANumber(str(text), kind)
+
+    def problem(self, option: str) -> str:
+        return f"{option} must be {_type_word(self.kind)}, got '{self.text}'"
 
 
 @dataclass
@@ -44,7 +75,7 @@ class PreprocessConfig:
     split: str = doc("train,dev,test fractions when one input is split (stratified when labelled).", "0.8,0.1,0.1")
     encoding: str = doc("Input encoding, or auto (UTF-8/UTF-16 BOM, else GB18030, Big5 detected).", "auto")
     nfkc: bool = doc("Unicode NFKC normalisation (full-width letters and digits to half-width).", True)
-    strip_html: bool = doc("Remove HTML tags and decode entities.", True)
+    strip_html: bool = doc("Remove HTML tags and decode entities.", True, flag="--strip-html/--keep-html")
     urls: str = doc("URLs: replace (by [URL]), remove, or keep.", "replace")
     emails: str = doc("E-mail addresses: replace (by [EMAIL]), remove, or keep.", "replace")
     lowercase: bool = doc("Lower-case English words.", False)
@@ -59,39 +90,39 @@ class PreprocessConfig:
     min_count: int = doc("Vocabulary: minimum count in the training split.", 2)
     max_vocab: int = doc("Vocabulary: maximum size, special tokens included (0: no limit).", 30000)
     pieces: bool = doc("Vocabulary: also hold characters (c, ##c) so that a word outside it is split into pieces, as BERT's WordPiece, instead of becoming [UNK].", False)
-    workers: int = doc("Worker processes (0: one per core).", 0)
+    workers: int = doc("Worker processes (0: one per core; at most twice the cores, and no more than the input's chunks of 256 documents).", 0, short="-j")
     on_error: str = doc("Bad records: skip (write them to rejects.jsonl and go on) or fail.", "skip")
 
 
 @dataclass
 class EmbedConfig:
-    method: str = doc("word2vec or fasttext (gensim), or glove (bigmodel's PyTorch GloVe).", "word2vec")
+    method: str = doc("word2vec or fasttext (gensim), or glove (bigmodel's PyTorch GloVe).", "word2vec", short="-m")
     dim: int = doc("Vector size.", 100)
-    window: int = doc("word2vec/fasttext: context words on each side (each position draws a window of 1 to this, as word2vec does).", 5)
+    window: int = doc("word2vec/fasttext: context words on each side (each position draws a window of 1 to this, as word2vec does). On the command line, with --method glove, it sets glove_window.", 5)
     glove_window: int = doc("glove: context words on each side, weighted 1/distance (--window sets it when --method glove).", 15)
     min_count: int = doc("Ignore words with fewer occurrences than this in the training split.", 5)
-    epochs: int = doc("word2vec/fasttext: passes over the corpus.", 5)
+    epochs: int = doc("word2vec/fasttext: passes over the corpus. On the command line, with --method glove, it sets glove_epochs.", 5)
     glove_epochs: int = doc("glove: passes over the co-occurrence pairs (--epochs sets it when --method glove).", 15)
     negative: int = doc("word2vec/fasttext: negative samples per positive example.", 5)
-    sg: bool = doc("word2vec/fasttext: skip-gram (true) or CBOW (false).", True)
+    sg: bool = doc("word2vec/fasttext: skip-gram (true) or CBOW (false).", True, flag="--sg/--cbow")
     buckets: int = doc("fasttext: hash buckets for character n-grams (memory and vectors.safetensors size: buckets x dim x 4 bytes).", 2_000_000)
     min_n: int = doc("fasttext: shortest character n-gram (the word is wrapped in < and >).", 3)
     max_n: int = doc("fasttext: longest character n-gram.", 6)
     x_max: float = doc("glove: co-occurrence count at which the weight f(x) = min(1, (x/x_max)^0.75) reaches 1.", 100.0)
-    glove_lr: float = doc("glove: AdaGrad learning rate.", 0.05)
+    glove_lr: float = doc("glove: AdaGrad learning rate.", 0.05, flag="--lr")
     stopwords: bool = doc("Remove the words of data/processed/stopwords.txt before training.", True)
-    binary: bool = doc("word2vec-format export in binary (vectors.bin) instead of text (vectors.txt).", False)
-    workers: int = doc("Threads (0: one per core). 1 gives the same vectors on every run with the same seed, at the cost of speed.", 0)
+    binary: bool = doc("word2vec-format export in binary (vectors.bin) instead of text (vectors.txt).", False, flag="--binary/--text")
+    workers: int = doc("Threads (0: one per core). 1 gives the same vectors on every run with the same seed, at the cost of speed.", 0, short="-j")
     analogies: str = doc("Analogy questions (questions-words.txt format) evaluated after training; empty for none.", "")
     pairs: str = doc("Word pairs with a score (word<TAB>word<TAB>score) evaluated after training; empty for none.", "")
-    probes: list = doc("Words whose nearest neighbours are listed after training, besides the most frequent ones.", [])
+    probes: list = doc("Words whose nearest neighbours are listed after training, besides the most frequent ones (on the command line: --probe WORD, repeatable).", [], flag="--probe")
 
 
 @dataclass
 class TrainConfig:
     """The options of the training loop that pretrain and finetune share."""
 
-    batch_size: int = doc("Sequences per optimizer step, over all processes and accumulation steps.", 32)
+    batch_size: int = doc("Sequences per optimizer step, over all processes and accumulation steps.", 32, short="-b")
     accumulate: int = doc("Gradient accumulation: each step's batch is run in this many parts (same result, less memory).", 1)
     lr: float = doc("Peak learning rate (AdamW).", 5e-4)
     weight_decay: float = doc("AdamW weight decay (never on biases and LayerNorm weights).", 0.01)
@@ -136,7 +167,7 @@ class FinetuneConfig(TrainConfig):
     eval_every: int = doc("Evaluate on dev every this many steps (0: at the end of each epoch only).", 0)
     eval_batches: int = doc("Dev batches per evaluation (0: the whole dev split, so that best and early stopping see all of it).", 0)
     early_stopping: int = doc("Stop when dev macro-F1 has not improved for this many evaluations (0: never).", 2)
-    from_run: str = doc("Start from this pretrain run (runs/NAME/), latest (the newest one), or scratch (random weights: the no-pretraining comparison).", "latest")
+    from_run: str = doc("Start from this pretrain run (runs/NAME/), latest (the newest one), or scratch (random weights: the no-pretraining comparison).", "latest", flag="--from")
     pooling: str = doc("Sequence pooling: cls (BERT's tanh pooler over [CLS]) or mean (average of the real tokens).", "cls")
     dropout: float = doc("Dropout in the encoder and before the classifier.", 0.1)
     balance: bool = doc("Weight the loss by inverse class frequency (for skewed labels).", False)
@@ -152,7 +183,7 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = doc("Documents per forward pass.", 64)
+    batch_size: int = doc("Documents per forward pass.", 64, short="-b")
     bins: int = doc("Confidence bins of the expected calibration error and the reliability plot.", 15)
     baseline_c: list = doc("Inverse regularisation strengths tried for the TF-IDF + LogisticRegression baseline; the best on dev macro-F1 is kept.", [0.3, 1.0, 3.0, 10.0, 30.0])
     baseline_char_ngrams: int = doc("Baseline: longest character n-gram added for Chinese documents (0: words only).", 3)
@@ -231,6 +262,7 @@ def resolve(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any]
     """Defaults < config section < command-line overrides (None means 'not given')."""
     name = next((n for n, c in SECTIONS.items() if c is cls), cls.__name__)
     types = {f.name: type(getattr(cls(), f.name)) for f in dataclasses.fields(cls)}
+    options = {f.name: option_name(f) for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for key, value in (section or {}).items():
@@ -238,7 +270,7 @@ def resolve(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any]
             values[key], origin[key] = value, f"{CONFIG_NAME} [{name}] {key}"
     for key, value in overrides.items():
         if value is not None:
-            values[key], origin[key] = value, f"--{key.replace('_', '-')}"
+            values[key], origin[key] = value, options[key]
     for key, value in values.items():
         expected = types[key]
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -254,33 +286,29 @@ def _type_word(kind: type) -> str:
     return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(kind, kind.__name__)
 
 
-def parse_ints(overrides: dict[str, Any], keys: tuple[str, ...]) -> tuple[list[str], dict[str, Any]]:
-    """Whole-number options arrive as text so that '--dim 1.5' gets a one-line error."""
-    problems, out = [], dict(overrides)
-    for key in keys:
-        value = out.get(key)
-        if isinstance(value, str):
-            try:
-                out[key] = int(value.strip())
-            except ValueError:
-                problems.append(f"--{key.replace('_', '-')} must be a whole number, got '{value}'")
-                out[key] = None
-    return problems, out
+def parse_ints(overrides: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Whole-number options of the commands not yet built by config_options arrive as text."""
+    return {key: NotANumber.parse(value, int) if key in keys and isinstance(value, str) else value
+            for key, value in overrides.items()}
 
 
-def resolve_checked(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any], int_options: tuple[str, ...],
-                    validate, rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
-    """Defaults < the config section < options, with whole numbers parsed and `validate`
-    run: every problem is reported at once, in one line. `rename` maps the options as typed
-    to config fields after parsing, so that messages name the option the user gave."""
-    problems, overrides = parse_ints(overrides, int_options)
+def resolve_checked(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any], validate=None,
+                    rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None, int_options: tuple[str, ...] = ()) -> Any:
+    """Defaults < the config section < options, checked: values that are not numbers and
+    every problem `validate` finds are reported at once, in one line. `rename` maps the
+    options as typed to config fields, so that messages name the option the user gave."""
+    overrides = parse_ints(overrides, int_options)
+    options = {f.name: option_name(f) for f in dataclasses.fields(cls)}
+    problems = [value.problem(options.get(key, key)) for key, value in overrides.items() if isinstance(value, NotANumber)]
+    overrides = {key: None if isinstance(value, NotANumber) else value for key, value in overrides.items()}
     if rename is not None:
         overrides = rename(overrides)
     try:
         cfg = resolve(cls, section, overrides)
     except UserError as exc:
         raise UserError("; ".join([*problems, exc.message]), hint=exc.hint) from None
-    problems += validate(cfg)
+    if validate is not None:
+        problems += validate(cfg)
     if problems:
         raise UserError("; ".join(problems))
     return cfg

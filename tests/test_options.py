@@ -1,0 +1,114 @@
+"""The options of the stage commands come from the config dataclasses (workspace/config.py):
+every field has an option (or is listed as config-only), its help shows the dataclass's
+default, and a value that is not a number is reported with every other problem, in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import typer
+
+import bigmodel_cli.cli  # noqa: F401  (registers the commands)
+from bigmodel_cli.cli._util import app
+
+# The commands whose options are built from a config dataclass, by their path under `bigmodel`.
+BUILT = ("evaluate",)
+SHOWN = re.compile(r"\\\[default: (.*)\]$")
+
+
+def command(path: str):
+    found = typer.main.get_command(app)
+    for name in path.split():
+        found = found.commands[name]
+    return found
+
+
+def built_commands():
+    """(path, click command) for every command built by config_options, found by walking the app."""
+    out, pending = [], [("", typer.main.get_command(app))]
+    while pending:
+        path, cmd = pending.pop()
+        if getattr(cmd.callback, "config_class", None) is not None:
+            out.append((path, cmd))
+        pending += [(f"{path} {name}".strip(), sub) for name, sub in getattr(cmd, "commands", {}).items()]
+    return out
+
+
+def test_the_built_commands_are_the_stages():
+    assert sorted(path for path, _ in built_commands()) == sorted(BUILT)
+
+
+def shown_default(param) -> str | None:
+    match = SHOWN.search(param.help or "")
+    return match.group(1) if match else None
+
+
+def agrees(param, default) -> bool:
+    """Whether the default that `param`'s help shows is `default`."""
+    shown = shown_default(param)
+    if isinstance(default, bool):
+        on, off = param.opts[0][2:], param.secondary_opts[0][2:]
+        return shown == (("on" if default else "off") if off == f"no-{on}" else (on if default else off))
+    if default in ("", []):
+        return shown is None
+    if isinstance(default, list):
+        return shown == ", ".join(map(str, default))
+    return shown is not None and type(default)(shown) == default
+
+
+@pytest.mark.parametrize("path", BUILT)
+def test_every_field_has_an_option_showing_its_default(path):
+    cmd = command(path)
+    cls, config_only = cmd.callback.config_class, cmd.callback.config_only
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(config_only) <= set(fields), "config_only names a field that does not exist"
+    params = {p.name: p for p in cmd.params}
+    for name, f in fields.items():
+        if name in config_only:
+            assert name not in params
+            continue
+        assert name in params, f"{path}: no option for {cls.__name__}.{name}"
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert agrees(params[name], default), f"{path} {params[name].opts}: help shows {shown_default(params[name])!r}, the default is {default!r}"
+        assert f.metadata["doc"].split(" (")[0].split(":")[0] in " ".join((params[name].help or "").split())
+
+
+def test_a_help_default_that_drifts_is_caught():
+    cmd = command("evaluate")
+    param = next(p for p in cmd.params if p.name == "batch_size")
+    assert agrees(param, 64) and not agrees(param, 65)
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Usage" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,pieces", [
+    (["--batch-size", "abc"], ["--batch-size must be a whole number, got 'abc'"]),
+    (["-b", "1.5"], ["--batch-size must be a whole number, got '1.5'"]),
+    (["-b", "0"], ["--batch-size must be a positive integer, got 0"]),
+])
+def test_evaluate_bad_values_are_one_line(ws, run_cli, args, pieces):
+    line = one_line_error(run_cli(["evaluate", *args], ws.root))
+    for piece in pieces:
+        assert piece in line
+
+
+def test_a_bad_number_is_reported_with_the_config_file_problems(ws, run_cli):
+    text = (ws.root / "bigmodel.toml").read_text(encoding="utf-8")
+    (ws.root / "bigmodel.toml").write_text(text.replace("bins = 15", "bins = 0"), encoding="utf-8")
+    line = one_line_error(run_cli(["evaluate", "-b", "abc"], ws.root))
+    assert "--batch-size must be a whole number, got 'abc'" in line and "bins must be a positive integer, got 0" in line
+
+
+def test_the_command_line_wins_over_the_config_file(ws, run_cli):
+    text = (ws.root / "bigmodel.toml").read_text(encoding="utf-8")
+    (ws.root / "bigmodel.toml").write_text(text.replace("batch_size = 64", "batch_size = 0"), encoding="utf-8")
+    assert "--batch-size" in one_line_error(run_cli(["evaluate"], ws.root))
+    line = one_line_error(run_cli(["evaluate", "-b", "8"], ws.root))  # the options pass; there is no run to score
+    assert "batch" not in line
