@@ -13,7 +13,6 @@ cleaned and segmented), metrics.jsonl, loss.png, checkpoints/{step-N,last,best}/
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ from bigmodel_cli.training.run_setup import (
     check_resume,
     find_processed,
     inherit_options,
-    no_lock,
-    record_failure,
     resume_point,
+    run_outputs,
+    stage_options,
+    start_over,
     write_train_options,
 )
 from bigmodel_cli.workspace.config import PretrainConfig, resolve_checked
@@ -139,28 +139,19 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     inputs = ws.hash_paths(input_paths)
     dist = Dist.from_env()
 
-    from bigmodel_cli.workspace.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import Done, run_stage
 
-    last = ws.last_record(stage)
-    if resume is None and not force and unchanged(ws, last, params, inputs):
-        return PretrainResult(True, name, folder, last, _read(folder / "report.json"))
-    if resume is None and not force and (folder / "checkpoints").exists():
-        raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
-                        hint="continue it with --resume auto, start over with --force, or pick another --name")
-    lock = ws.lock(f"pretrain --name {name}") if dist.main else no_lock()
-    with lock:
-        if dist.main and force and start is None and folder.exists():
-            shutil.rmtree(folder)
-        run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "pretrain"))
-        with record_failure(run, dist):
-            report = _run(ws, cfg, name, seed, folder, train_path, dev_path, vocab_path, start, dist, show_progress,
-                          console, log_lines)
-        record = None
-        if dist.main:
-            outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
-            outputs.append(ws.absolute(report["checkpoint"]) / "model.safetensors")
-            record = run.finish([p for p in outputs if p.exists()], _headline(report))
-        return PretrainResult(False, name, folder, record, report)
+    def work() -> Done:
+        start_over(folder, force, start, dist)
+        report = _run(ws, cfg, name, seed, folder, train_path, dev_path, vocab_path, start, dist, show_progress,
+                      console, log_lines)
+        return Done(report, run_outputs(ws, folder, report, dist), _headline(report))
+
+    outcome = run_stage(ws, stage, params, inputs, work, lock=f"pretrain --name {name}", sections=("project", "pretrain"),
+                        **stage_options(ws, folder, resume, force, dist))
+    if outcome.skipped:
+        return PretrainResult(True, name, folder, outcome.record, _read(folder / "report.json"))
+    return PretrainResult(False, name, folder, outcome.record, outcome.value)
 
 
 def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path: Path, dev_path: Path | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,41 @@ def resume_point(folder: Path, resume: str | None) -> Path | None:
     if found is not None and Dist.from_env().main:
         warn(f"{root / 'last'} is missing; resuming from {found.name}, the newest intact checkpoint")
     return found
+
+
+INTERRUPTED = "interrupted (Ctrl-C); continue with --resume auto"
+
+
+def refuse_other_run(ws, folder: Path, resume: str | None, force: bool) -> None:
+    """Checkpoints of a run with other inputs or options are neither continued nor replaced
+    unless --resume or --force says which."""
+    if resume is None and not force and (folder / "checkpoints").exists():
+        raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
+                        hint="continue it with --resume auto, start over with --force, or pick another --name")
+
+
+def stage_options(ws, folder: Path, resume: str | None, force: bool, dist) -> dict[str, Any]:
+    """run_stage's options for a training run: it skips only without --resume and --force;
+    another run's checkpoints refuse it (refuse_other_run); under torchrun rank 0 alone locks
+    the workspace and writes the record; any failure (Ctrl-C and SIGTERM among them) leaves
+    a failed record, so that `status` says so instead of showing the previous run."""
+    return dict(may_skip=resume is None and not force, refuse=lambda: refuse_other_run(ws, folder, resume, force),
+                main=dist.main, record_errors=BaseException, interrupted=INTERRUPTED)
+
+
+def start_over(folder: Path, force: bool, start: Path | None, dist) -> None:
+    """--force without a resume replaces the run: rank 0 removes its folder (holding the lock)."""
+    if dist.main and force and start is None and folder.exists():
+        shutil.rmtree(folder)
+
+
+def run_outputs(ws, folder: Path, report: dict[str, Any], dist) -> list[Path]:
+    """The files a training run's record hashes (rank 0; the others write no record)."""
+    if not dist.main:
+        return []
+    outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
+    outputs.append(ws.absolute(report["checkpoint"]) / "model.safetensors")
+    return [p for p in outputs if p.exists()]
 
 
 def given_options(overrides: dict[str, Any], seed: int | None) -> set[str]:
