@@ -2,6 +2,9 @@
 
 Everything runs in-process: jieba's dictionary loads once per test session, so a
 preprocess run on a handful of documents takes milliseconds.
+
+The plain functions (assert_fails, invoke, dead_pid, write_jsonl...) are imported by the test
+modules with `from conftest import ...`; the fixtures are requested as usual.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import gzip
 import io
 import json
 import lzma
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 import bigmodel_cli.cli  # noqa: F401  (importing it registers the commands on `app`)
+from bigmodel_cli.cli import _util
 from bigmodel_cli.cli._util import app
 from bigmodel_cli.data.preprocess import SPLITS, preprocess
 from bigmodel_cli.workspace.config import PreprocessConfig
@@ -95,6 +102,52 @@ class Output:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (hidden ones too) with its bytes: to prove nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_fails(result, *names: str) -> str:
+    """A CLI result that failed as a user's mistake: exit 2, no traceback, nothing on stdout and
+    one `error: ` line on stderr holding every name; the line."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    assert result.stdout == "", result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def invoke(*args):
+    """The `bigmodel` command in-process, from the current folder."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """Rich wraps at 80 columns off a terminal; a wide console keeps each message on one line.
+    A module asks for it with `pytestmark = pytest.mark.usefixtures("wide_console")`."""
+    monkeypatch.setattr(_util.console, "_width", 400)
+    monkeypatch.setattr(_util.err_console, "_width", 400)
+
+
+@pytest.fixture
+def copy_ws(tmp_path):
+    """`copy_ws(ws)`: a copy of a workspace built once per module, as tmp_path/ws, for a test
+    that writes into it (the copy keeps links and times, so stages see their outputs as made)."""
+
+    def copy(ws: Workspace, name: str = "ws") -> Workspace:
+        shutil.copytree(ws.root, tmp_path / name, symlinks=True)
+        return Workspace(tmp_path / name)
+
+    return copy
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from conftest import assert_fails, dead_pid
 
 from bigmodel_cli.cli import _util
 from bigmodel_cli.data.vocab import SPECIAL_TOKENS
@@ -23,10 +24,7 @@ WORDS = list(SPECIAL_TOKENS) + ["房间", "很", "干净", "好"]
 CORPUS = "".join(f"第{i}句话很好\n" for i in range(40))
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(_util.console, "_width", 400)
-    monkeypatch.setattr(_util.err_console, "_width", 400)
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 @pytest.fixture
@@ -39,25 +37,11 @@ def run_ws(ws, save_run):
     return ws
 
 
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 # -- export never replaces what it did not make ------------------------------------------
 def test_export_refuses_the_workspace_root_and_the_folder_above(run_ws, run_cli, helpers, tmp_path):
     before = helpers.snapshot(tmp_path)
     for out in (".", str(run_ws.root), str(run_ws.root.parent)):
-        line = one_line_error(run_cli(["export", "mlm", "--out", out], run_ws.root))
+        line = assert_fails(run_cli(["export", "mlm", "--out", out], run_ws.root))
         assert "workspace or a folder above it" in line
     assert helpers.snapshot(tmp_path) == before
 
@@ -65,7 +49,7 @@ def test_export_refuses_the_workspace_root_and_the_folder_above(run_ws, run_cli,
 @pytest.mark.parametrize("inside", ["runs", "runs/mlm", "data/processed", ".bigmodel", "embeddings/new", "reports"])
 def test_export_refuses_folders_the_workspace_keeps(run_ws, run_cli, helpers, inside):
     before = helpers.snapshot(run_ws.root)
-    line = one_line_error(run_cli(["export", "mlm", "--out", run_ws.root / inside], run_ws.root))
+    line = assert_fails(run_cli(["export", "mlm", "--out", run_ws.root / inside], run_ws.root))
     assert f"inside the workspace's {inside.split('/')[0]}/" in line
     assert helpers.snapshot(run_ws.root) == before
 
@@ -77,7 +61,7 @@ def test_export_refuses_a_folder_with_other_files_and_keeps_a_sibling_old(run_ws
     sibling = tmp_path / "mine.old"
     sibling.mkdir()
     (sibling / "keep.txt").write_text("also precious", encoding="utf-8")
-    line = one_line_error(run_cli(["export", "mlm", "--out", out], run_ws.root))
+    line = assert_fails(run_cli(["export", "mlm", "--out", out], run_ws.root))
     assert "not empty and holds no earlier bigmodel hf export" in line
     assert (out / "notes.txt").read_text(encoding="utf-8") == "precious"
     # an export into a new folder beside them leaves the user's `.old` folder alone
@@ -95,7 +79,7 @@ def test_export_replaces_its_own_earlier_export_but_not_another_format(run_ws, r
     (out / "model.safetensors").write_bytes(b"stale")
     assert run_cli(["export", "mlm", "--out", out], run_ws.root).exit_code == 0
     assert (out / "model.safetensors").read_bytes() != b"stale"
-    line = one_line_error(run_cli(["export", "mlm", "--format", "onnx", "--out", out], run_ws.root))
+    line = assert_fails(run_cli(["export", "mlm", "--format", "onnx", "--out", out], run_ws.root))
     assert "no earlier bigmodel onnx export" in line
     assert (out / "config.json").is_file()
 
@@ -106,10 +90,10 @@ def test_export_refuses_a_file_and_a_link(run_ws, run_cli, tmp_path):
     (target / "x").write_text("x", encoding="utf-8")
     link = tmp_path / "link"
     link.symlink_to(target)
-    assert "symbolic link" in one_line_error(run_cli(["export", "mlm", "--out", link], run_ws.root))
+    assert "symbolic link" in assert_fails(run_cli(["export", "mlm", "--out", link], run_ws.root))
     afile = tmp_path / "afile"
     afile.write_text("data", encoding="utf-8")
-    assert "is a file" in one_line_error(run_cli(["export", "mlm", "--out", afile], run_ws.root))
+    assert "is a file" in assert_fails(run_cli(["export", "mlm", "--out", afile], run_ws.root))
     assert afile.read_text(encoding="utf-8") == "data" and (target / "x").exists()
 
 
@@ -127,7 +111,7 @@ def test_lock_that_is_a_link_is_refused_and_its_target_untouched(ws, run_cli, tm
     outside.write_text("do not truncate me", encoding="utf-8")
     (ws.meta / "lock").symlink_to(outside)
     (ws.raw / "a.txt").write_text(CORPUS, encoding="utf-8")
-    line = one_line_error(run_cli(["preprocess", "-w", ws.root], ws.root))
+    line = assert_fails(run_cli(["preprocess", "-w", ws.root], ws.root))
     assert "is a symbolic link" in line and "rm " in line
     assert outside.read_text(encoding="utf-8") == "do not truncate me"
 
@@ -283,7 +267,7 @@ def test_disk_full_or_read_only_is_one_line_and_nothing_half_written(ws, run_cli
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "fsync", no_room)
-    line = one_line_error(run_cli(["preprocess", "-w", ws.root, "--force"], ws.root))
+    line = assert_fails(run_cli(["preprocess", "-w", ws.root, "--force"], ws.root))
     assert words in line and str(ws.root) in line
     monkeypatch.undo()
     assert helpers.snapshot(ws.root / "data") == before
