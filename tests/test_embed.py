@@ -192,11 +192,11 @@ def test_settings_come_from_the_config_file_and_options_win(lee_ws, run_cli):
 
 
 def test_glove_options_set_glove_window_and_epochs():
-    cfg = resolve_config({}, {"method": "glove", "window": "7", "epochs": "4"})
+    cfg = resolve_config({}, {"method": "glove", "window": 7, "epochs": 4})
     assert (cfg.glove_window, cfg.glove_epochs, cfg.window, cfg.epochs) == (7, 4, 5, 5)
-    cfg = resolve_config({"method": "glove"}, {"window": "9"})
+    cfg = resolve_config({"method": "glove"}, {"window": 9})
     assert cfg.glove_window == 9
-    cfg = resolve_config({}, {"window": "3", "dim": " 20 "})
+    cfg = resolve_config({}, {"window": 3, "dim": 20})
     assert (cfg.window, cfg.glove_window, cfg.dim) == (3, 15, 20)
 
 

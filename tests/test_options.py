@@ -14,7 +14,7 @@ import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli._util import app
 
 # The commands whose options are built from a config dataclass, by their path under `bigmodel`.
-BUILT = ("evaluate",)
+BUILT = ("evaluate", "embed")
 SHOWN = re.compile(r"\\\[default: (.*)\]$")
 
 
@@ -95,6 +95,19 @@ def one_line_error(result) -> str:
 ])
 def test_evaluate_bad_values_are_one_line(ws, run_cli, args, pieces):
     line = one_line_error(run_cli(["evaluate", *args], ws.root))
+    for piece in pieces:
+        assert piece in line
+
+
+@pytest.mark.parametrize("args,pieces", [
+    (["embed", "--dim", "abc", "--window", "0", "--lr", "x", "--x-max", "-1"],
+     ["--dim must be a whole number, got 'abc'", "--window must be a positive integer", "--lr must be a number, got 'x'",
+      "x_max and glove_lr must be positive numbers, got -1.0"]),
+    (["embed", "--method", "glove", "--epochs", "2.5", "-j", "-1"],
+     ["--epochs must be a whole number, got '2.5'", "--workers must be 0 (one per core) or more, got -1"]),
+])
+def test_every_problem_at_once(ws, run_cli, args, pieces):
+    line = one_line_error(run_cli(args, ws.root))
     for piece in pieces:
         assert piece in line
 

@@ -8,45 +8,28 @@ from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     WorkspaceOption,
     app,
+    config_options,
     console,
     err_console,
     handle_errors,
     open_workspace,
 )
+from bigmodel_cli.workspace.config import EmbedConfig
 
 embed_app = typer.Typer(rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(embed_app, name="embed")
 
-# Whole numbers are read as text so that '--dim abc' or '--dim 1.5' gets bigmodel's
-# one-line error (exit 2) rather than click's usage box.
-_INT = "<int>"
-
 
 @embed_app.callback(invoke_without_command=True)
 @handle_errors
+@config_options(EmbedConfig, config_only=("glove_window", "glove_epochs"))  # --window and --epochs set them for glove
 def embed_cli(
     ctx: typer.Context,
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="word2vec, fasttext or glove.  \\[default: word2vec]", show_default=False),
     name: Optional[str] = typer.Option(None, help="Name of the run: embeddings/NAME/.  \\[default: the method]", show_default=False),
-    dim: Optional[str] = typer.Option(None, metavar=_INT, help="Vector size.  \\[default: 100]", show_default=False),
-    window: Optional[str] = typer.Option(None, metavar=_INT, help="Context words on each side.  \\[default: 5; glove 15]", show_default=False),
-    min_count: Optional[str] = typer.Option(None, metavar=_INT, help="Ignore rarer words.  \\[default: 5]", show_default=False),
-    epochs: Optional[str] = typer.Option(None, metavar=_INT, help="Passes over the corpus.  \\[default: 5; glove 15]", show_default=False),
-    negative: Optional[str] = typer.Option(None, metavar=_INT, help="word2vec/fasttext: negative samples.  \\[default: 5]", show_default=False),
-    sg: Optional[bool] = typer.Option(None, "--sg/--cbow", help="word2vec/fasttext: skip-gram or CBOW.  \\[default: sg]", show_default=False),
-    buckets: Optional[str] = typer.Option(None, metavar=_INT, help="fasttext: hash buckets for character n-grams; the n-gram matrix is buckets x dim x 4 bytes.  \\[default: 2000000]", show_default=False),
-    min_n: Optional[str] = typer.Option(None, metavar=_INT, help="fasttext: shortest character n-gram.  \\[default: 3]", show_default=False),
-    max_n: Optional[str] = typer.Option(None, metavar=_INT, help="fasttext: longest character n-gram.  \\[default: 6]", show_default=False),
-    x_max: Optional[float] = typer.Option(None, help="glove: count where the weight reaches 1.  \\[default: 100]", show_default=False),
-    lr: Optional[float] = typer.Option(None, "--lr", help="glove: AdaGrad learning rate.  \\[default: 0.05]", show_default=False),
-    stopwords: Optional[bool] = typer.Option(None, "--stopwords/--no-stopwords", help="Remove data/processed/stopwords.txt words.  \\[default: on]", show_default=False),
-    binary: Optional[bool] = typer.Option(None, "--binary/--text", help="word2vec-format export as vectors.bin or vectors.txt.  \\[default: text]", show_default=False),
-    analogies: Optional[Path] = typer.Option(None, help="Analogy questions (questions-words.txt format) to evaluate."),
-    pairs: Optional[Path] = typer.Option(None, help="Word pairs with scores (word<TAB>word<TAB>score) to evaluate."),
-    probe: Optional[List[str]] = typer.Option(None, help="A word whose neighbours to list (repeatable)."),
-    workers: Optional[str] = typer.Option(None, "--workers", "-j", metavar=_INT, help="Threads (0: one per core; 1: same vectors every run).  \\[default: 0]", show_default=False),
+    options: dict = CONFIG_OPTIONS,
     seed: Optional[int] = typer.Option(None, help="Seed.  \\[default: from bigmodel.toml]", show_default=False),
     force: bool = typer.Option(False, "--force", "-f", help="Run even if inputs and options are unchanged."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -74,12 +57,10 @@ def embed_cli(
     ws = open_workspace(workspace)
     config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"seed": seed})
-    overrides = dict(method=method, dim=dim, window=window, min_count=min_count, epochs=epochs, negative=negative, sg=sg,
-                     buckets=buckets, min_n=min_n, max_n=max_n, x_max=x_max, glove_lr=lr, stopwords=stopwords, binary=binary,
-                     workers=workers,
-                     analogies=str(analogies.resolve()) if analogies else None,
-                     pairs=str(pairs.resolve()) if pairs else None, probes=list(probe) if probe else None)
-    cfg = resolve_config(config.get("embed"), overrides)
+    for key in ("analogies", "pairs"):  # files named on the command line are relative to where it runs
+        options[key] = str(Path(options[key]).resolve()) if options[key] else None
+    options["probes"] = list(options["probes"]) if options["probes"] else None
+    cfg = resolve_config(config.get("embed"), options)
 
     from bigmodel_cli.embeddings.embed import embed
 

@@ -68,16 +68,13 @@ LOSS_SAMPLE_EXAMPLES = 4_096
 LOSS_SAMPLE_CHUNKS = 512  # chunks kept (reservoir) while the corpus is read
 LOSS_SAMPLE_TOKENS = 60_000  # of which at most this many tokens are used
 STAGING_RE = r"\.[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.staging-(\d+)"  # a run's staging folder; the group is its pid
-# Options given as text on the command line so that 'abc' or '1.5' gets our one-line error.
-INT_OPTIONS = ("dim", "window", "min_count", "epochs", "negative", "workers", "buckets", "min_n", "max_n")
 
 
 # -- options --------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> EmbedConfig:
     """Defaults < [embed] in bigmodel.toml < options, checked; every problem reported at once.
 
-    Whole-number options may come as text (from the command line). `window` and `epochs`
-    given for `--method glove` set `glove_window` and `glove_epochs`.
+    `window` and `epochs` given for `--method glove` set `glove_window` and `glove_epochs`.
     """
     def for_glove(options: dict[str, Any]) -> dict[str, Any]:
         method = options.get("method") or (section or {}).get("method") or EmbedConfig.method
@@ -87,7 +84,7 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
                     options[f"glove_{key}"] = options.pop(key)
         return options
 
-    return resolve_checked(EmbedConfig, section, overrides, validate, rename=for_glove, int_options=INT_OPTIONS)
+    return resolve_checked(EmbedConfig, section, overrides, validate, rename=for_glove)
 
 
 def validate(cfg: EmbedConfig) -> list[str]:
