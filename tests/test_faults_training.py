@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from classify_fixtures import labelled_ws
+from conftest import assert_fails, snapshot
 from safetensors.torch import load_file
 
 from bigmodel_cli.errors import UserError
@@ -40,10 +41,15 @@ def tiny(**kw) -> PretrainConfig:
     return PretrainConfig(**{**TINY, **kw})
 
 
+@pytest.fixture(scope="module")
+def reviews_ws(tmp_path_factory):
+    """300 real reviews, preprocessed (both labels), once for the module: only copied."""
+    return labelled_ws(tmp_path_factory.mktemp("faults-training") / "ws")
+
+
 @pytest.fixture
-def ws(tmp_path):
-    """300 real reviews, preprocessed (both labels)."""
-    return labelled_ws(tmp_path / "ws")
+def ws(reviews_ws, copy_ws):
+    return copy_ws(reviews_ws)
 
 
 @pytest.fixture
@@ -52,16 +58,6 @@ def after_step(monkeypatch):
     hooks: list = []
     monkeypatch.setattr(train, "AFTER_STEP", hooks)
     return hooks.append
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
-    return " ".join(result.output.split())
 
 
 def weights(folder: Path, step: int) -> dict[str, torch.Tensor]:
@@ -92,7 +88,7 @@ def test_resume_auto_with_no_intact_checkpoint_is_refused_and_changes_nothing(ws
     for step in folder.glob("checkpoints/step-*"):
         (step / "state.json").write_text("{}")
     before = snapshot(folder)
-    error = one_line_error(run_cli(["pretrain", *ARGS, "--max-steps", "16", "--resume", "auto"], ws.root))
+    error = assert_fails(run_cli(["pretrain", *ARGS, "--max-steps", "16", "--resume", "auto"], ws.root))
     assert "no intact checkpoint" in error and "state.json: corrupt or truncated" in error and "--force" in error
     assert snapshot(folder) == before
 
@@ -127,7 +123,7 @@ def test_a_failed_resume_writes_nothing_into_the_run(ws, run_cli, case):
     folder = ws.root / "runs" / "mlm"
     damage(folder)
     before = snapshot(folder)
-    error = one_line_error(run_cli(["pretrain", *ARGS, "--max-steps", "16", *extra, "--resume", "auto"], ws.root))
+    error = assert_fails(run_cli(["pretrain", *ARGS, "--max-steps", "16", *extra, "--resume", "auto"], ws.root))
     assert expected in error
     assert snapshot(folder) == before
 
@@ -140,7 +136,7 @@ def test_checksum_matching_garbage_is_one_line_naming_the_file(ws, run_cli, name
     (step / name).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json}")
     manifest = json.loads((step / "manifest.json").read_text())
     write_json(step / "manifest.json", {**manifest, name: sha256_file(step / name)})
-    error = one_line_error(run_cli(["pretrain", *ARGS, "--max-steps", "16", "--resume", "auto"], ws.root))
+    error = assert_fails(run_cli(["pretrain", *ARGS, "--max-steps", "16", "--resume", "auto"], ws.root))
     assert f"step-00000012/{name}: not a readable safetensors file" in error
     with pytest.raises(UserError, match=f"step-00000012/{name}"):
         load_model(step.parent.parent)
@@ -153,7 +149,7 @@ def test_resume_after_the_vocabulary_changed_is_refused(ws, run_cli):
     assert json.loads((folder / "meta.json").read_text())["vocab_sha256"] == sha256_file(folder / "vocab.txt")
     _swap_two_words(ws)
     before = snapshot(folder)
-    error = one_line_error(run_cli(["pretrain", *ARGS, "--max-steps", "16", "--resume", "auto"], ws.root))
+    error = assert_fails(run_cli(["pretrain", *ARGS, "--max-steps", "16", "--resume", "auto"], ws.root))
     assert "vocab.txt is not the vocabulary the run was trained on" in error and "--name" in error
     assert snapshot(folder) == before
 
@@ -168,7 +164,7 @@ def test_a_hand_edited_run_vocabulary_is_refused_on_load(ws, run_cli, edit):
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     with pytest.raises(UserError, match="not the vocabulary the run was trained on"):
         load_model(folder)
-    error = one_line_error(run_cli(["predict", "房间很干净", "--run", "classifier-scratch"], ws.root))
+    error = assert_fails(run_cli(["predict", "房间很干净", "--run", "classifier-scratch"], ws.root))
     assert "vocab.txt" in error
 
 
@@ -204,7 +200,7 @@ def test_resume_from_the_command_line_takes_the_run_s_options_unless_given(ws, r
     report = json.loads((ws.root / "runs" / "mlm" / "report.json").read_text())
     assert report["steps"] == 16 and report["changed_on_resume"] == {"max_steps": [12, 16]}
     assert ws.last_record("pretrain:mlm")["params"]["lr"] == 1e-3
-    error = one_line_error(run_cli(["pretrain", "--resume", "auto", "--max-steps", "20", "--lr", "0.002"], ws.root))
+    error = assert_fails(run_cli(["pretrain", "--resume", "auto", "--max-steps", "20", "--lr", "0.002"], ws.root))
     assert "--lr 0.002 (the run has 0.001)" in error and "--warmup" not in error
 
 
@@ -276,7 +272,7 @@ def test_a_hand_edited_run_config_is_one_line_naming_file_and_field(ws, run_cli,
     path = result.folder / "config.json"
     write_json(path, {**json.loads(path.read_text()), **edit})
     for command in (["predict", "房间很干净", "--run", "classifier-scratch"], ["evaluate", "classifier-scratch"]):
-        error = one_line_error(run_cli(command, ws.root))
+        error = assert_fails(run_cli(command, ws.root))
         assert "classifier-scratch/config.json" in error and expected in error, command
 
 
