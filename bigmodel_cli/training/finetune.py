@@ -17,7 +17,6 @@ metrics.jsonl, loss.png, report.json, checkpoints/{step-N,last,best}).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,12 +274,13 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     from bigmodel_cli.training.run_setup import (
         find_processed,
         inherit_options,
-        no_lock,
-        record_failure,
         resume_point,
+        run_outputs,
+        stage_options,
+        start_over,
     )
     from bigmodel_cli.workspace.layout import check_name
-    from bigmodel_cli.workspace.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import Done, run_stage
 
     cfg = cfg or FinetuneConfig()
     problems = validate(cfg)
@@ -308,28 +308,22 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
         input_paths += [base / "vocab.txt", model_checkpoint(base) / "model.safetensors"]
     inputs = ws.hash_paths(input_paths)
 
-    last = ws.last_record(stage)
-    if resume is None and not force and unchanged(ws, last, params, inputs):
-        return FinetuneResult(True, name, folder, last, read_json(folder / "report.json") if (folder / "report.json").exists() else {})
-    if resume is None and not force and (folder / "checkpoints").exists():
-        raise UserError(f"{ws.relative(folder)}/ already holds a run with other inputs or options",
-                        hint="continue it with --resume auto, start over with --force, or pick another --name")
     # Under torchrun every process runs this; rank 0 alone holds the lock, clears the folder
     # and writes the record (as in pretrain).
     dist = Dist.from_env()
-    with ws.lock(f"finetune --name {name}") if dist.main else no_lock():
-        if dist.main and force and start is None and folder.exists():
-            shutil.rmtree(folder)
-        run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "finetune"))
-        with record_failure(run, dist):
-            report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, dist, show_progress,
-                          console, log_lines)
-        record = None
-        if dist.main:
-            outputs = [folder / f for f in ("config.json", "vocab.txt", "meta.json", "metrics.jsonl", "report.json")]
-            outputs.append(ws.absolute(report["checkpoint"]) / "model.safetensors")
-            record = run.finish([p for p in outputs if p.exists()], _headline(report))
-        return FinetuneResult(False, name, folder, record, report)
+
+    def work() -> Done:
+        start_over(folder, force, start, dist)
+        report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, dist, show_progress,
+                      console, log_lines)
+        return Done(report, run_outputs(ws, folder, report, dist), _headline(report))
+
+    outcome = run_stage(ws, stage, params, inputs, work, lock=f"finetune --name {name}", sections=("project", "finetune"),
+                        **stage_options(ws, folder, resume, force, dist))
+    if outcome.skipped:
+        report_path = folder / "report.json"
+        return FinetuneResult(True, name, folder, outcome.record, read_json(report_path) if report_path.exists() else {})
+    return FinetuneResult(False, name, folder, outcome.record, outcome.value)
 
 
 def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,

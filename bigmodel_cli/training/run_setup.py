@@ -1,8 +1,7 @@
-"""Pieces that pretrain and finetune share to set up a run folder: where the processed data is, which checkpoint a resume starts from, the options a resume keeps or may change, train.json, and the failed record of a run that stops."""
+"""Pieces that pretrain and finetune share to set up a run folder: where the processed data is, which checkpoint a resume starts from, the options a resume keeps or may change, train.json, and how a training run runs in run_stage (refused over another run's checkpoints, rank 0 alone locking and recording, a failed record for any stop)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
 from pathlib import Path
@@ -66,8 +65,8 @@ def stage_options(ws, folder: Path, resume: str | None, force: bool, dist) -> di
     another run's checkpoints refuse it (refuse_other_run); under torchrun rank 0 alone locks
     the workspace and writes the record; any failure (Ctrl-C and SIGTERM among them) leaves
     a failed record, so that `status` says so instead of showing the previous run."""
-    return dict(may_skip=resume is None and not force, refuse=lambda: refuse_other_run(ws, folder, resume, force),
-                main=dist.main, record_errors=BaseException, interrupted=INTERRUPTED)
+    return {"may_skip": resume is None and not force, "refuse": lambda: refuse_other_run(ws, folder, resume, force),
+            "main": dist.main, "record_errors": BaseException, "interrupted": INTERRUPTED}
 
 
 def start_over(folder: Path, force: bool, start: Path | None, dist) -> None:
@@ -142,32 +141,3 @@ def write_train_options(folder: Path, options: dict[str, Any], *, start: Path | 
     if start is not None and not complete:
         resumes.append({"from": start.name, "changed": changed})
     write_json(path, {**options, "resumes": resumes, "complete": complete})
-
-
-@contextlib.contextmanager
-def record_failure(run, dist):
-    """A run that ends in an error, Ctrl-C or SIGTERM leaves a failed record (rank 0), so
-    that `status` says so instead of showing the previous run."""
-    try:
-        yield
-    except BaseException as exc:
-        if dist.main:
-            if isinstance(exc, UserError):
-                error = exc.one_line()
-            elif isinstance(exc, KeyboardInterrupt):
-                error = "interrupted (Ctrl-C); continue with --resume auto"
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-            with contextlib.suppress(Exception):  # the original error matters more than the record
-                run.finish([], {}, status="failed", extra={"error": error})
-        raise
-
-
-class no_lock:
-    """What a process other than rank 0 holds instead of the workspace lock."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

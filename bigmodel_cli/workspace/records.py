@@ -10,9 +10,10 @@ import platform
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bigmodel_cli import __version__
 from bigmodel_cli.errors import UserError
