@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -222,6 +222,40 @@ class Objective(nn.Module):
 
 
 # -- the loop ---------------------------------------------------------------------------------
+class StepStats(NamedTuple):
+    """One optimizer step, summed over its parts and processes."""
+
+    loss_sum: float
+    terms: float
+    correct: float
+    tokens: float
+
+
+class Window(NamedTuple):
+    """Sums since the last logged step. A tuple, so that checkpoints keep it as a JSON list."""
+
+    loss_sum: float = 0.0
+    terms: int = 0
+    correct: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, step: StepStats, seconds: float) -> "Window":
+        return Window(*(a + b for a, b in zip(self, (*step, seconds))))
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.terms, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.terms, 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
 @dataclass
 class LoopState:
     step: int = 0
@@ -233,7 +267,10 @@ class LoopState:
     best_step: int | None = None
     bad_evals: int = 0
     schedule_total: int = 0  # steps the LR schedule spans when --max-time sized it (0: the step budget)
-    window: list = field(default_factory=lambda: [0.0, 0, 0, 0, 0.0])  # loss sum, terms, correct, tokens, seconds
+    window: Window = field(default_factory=Window)
+
+    def __post_init__(self):
+        self.window = Window(*self.window)  # a checkpoint gives it back as a list
 
 
 @dataclass
@@ -257,20 +294,203 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
     """Train `model` on `task` into run_dir/checkpoints. With show_progress a rich bar is
     drawn on `console`; with log_lines one plain line per --log-every steps goes to stderr
     (for logs that are not a terminal: nohup, Slurm, CI)."""
-    dist = Dist.from_env()
+    trainer = _Trainer(model, task, cfg, run_dir, seed=seed, model_config=model_config, resume=resume,
+                       extra_state=extra_state, log_lines=log_lines)
+    state, total = trainer.state, trainer.total
+    model.train()
+    with _Progress(show_progress and trainer.dist.main, console, total, state.step) as bar, \
+            _SignalFlag(signal.SIGTERM) as term:
+        started = time.perf_counter() - state.train_seconds
+        while state.step < total:
+            grad_norm = trainer.train_step(started)
+            trainer.log_if_due(grad_norm, bar)
+            stop, evaluated = trainer.evaluate_if_due()
+            time_up, signalled = trainer.agreed_time_and_signal(term)
+            if time_up and not stop:
+                stop, trainer.stop_reason = True, f"max time ({cfg.max_time})"
+                if not evaluated:  # the run ends here: its final model gets a dev score too
+                    trainer.evaluate()
+            if stop or state.step == total:
+                break
+            trainer.checkpoint_if_due(signalled)
+            if signalled:
+                trainer.stop_for_signal()
+    return trainer.finish()
+
+
+class _Trainer:
+    """What `fit` holds across steps: the model and its wrappers, the optimizer, the loop's
+    state, the checkpoints and the logs. Its methods are the parts of one step, in order."""
+
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: int,
+                 model_config: dict[str, Any], resume: Path | None, extra_state: dict | None, log_lines: bool):
+        self.model, self.task, self.cfg, self.run_dir, self.model_config = model, task, cfg, run_dir, model_config
+        self.dist = dist = Dist.from_env()
+        self.device = _setup_device(cfg, dist)
+        model.to(self.device)
+        self.optimizer = make_optimizer(model, cfg, self.device)
+        self.total = cfg.max_steps or cfg.epochs * task.steps_per_epoch
+        self.limit = parse_duration(cfg.max_time)
+        self.checkpoints = run_dir / "checkpoints"
+        metrics_path = run_dir / "metrics.jsonl"
+        self.train_json = {**asdict(cfg), "seed": seed, "world_size": dist.world, "total_steps": self.total,
+                           **(extra_state or {})}
+        self.state = _start_state(model, self.optimizer, resume, metrics_path, self.checkpoints, dist)
+        self.lines = _LogLines(log_lines and dist.main, self.total)
+        self.runner = _wrap(model, task, cfg, dist, self.device)
+        self.precision = torch.bfloat16 if cfg.precision == "bf16-mixed" else None
+        self.per_rank = cfg.batch_size // dist.world
+        self.micro = self.per_rank // cfg.accumulate
+        self.log = _MetricsLog(metrics_path, run_dir, dist.main)
+        self.stop_reason = "max steps" if cfg.max_steps else "epochs"
+        self.dev: dict[str, float] = {}
+        self.last_saved: Path | None = None
+
+    def autocast(self):
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision)
+
+    def epochs_done(self) -> float:
+        return round(self.state.epoch + self.state.index / self.task.steps_per_epoch, 4)
+
+    def train_step(self, started: float) -> float:
+        """One optimizer step on the next global batch; returns the gradient norm."""
+        state, cfg, optimizer, model = self.state, self.cfg, self.optimizer, self.model
+        if state.index >= self.task.steps_per_epoch:
+            state.epoch, state.index = state.epoch + 1, 0
+        step_start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, state.step, state.schedule_total or self.total)
+        stats = _train_step(self.runner, optimizer, self.task, state, self.dist, self.per_rank, self.micro, cfg,
+                            self.autocast)
+        if cfg.clip:
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+        else:
+            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
+        if not math.isfinite(grad_norm) or not math.isfinite(stats.loss_sum):
+            raise UserError(f"training diverged at step {state.step + 1}: the loss or gradient is "
+                            f"{stats.loss_sum if not math.isfinite(stats.loss_sum) else grad_norm}",
+                            hint=f"lower --lr (now {cfg.lr:g}), keep --clip on, or use --precision 32")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.index += 1
+        seconds = time.perf_counter() - step_start
+        state.tokens += int(stats.tokens)
+        state.window = state.window.add(stats, seconds)
+        state.train_seconds = time.perf_counter() - started
+        for hook in AFTER_STEP:
+            hook(state.step)
+        return grad_norm
+
+    def log_if_due(self, grad_norm: float, bar: _Progress) -> None:
+        """Every --log-every steps and at the last: the window's averages to the metrics, the
+        bar and the log lines; then a new window."""
+        state, window = self.state, self.state.window
+        if not (state.step % self.cfg.log_every == 0 or state.step == self.total):
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.log.write({"step": state.step, "epoch": self.epochs_done(), "loss": window.loss, "accuracy": window.accuracy,
+                        "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window.tokens_per_s,
+                        "elapsed_s": round(state.train_seconds, 3)})
+        bar.update(state.step, window.loss, window.tokens_per_s)
+        self.lines.train(state.step, window.loss, lr, window.tokens_per_s, state.train_seconds)
+        state.window = Window()
+
+    def evaluate_if_due(self) -> tuple[bool, bool]:
+        """(stop, evaluated): dev is evaluated every --eval-every steps, at the end of each
+        epoch and at the last step; early stopping may end the run there."""
+        state, cfg = self.state, self.cfg
+        end_of_epoch = state.index >= self.task.steps_per_epoch
+        if not ((cfg.eval_every and state.step % cfg.eval_every == 0) or end_of_epoch or state.step == self.total):
+            return False, False
+        stop = self.evaluate()
+        if stop:
+            self.stop_reason = f"early stopping (no better dev {self.task.monitor} in {cfg.early_stopping} evaluations)"
+        return stop, True
+
+    def evaluate(self) -> bool:
+        """Evaluate on dev; True when early stopping says stop."""
+        state, task, model = self.state, self.task, self.model
+        model.eval()
+        with torch.no_grad():
+            self.dev = dev = task.evaluate(model, self.autocast)
+        model.train()
+        if not dev:
+            return False
+        self.log.write({"step": state.step, "split": "dev", **dev})
+        self.lines.dev(state.step, dev)
+        value = dev[task.monitor]
+        improved = state.best is None or (value > state.best if task.higher_is_better else value < state.best)
+        if improved:
+            state.best, state.best_step, state.bad_evals = value, state.step, 0
+            if self.dist.main:
+                ckpt.point(self.checkpoints, "best", self.save())
+        else:
+            state.bad_evals += 1
+        return bool(self.cfg.early_stopping and state.bad_evals >= self.cfg.early_stopping)
+
+    def agreed_time_and_signal(self, term: _SignalFlag) -> tuple[bool, bool]:
+        """(time up, SIGTERM received), as rank 0 sees them, so that every process stops at
+        the same step; the --max-time schedule is re-sized on the way."""
+        state = self.state
+        time_up, signalled, schedule = _agreed_values(
+            [self.limit is not None and state.train_seconds >= self.limit, term.raised,
+             _time_schedule(state, self.limit, self.total)], self.dist)
+        state.schedule_total = int(schedule)
+        return time_up, signalled
+
+    def checkpoint_if_due(self, signalled: bool) -> None:
+        """Every --checkpoint-every steps, and before stopping for SIGTERM (once per step)."""
+        step, every = self.state.step, self.cfg.checkpoint_every
+        saved_now = self.last_saved is not None and self.last_saved.name == ckpt.step_name(step)
+        if self.dist.main and not saved_now and (signalled or (every and step % every == 0)):
+            self.save()
+
+    def stop_for_signal(self) -> None:
+        self.log.close()
+        where = Path(self.run_dir.parent.name, self.run_dir.name, "checkpoints", ckpt.step_name(self.state.step))
+        raise Stopped(f"stopped by SIGTERM after step {self.state.step:,}; saved {where}",
+                      hint="run the same command with --resume auto to continue exactly from there")
+
+    def save(self) -> Path:
+        self.last_saved = ckpt.save(self.checkpoints, self.state.step, self.model, self.optimizer, asdict(self.state),
+                                    self.model_config, self.train_json)
+        ckpt.prune(self.checkpoints, self.cfg.keep)
+        return self.last_saved
+
+    def finish(self) -> FitResult:
+        """The last checkpoint (unless this step has one), the loss plot, and the result."""
+        state, dist = self.state, self.dist
+        if dist.main:
+            if self.last_saved is None or self.last_saved.name != ckpt.step_name(state.step):
+                self.save()
+            self.log.close()
+            self.log.plot()
+        if dist.world > 1:
+            torch.distributed.barrier()
+        rate = state.tokens / max(state.train_seconds, 1e-9)
+        return FitResult(state.step, self.epochs_done(), self.stop_reason, self.log.last_loss, self.dev, state.best,
+                         state.best_step, state.tokens, state.train_seconds, rate,
+                         ckpt.resolve_link(self.checkpoints, "best") or ckpt.resolve_link(self.checkpoints, "last"))
+
+
+def _setup_device(cfg: TrainConfig, dist: Dist) -> torch.device:
+    """The device, and the process group when torchrun (or --nproc) launched several."""
     device = pick_device(cfg.device, dist)
     if device.type == "cpu":
         tune_cpu_allocator()
     if dist.world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    total = cfg.max_steps or cfg.epochs * task.steps_per_epoch
-    limit = parse_duration(cfg.max_time)
-    checkpoints = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-    train_json = {**asdict(cfg), "seed": seed, "world_size": dist.world, "total_steps": total, **(extra_state or {})}
+    return device
 
+
+def _start_state(model: nn.Module, optimizer: torch.optim.Optimizer, resume: Path | None, metrics_path: Path,
+                 checkpoints: Path, dist: Dist) -> LoopState:
+    """A fresh state, or the one `resume` saved (with the weights, the optimizer and every
+    generator). The metrics a killed run logged after that checkpoint are dropped, and so
+    are the checkpoints it left half-written."""
     state = LoopState()
     if resume is not None:
         state = LoopState(**{k: v for k, v in ckpt.restore(resume, model, optimizer).items()
@@ -281,129 +501,22 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
         metrics_path.unlink(missing_ok=True)
     if dist.main:
         ckpt.clean_partial(checkpoints)
-    lines = _LogLines(log_lines and dist.main, total)
+    return state
 
+
+def _wrap(model: nn.Module, task: Task, cfg: TrainConfig, dist: Dist, device: torch.device) -> nn.Module:
+    """The model and the task's loss as the module each step calls: under DDP with
+    several processes, compiled with --compile."""
     runner: nn.Module = Objective(model, task.loss)
     if dist.world > 1:
         runner = nn.parallel.DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         runner = torch.compile(runner)
-    precision = torch.bfloat16 if cfg.precision == "bf16-mixed" else None
-
-    def autocast():
-        if precision is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=precision)
-
-    per_rank = cfg.batch_size // dist.world
-    micro = per_rank // cfg.accumulate
-    log = _MetricsLog(metrics_path, run_dir, dist.main)
-    stop_reason = "max steps" if cfg.max_steps else "epochs"
-    dev: dict[str, float] = {}
-    last_saved: Path | None = None
-
-    def save(step: int) -> Path:
-        nonlocal last_saved
-        last_saved = ckpt.save(checkpoints, step, model, optimizer, asdict(state), model_config, train_json)
-        ckpt.prune(checkpoints, cfg.keep)
-        return last_saved
-
-    def evaluate() -> bool:
-        """Evaluate on dev; True when early stopping says stop."""
-        nonlocal dev
-        model.eval()
-        with torch.no_grad():
-            dev = task.evaluate(model, autocast)
-        model.train()
-        if not dev:
-            return False
-        log.write({"step": state.step, "split": "dev", **dev})
-        lines.dev(state.step, dev)
-        value = dev[task.monitor]
-        improved = state.best is None or (value > state.best if task.higher_is_better else value < state.best)
-        if improved:
-            state.best, state.best_step, state.bad_evals = value, state.step, 0
-            if dist.main:
-                ckpt.point(checkpoints, "best", save(state.step))
-        else:
-            state.bad_evals += 1
-        return bool(cfg.early_stopping and state.bad_evals >= cfg.early_stopping)
-
-    model.train()
-    with _Progress(show_progress and dist.main, console, total, state.step) as bar, _SignalFlag(signal.SIGTERM) as term:
-        started = time.perf_counter() - state.train_seconds
-        while state.step < total:
-            if state.index >= task.steps_per_epoch:
-                state.epoch, state.index = state.epoch + 1, 0
-            step_start = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, state.step, state.schedule_total or total)
-            stats = _train_step(runner, optimizer, task, state, dist, per_rank, micro, cfg, autocast)
-            if cfg.clip:
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
-            else:
-                grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
-            if not math.isfinite(grad_norm) or not math.isfinite(stats[0]):
-                raise UserError(f"training diverged at step {state.step + 1}: the loss or gradient is {stats[0] if not math.isfinite(stats[0]) else grad_norm}",
-                                hint=f"lower --lr (now {cfg.lr:g}), keep --clip on, or use --precision 32")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.index += 1
-            seconds = time.perf_counter() - step_start
-            state.tokens += int(stats[3])
-            state.window = [a + b for a, b in zip(state.window, [*stats, seconds])]
-            state.train_seconds = time.perf_counter() - started
-            for hook in AFTER_STEP:
-                hook(state.step)
-            if state.step % cfg.log_every == 0 or state.step == total:
-                loss_sum, terms, correct, tokens, secs = state.window
-                log.write({"step": state.step, "epoch": round(state.epoch + state.index / task.steps_per_epoch, 4),
-                           "loss": loss_sum / max(terms, 1), "accuracy": correct / max(terms, 1),
-                           "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                           "tokens_per_s": tokens / max(secs, 1e-9), "elapsed_s": round(state.train_seconds, 3)})
-                bar.update(state.step, loss_sum / max(terms, 1), tokens / max(secs, 1e-9))
-                lines.train(state.step, loss_sum / max(terms, 1), optimizer.param_groups[0]["lr"],
-                            tokens / max(secs, 1e-9), state.train_seconds)
-                state.window = [0.0, 0, 0, 0, 0.0]
-            end_of_epoch = state.index >= task.steps_per_epoch
-            stop = evaluated = False
-            if (cfg.eval_every and state.step % cfg.eval_every == 0) or end_of_epoch or state.step == total:
-                stop, evaluated = evaluate(), True
-                if stop:
-                    stop_reason = f"early stopping (no better dev {task.monitor} in {cfg.early_stopping} evaluations)"
-            time_up, signalled, schedule = _agreed_values(
-                [limit is not None and state.train_seconds >= limit, term.raised, _time_schedule(state, limit, total)], dist)
-            state.schedule_total = int(schedule)
-            if time_up and not stop:
-                stop, stop_reason = True, f"max time ({cfg.max_time})"
-                if not evaluated:  # the run ends here: its final model gets a dev score too
-                    evaluate()
-            if stop or state.step == total:
-                break
-            saved_now = last_saved is not None and last_saved.name == ckpt.step_name(state.step)
-            if dist.main and not saved_now and (signalled or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)):
-                save(state.step)
-            if signalled:
-                log.close()
-                where = Path(run_dir.parent.name, run_dir.name, "checkpoints", ckpt.step_name(state.step))
-                raise Stopped(f"stopped by SIGTERM after step {state.step:,}; saved {where}",
-                              hint="run the same command with --resume auto to continue exactly from there")
-    if dist.main:
-        if last_saved is None or last_saved.name != ckpt.step_name(state.step):
-            save(state.step)
-        log.close()
-        log.plot()
-    if dist.world > 1:
-        torch.distributed.barrier()
-    rate = state.tokens / max(state.train_seconds, 1e-9)
-    return FitResult(state.step, round(state.epoch + state.index / task.steps_per_epoch, 4), stop_reason,
-                     log.last_loss, dev, state.best, state.best_step, state.tokens, state.train_seconds, rate,
-                     ckpt.resolve_link(checkpoints, "best") or ckpt.resolve_link(checkpoints, "last"))
+    return runner
 
 
 def _train_step(runner, optimizer, task, state: LoopState, dist: Dist, per_rank: int, micro: int,
-                cfg: TrainConfig, autocast) -> list[float]:
+                cfg: TrainConfig, autocast) -> StepStats:
     """Forward and backward over this process's share of one global batch, in `accumulate`
     parts. The loss is a sum divided by the global number of terms, so that the gradient is
     the same for any number of processes and parts."""
@@ -424,7 +537,7 @@ def _train_step(runner, optimizer, task, state: LoopState, dist: Dist, per_rank:
         stats += torch.tensor([float(loss.detach()), float(terms), float(correct), float(task.tokens(part))], dtype=torch.float64)
     if dist.world > 1:
         torch.distributed.all_reduce(stats)
-    return stats.tolist()
+    return StepStats(*stats.tolist())
 
 
 def _agreed_values(values: list[float], dist: Dist) -> list[float]:
