@@ -165,6 +165,22 @@ def replace_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+@contextlib.contextmanager
+def staged_dir(staging: Path, target: Path) -> Iterator[Path]:
+    """A folder written at `staging` (a name this process alone uses) that replaces `target`
+    when the block ends without error; on any error, Ctrl-C included, it is removed and
+    `target` stays as it was."""
+    if staging.exists():  # left by a killed run whose pid this process now has
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def recover_dir(target: Path) -> None:
     """Undo a `replace_dir` that was interrupted between its two renames; remove the parked
     old folder of one interrupted after them."""
