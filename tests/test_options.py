@@ -14,7 +14,7 @@ import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli._util import app
 
 # The commands whose options are built from a config dataclass, by their path under `bigmodel`.
-BUILT = ("evaluate", "embed")
+BUILT = ("evaluate", "embed", "pretrain", "finetune")
 SHOWN = re.compile(r"\\\[default: (.*)\]$")
 
 
@@ -105,6 +105,12 @@ def test_evaluate_bad_values_are_one_line(ws, run_cli, args, pieces):
       "x_max and glove_lr must be positive numbers, got -1.0"]),
     (["embed", "--method", "glove", "--epochs", "2.5", "-j", "-1"],
      ["--epochs must be a whole number, got '2.5'", "--workers must be 0 (one per core) or more, got -1"]),
+    (["pretrain", "--dim", "30", "--heads", "4", "--lr", "-1", "--layers", "two", "--dropout", "1e"],
+     ["--lr must be a positive number, got -1.0", "--heads (4) must divide --dim (30)", "--layers must be a whole number, got 'two'",
+      "--dropout must be a number, got '1e'"]),
+    (["finetune", "--from", "", "--max-len", " 2", "-b", "x", "--rdrop", "-1"],
+     ["--from must name a pretrain run", "--max-len must be at least 3 ([CLS], one token, [SEP]), got 2", "--batch-size must be a whole number, got 'x'",
+      "--rdrop must be 0 (off) or positive"]),
 ])
 def test_every_problem_at_once(ws, run_cli, args, pieces):
     line = one_line_error(run_cli(args, ws.root))

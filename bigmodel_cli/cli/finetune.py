@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     MasterAddrOption,
     MasterPortOption,
     NnodesOption,
@@ -15,6 +16,7 @@ from bigmodel_cli.cli._util import (
     NprocOption,
     WorkspaceOption,
     app,
+    config_options,
     console,
     err_console,
     handle_errors,
@@ -23,43 +25,15 @@ from bigmodel_cli.cli._util import (
     open_workspace,
     print_skipped,
 )
-
-_INT = "<int>"  # whole numbers read as text: '--epochs 1.5' gets a one-line error, not click's box
+from bigmodel_cli.workspace.config import FinetuneConfig
 
 
 @app.command("finetune")
 @handle_errors
+@config_options(FinetuneConfig, config_only=("min_lr", "eval_batches"))
 def finetune_cli(
-    from_run: Optional[str] = typer.Option(None, "--from", help="A pretrain run (runs/NAME/), latest, or scratch (no pretraining).  \\[default: latest]", show_default=False),
     name: Optional[str] = typer.Option(None, help="Run name: runs/NAME/.  \\[default: classifier, or classifier-scratch]", show_default=False),
-    pooling: Optional[str] = typer.Option(None, help="cls (BERT's pooler over [CLS]) or mean (average of the tokens).  \\[default: cls]", show_default=False),
-    dropout: Optional[float] = typer.Option(None, help="Dropout in the encoder and before the classifier.  \\[default: 0.1]", show_default=False),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate.  \\[default: 1e-4]", show_default=False),
-    epochs: Optional[str] = typer.Option(None, metavar=_INT, help="Passes over the training split.  \\[default: 3]", show_default=False),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", metavar=_INT, help="Documents per step.  \\[default: 32]", show_default=False),
-    balance: Optional[bool] = typer.Option(None, "--balance/--no-balance", help="Class weights (inverse frequency) for skewed labels.  \\[default: off]", show_default=False),
-    warmup: Optional[float] = typer.Option(None, help="Warm-up: fraction of steps (<1) or steps.  \\[default: 0.06]", show_default=False),
-    max_time: Optional[str] = typer.Option(None, help="Stop after this long, with a checkpoint: 90s, 10m, 2h.", show_default=False),
-    freeze_embeddings: Optional[bool] = typer.Option(None, "--freeze-embeddings/--no-freeze-embeddings", help="Keep the embedding layer as pretrained.  \\[default: off]", show_default=False),
-    rdrop: Optional[float] = typer.Option(None, help="R-Drop weight: each batch twice under different dropout, their predictions pulled together (KL). Steadier on small data; steps cost 2x.  \\[default: 0, off]", show_default=False),
-    max_len: Optional[str] = typer.Option(None, metavar=_INT, help="Tokens per document with [CLS] and [SEP]; longer ones are cut.  \\[default: 128]", show_default=False),
-    early_stopping: Optional[str] = typer.Option(None, metavar=_INT, help="Stop after N evaluations without a better dev macro-F1 (0: never).  \\[default: 2]", show_default=False),
-    eval_every: Optional[str] = typer.Option(None, metavar=_INT, help="Evaluate on dev every N steps (0: each epoch's end).  \\[default: 0]", show_default=False),
-    size: Optional[str] = typer.Option(None, help="--from scratch: tiny, small or base.  \\[default: small]", show_default=False),
-    layers: Optional[str] = typer.Option(None, metavar=_INT, help="--from scratch: layers (overrides --size).", show_default=False),
-    dim: Optional[str] = typer.Option(None, metavar=_INT, help="--from scratch: hidden width (overrides --size).", show_default=False),
-    heads: Optional[str] = typer.Option(None, metavar=_INT, help="--from scratch: attention heads (overrides --size).", show_default=False),
-    ffn: Optional[str] = typer.Option(None, metavar=_INT, help="--from scratch: feed-forward width (overrides --size).", show_default=False),
-    accumulate: Optional[str] = typer.Option(None, metavar=_INT, help="Split each step's batch into this many parts.  \\[default: 1]", show_default=False),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay.  \\[default: 0.01]", show_default=False),
-    clip: Optional[float] = typer.Option(None, help="Gradient-norm clipping (0: off).  \\[default: 1.0]", show_default=False),
-    max_steps: Optional[str] = typer.Option(None, metavar=_INT, help="Stop after this many steps (0: by epochs).", show_default=False),
-    precision: Optional[str] = typer.Option(None, help="32 or bf16-mixed.  \\[default: 32]", show_default=False),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.  \\[default: off]", show_default=False),
-    log_every: Optional[str] = typer.Option(None, metavar=_INT, help="Log metrics every N steps.  \\[default: 10]", show_default=False),
-    checkpoint_every: Optional[str] = typer.Option(None, metavar=_INT, help="Checkpoint every N steps.  \\[default: 500]", show_default=False),
-    keep: Optional[str] = typer.Option(None, metavar=_INT, help="Step checkpoints to keep (best always kept).  \\[default: 3]", show_default=False),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps.  \\[default: auto]", show_default=False),
+    options: dict = CONFIG_OPTIONS,
     resume: Optional[str] = typer.Option(None, help="auto (the run's last checkpoint) or a checkpoint folder.", show_default=False),
     nproc: int = NprocOption,
     nnodes: int = NnodesOption,
@@ -91,18 +65,12 @@ def finetune_cli(
     ws = open_workspace(workspace)
     config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"seed": seed})
-    overrides = dict(from_run=from_run, pooling=pooling, dropout=dropout, lr=lr, epochs=epochs, batch_size=batch_size,
-                     balance=balance, warmup=warmup, max_time=max_time, freeze_embeddings=freeze_embeddings, rdrop=rdrop,
-                     max_len=max_len, early_stopping=early_stopping, eval_every=eval_every, size=size, layers=layers,
-                     dim=dim, heads=heads, ffn=ffn, accumulate=accumulate, weight_decay=weight_decay, clip=clip,
-                     max_steps=max_steps, precision=precision, compile=compile, log_every=log_every,
-                     checkpoint_every=checkpoint_every, keep=keep, device=device)
-    cfg = resolve_config(config.get("finetune"), overrides)  # problems are reported before any launch
+    cfg = resolve_config(config.get("finetune"), options)  # problems are reported before any launch
     launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
     main = is_main_process()
     result = finetune(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
                       show_progress=main and err_console.is_terminal, console=err_console,
-                      log_lines=main and not err_console.is_terminal, given=given_options(overrides, seed))
+                      log_lines=main and not err_console.is_terminal, given=given_options(options, seed))
     if not main:
         return
     if result.skipped:

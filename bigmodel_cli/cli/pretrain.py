@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     MasterAddrOption,
     MasterPortOption,
     NnodesOption,
@@ -15,6 +16,7 @@ from bigmodel_cli.cli._util import (
     NprocOption,
     WorkspaceOption,
     app,
+    config_options,
     console,
     err_console,
     handle_errors,
@@ -23,43 +25,15 @@ from bigmodel_cli.cli._util import (
     open_workspace,
     print_skipped,
 )
-
-_INT = "<int>"  # whole numbers read as text: '--dim 1.5' gets a one-line error, not click's box
+from bigmodel_cli.workspace.config import PretrainConfig
 
 
 @app.command("pretrain")
 @handle_errors
+@config_options(PretrainConfig, config_only=("min_lr",))
 def pretrain_cli(
-    objective: Optional[str] = typer.Option(None, help="mlm (masked, BERT) or clm (causal, next word).  \\[default: mlm]", show_default=False),
     name: Optional[str] = typer.Option(None, help="Run name: runs/NAME/.  \\[default: the objective]", show_default=False),
-    size: Optional[str] = typer.Option(None, help="tiny (2x128), small (4x256) or base (12x768).  \\[default: small]", show_default=False),
-    layers: Optional[str] = typer.Option(None, metavar=_INT, help="Layers (overrides --size).", show_default=False),
-    dim: Optional[str] = typer.Option(None, metavar=_INT, help="Hidden width (overrides --size).", show_default=False),
-    heads: Optional[str] = typer.Option(None, metavar=_INT, help="Attention heads, dividing --dim (overrides --size).", show_default=False),
-    ffn: Optional[str] = typer.Option(None, metavar=_INT, help="Feed-forward width (overrides --size).", show_default=False),
-    seq_len: Optional[str] = typer.Option(None, metavar=_INT, help="Tokens per block.  \\[default: 128]", show_default=False),
-    max_positions: Optional[str] = typer.Option(None, metavar=_INT, help="Position table size (>= --seq-len).  \\[default: 512]", show_default=False),
-    dropout: Optional[float] = typer.Option(None, help="Dropout.  \\[default: 0.1]", show_default=False),
-    mask_prob: Optional[float] = typer.Option(None, help="mlm: share of tokens predicted.  \\[default: 0.15]", show_default=False),
-    init_embeddings: Optional[str] = typer.Option(None, help="Start the token embeddings from this embed run (embeddings/NAME/).", show_default=False),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", metavar=_INT, help="Sequences per step, all processes together.  \\[default: 32]", show_default=False),
-    accumulate: Optional[str] = typer.Option(None, metavar=_INT, help="Split each step's batch into this many parts.  \\[default: 1]", show_default=False),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate.  \\[default: 5e-4]", show_default=False),
-    warmup: Optional[float] = typer.Option(None, help="Warm-up: fraction of steps (<1) or steps.  \\[default: 0.06]", show_default=False),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay.  \\[default: 0.01]", show_default=False),
-    clip: Optional[float] = typer.Option(None, help="Gradient-norm clipping (0: off).  \\[default: 1.0]", show_default=False),
-    epochs: Optional[str] = typer.Option(None, metavar=_INT, help="Passes over the data.  \\[default: 3]", show_default=False),
-    max_steps: Optional[str] = typer.Option(None, metavar=_INT, help="Stop after this many steps (0: by epochs).", show_default=False),
-    max_time: Optional[str] = typer.Option(None, help="Stop after this long, with a checkpoint: 90s, 10m, 2h.", show_default=False),
-    precision: Optional[str] = typer.Option(None, help="32 or bf16-mixed.  \\[default: 32]", show_default=False),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.  \\[default: off]", show_default=False),
-    eval_every: Optional[str] = typer.Option(None, metavar=_INT, help="Evaluate on dev every N steps.  \\[default: 200]", show_default=False),
-    eval_batches: Optional[str] = typer.Option(None, metavar=_INT, help="Dev batches per evaluation (0: all).  \\[default: 20]", show_default=False),
-    log_every: Optional[str] = typer.Option(None, metavar=_INT, help="Log metrics every N steps.  \\[default: 10]", show_default=False),
-    checkpoint_every: Optional[str] = typer.Option(None, metavar=_INT, help="Checkpoint every N steps.  \\[default: 500]", show_default=False),
-    keep: Optional[str] = typer.Option(None, metavar=_INT, help="Step checkpoints to keep (best always kept).  \\[default: 3]", show_default=False),
-    early_stopping: Optional[str] = typer.Option(None, metavar=_INT, help="Stop after N evaluations without a better dev loss (0: never).", show_default=False),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps.  \\[default: auto]", show_default=False),
+    options: dict = CONFIG_OPTIONS,
     resume: Optional[str] = typer.Option(None, help="auto (the run's last checkpoint) or a checkpoint folder.", show_default=False),
     nproc: int = NprocOption,
     nnodes: int = NnodesOption,
@@ -90,14 +64,7 @@ def pretrain_cli(
     ws = open_workspace(workspace)
     config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"seed": seed})
-    overrides = dict(objective=objective, size=size, layers=layers, dim=dim, heads=heads, ffn=ffn, seq_len=seq_len,
-                     max_positions=max_positions, dropout=dropout, mask_prob=mask_prob, weight_decay=weight_decay,
-                     clip=clip, eval_batches=eval_batches, log_every=log_every,
-                     init_embeddings=init_embeddings, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup=warmup,
-                     epochs=epochs, max_steps=max_steps, max_time=max_time, precision=precision, compile=compile,
-                     eval_every=eval_every, checkpoint_every=checkpoint_every, keep=keep, early_stopping=early_stopping,
-                     device=device)
-    cfg = resolve_config(config.get("pretrain"), overrides)  # problems are reported before any launch
+    cfg = resolve_config(config.get("pretrain"), options)  # problems are reported before any launch
     launch_if_asked(nproc, nnodes, node_rank, master_addr, master_port)
 
     from bigmodel_cli.training.pretrain import pretrain
@@ -106,7 +73,7 @@ def pretrain_cli(
     main = is_main_process()
     result = pretrain(ws, cfg, name=name, seed=project.seed, resume=resume, force=force,
                       show_progress=main and err_console.is_terminal, console=err_console,
-                      log_lines=main and not err_console.is_terminal, given=given_options(overrides, seed))
+                      log_lines=main and not err_console.is_terminal, given=given_options(options, seed))
     if not main:
         return
     if result.skipped:

@@ -37,8 +37,6 @@ from bigmodel_cli.training.classify_data import (
 from bigmodel_cli.workspace.config import FinetuneConfig
 
 POOLINGS = ("cls", "mean")
-INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", "eval_batches", "checkpoint_every",
-               "keep", "early_stopping", "log_every", "max_len", "layers", "dim", "heads", "ffn")
 SORT_WINDOW = 50  # batches whose documents are sorted by length together
 
 
@@ -47,7 +45,7 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
     """Defaults < [finetune] in bigmodel.toml < options; every problem reported at once."""
     from bigmodel_cli.workspace.config import resolve_checked
 
-    return resolve_checked(FinetuneConfig, section, overrides, validate, int_options=INT_OPTIONS)
+    return resolve_checked(FinetuneConfig, section, overrides, validate)
 
 
 def validate(cfg: FinetuneConfig) -> list[str]:

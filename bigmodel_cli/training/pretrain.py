@@ -38,14 +38,12 @@ from bigmodel_cli.workspace.config import PretrainConfig, resolve_checked
 from bigmodel_cli.workspace.layout import check_name
 
 OBJECTIVES = ("mlm", "clm")
-INT_OPTIONS = ("batch_size", "accumulate", "epochs", "max_steps", "eval_every", "eval_batches", "checkpoint_every",
-               "keep", "early_stopping", "log_every", "layers", "dim", "heads", "ffn", "seq_len", "max_positions")
 
 
 # -- options ------------------------------------------------------------------------------
 def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) -> PretrainConfig:
     """Defaults < [pretrain] in bigmodel.toml < options; every problem reported at once."""
-    return resolve_checked(PretrainConfig, section, overrides, validate, int_options=INT_OPTIONS)
+    return resolve_checked(PretrainConfig, section, overrides, validate)
 
 
 def validate(cfg: PretrainConfig) -> list[str]:

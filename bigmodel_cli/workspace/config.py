@@ -286,18 +286,11 @@ def _type_word(kind: type) -> str:
     return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(kind, kind.__name__)
 
 
-def parse_ints(overrides: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """Whole-number options of the commands not yet built by config_options arrive as text."""
-    return {key: NotANumber.parse(value, int) if key in keys and isinstance(value, str) else value
-            for key, value in overrides.items()}
-
-
 def resolve_checked(cls: type, section: dict[str, Any] | None, overrides: dict[str, Any], validate=None,
-                    rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None, int_options: tuple[str, ...] = ()) -> Any:
+                    rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
     """Defaults < the config section < options, checked: values that are not numbers and
     every problem `validate` finds are reported at once, in one line. `rename` maps the
     options as typed to config fields, so that messages name the option the user gave."""
-    overrides = parse_ints(overrides, int_options)
     options = {f.name: option_name(f) for f in dataclasses.fields(cls)}
     problems = [value.problem(options.get(key, key)) for key, value in overrides.items() if isinstance(value, NotANumber)]
     overrides = {key: None if isinstance(value, NotANumber) else value for key, value in overrides.items()}
