@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from bigmodel_cli.fileio import (
     read_json,
     recover_dir,
     remove_stale,
-    replace_dir,
+    staged_dir,
     write_json,
 )
 from bigmodel_cli.workspace.config import EmbedConfig, resolve_checked
@@ -554,31 +553,21 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
     stage = f"embed:{name}"
     folder = ws.root / "embeddings" / name
 
-    from bigmodel_cli.workspace.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import Done, run_stage
 
-    last = ws.last_record(stage)
-    if not force and unchanged(ws, last, params, inputs):
-        return EmbedResult(True, name, folder, last, *_read_outputs(folder))
-
-    with ws.lock(f"embed --name {name}"):
+    def work() -> Done:
         recover_dir(folder)
         remove_stale_staging(folder.parent)
-        run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "embed"))
-        staging = staging_dir(folder)
-        if staging.exists():  # left by a killed run whose pid this process now has
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        try:
+        with staged_dir(staging_dir(folder), folder) as staging:
             report, losses, evaluation = _run(ws, cfg, name, seed, workers, train, files, staging, show_progress, console)
-            replace_dir(staging, folder)
-        except BaseException as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(exc, UserError):
-                run.finish([], {}, status="failed", extra={"error": exc.one_line()})
-            raise
         outputs = sorted(p for p in folder.iterdir() if p.is_file())
-        record = run.finish(outputs, _headline(report, losses, evaluation))
-        return EmbedResult(False, name, folder, record, report, losses, evaluation)
+        return Done((report, losses, evaluation), outputs, _headline(report, losses, evaluation))
+
+    outcome = run_stage(ws, stage, params, inputs, work, lock=f"embed --name {name}", sections=("project", "embed"),
+                        may_skip=not force)
+    if outcome.skipped:
+        return EmbedResult(True, name, folder, outcome.record, *_read_outputs(folder))
+    return EmbedResult(False, name, folder, outcome.record, *outcome.value)
 
 
 def staging_dir(folder: Path) -> Path:
