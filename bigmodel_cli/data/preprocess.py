@@ -63,8 +63,8 @@ from bigmodel_cli.data.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.fileio import (
     atomic_write,
-    replace_dir,
     sha256_in_background,
+    staged_dir,
     write_json,
 )
 from bigmodel_cli.workspace.config import LANGS, PreprocessConfig
@@ -345,34 +345,24 @@ def preprocess(
     # File names that are not UTF-8 are recorded with those bytes as \xNN: JSON cannot hold them.
     input_hashes = [{**h, "path": printable_name(h["path"])} for h in ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)]
 
-    from bigmodel_cli.workspace.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import Done, run_stage
 
-    last = ws.last_record("preprocess")
-    if not force and unchanged(ws, last, params, input_hashes):
-        report_path = ws.processed / "report.json"
-        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
-        return PreprocessResult(True, report, last, ws.processed)
-
-    with ws.lock("preprocess"):
-        run = StageRun(ws, "preprocess", params, input_hashes, config=ws.config_sections("project", "preprocess"))
-        staging = ws.processed.with_name(f".processed.staging-{os.getpid()}")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        try:
+    def work() -> Done:
+        with staged_dir(ws.processed.with_name(f".processed.staging-{os.getpid()}"), ws.processed) as staging:
             with _fewer_collections():
                 report, output_hashes = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress,
                                              console, lines_at_most)
-            replace_dir(staging, ws.processed)
-        except BaseException as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(exc, UserError):
-                run.finish([], {}, status="failed", extra={"error": exc.one_line()})
-            raise
         outputs = sorted(p for p in ws.processed.iterdir() if p.is_file())
         known = {ws.processed / path.name: sha for path, sha in output_hashes().items()}
-        record = run.finish(outputs, _headline(report), known_hashes=known)
-        return PreprocessResult(False, report, record, ws.processed)
+        return Done(report, outputs, _headline(report), known_hashes=known)
+
+    outcome = run_stage(ws, "preprocess", params, input_hashes, work, lock="preprocess",
+                        sections=("project", "preprocess"), may_skip=not force)
+    if outcome.skipped:
+        report_path = ws.processed / "report.json"
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
+        return PreprocessResult(True, report, outcome.record, ws.processed)
+    return PreprocessResult(False, outcome.value, outcome.record, ws.processed)
 
 
 @contextlib.contextmanager
