@@ -179,7 +179,7 @@ def pick_run(ws, run: str | None) -> Path:
 def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateConfig | None = None, force: bool = False,
              show_progress: bool = False, console=None) -> EvaluateResult:
     from bigmodel_cli.model.runs import model_checkpoint, run_kind
-    from bigmodel_cli.workspace.records import StageRun, unchanged
+    from bigmodel_cli.workspace.records import Done, run_stage
 
     cfg = cfg or EvaluateConfig()
     problems = validate(cfg) + ([] if split in SPLITS else [f"--split must be test or dev, got '{split}'"])
@@ -201,25 +201,23 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
         input_paths += [p for p in (ws.processed / "train.jsonl", ws.processed / "dev.jsonl") if p.exists()]
     inputs = ws.hash_paths(list(dict.fromkeys(input_paths)))
     last = next((r for r in reversed(ws.records(stage)) if r.get("status") == "ok" and r["params"].get("split") == split), None)
-    if not force and unchanged(ws, last, params, inputs) and (out / "report.json").exists():
-        return EvaluateResult(True, folder.name, split, out, last, read_json(out / "report.json"))
-    with ws.lock(f"evaluate {folder.name} --split {split}"):
-        record_run = StageRun(ws, stage, params, inputs, config=ws.config_sections("project", "evaluate"))
-        try:
-            if kind == "finetune":
-                report = _classifier(ws, folder, checkpoint, split, split_path, cfg, out, show_progress, console)
-            else:
-                report = _language_model(ws, folder, checkpoint, split, split_path, cfg)
-        except UserError as exc:
-            record_run.finish([], {}, status="failed", extra={"error": exc.one_line()})
-            raise
+
+    def work() -> Done:
+        if kind == "finetune":
+            report = _classifier(ws, folder, checkpoint, split, split_path, cfg, out, show_progress, console)
+        else:
+            report = _language_model(ws, folder, checkpoint, split, split_path, cfg)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "report.json", report)
         with atomic_write(out / "report.md") as handle:
             handle.write(render_markdown(report))
-        outputs = sorted(p for p in out.iterdir() if p.is_file())
-        record = record_run.finish(outputs, headline(report))
-        return EvaluateResult(False, folder.name, split, out, record, report)
+        return Done(report, sorted(p for p in out.iterdir() if p.is_file()), headline(report))
+
+    outcome = run_stage(ws, stage, params, inputs, work, lock=f"evaluate {folder.name} --split {split}",
+                        sections=("project", "evaluate"), may_skip=not force and (out / "report.json").exists(), last=last)
+    if outcome.skipped:
+        return EvaluateResult(True, folder.name, split, out, outcome.record, read_json(out / "report.json"))
+    return EvaluateResult(False, folder.name, split, out, outcome.record, outcome.value)
 
 
 def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig, out: Path,
