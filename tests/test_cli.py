@@ -10,6 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import invoke
 from typer.testing import CliRunner
 
 import bigmodel_cli
@@ -19,10 +20,6 @@ from bigmodel_cli.cli._util import app
 COMMANDS = ("init", "preprocess", "segment", "status", "embed", "pretrain", "generate", "finetune", "evaluate",
             "predict", "explain", "export", "quickstart")
 HEAVY = ("torch", "gensim", "jieba", "jieba_next", "sklearn", "nltk")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
 
 
 def registered_commands() -> list[str]:

