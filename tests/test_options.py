@@ -14,7 +14,7 @@ import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli._util import app
 
 # The commands whose options are built from a config dataclass, by their path under `bigmodel`.
-BUILT = ("evaluate", "embed", "pretrain", "finetune")
+BUILT = ("evaluate", "embed", "pretrain", "finetune", "preprocess")
 SHOWN = re.compile(r"\\\[default: (.*)\]$")
 
 
@@ -111,6 +111,9 @@ def test_evaluate_bad_values_are_one_line(ws, run_cli, args, pieces):
     (["finetune", "--from", "", "--max-len", " 2", "-b", "x", "--rdrop", "-1"],
      ["--from must name a pretrain run", "--max-len must be at least 3 ([CLS], one token, [SEP]), got 2", "--batch-size must be a whole number, got 'x'",
       "--rdrop must be 0 (off) or positive"]),
+    (["preprocess", "corpus.txt", "--min-count", "abc", "--urls", "nope", "--max-vocab", "3", "-j", "2.0"],
+     ["--min-count must be a whole number, got 'abc'", "--urls must be one of", "--max-vocab must leave room",
+      "--workers must be a whole number, got '2.0'"]),
 ])
 def test_every_problem_at_once(ws, run_cli, args, pieces):
     line = one_line_error(run_cli(args, ws.root))

@@ -7,47 +7,30 @@ import typer
 from rich.table import Table
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     WorkspaceOption,
     app,
+    config_options,
     console,
     err_console,
     handle_errors,
     open_workspace,
     term_safe,
 )
+from bigmodel_cli.workspace.config import PreprocessConfig
 
 
 @app.command("preprocess")
 @handle_errors
+@config_options(PreprocessConfig)
 def preprocess_cli(
     inputs: Optional[List[Path]] = typer.Argument(None, help="Files or folders (.txt .jsonl .csv .tsv, also .gz/.bz2/.xz). Default: the workspace's data/raw/.", show_default=False),
     train: Optional[Path] = typer.Option(None, help="Training file, kept as given (instead of splitting INPUTS)."),
     dev: Optional[Path] = typer.Option(None, help="Development file, kept as given."),
     test: Optional[Path] = typer.Option(None, help="Test file, kept as given."),
-    text_field: Optional[str] = typer.Option(None, help="JSONL field / CSV column with the text.  \\[default: text]", show_default=False),
-    label_field: Optional[str] = typer.Option(None, help="JSONL field / CSV column with the label (required when given).  \\[default: label, used if present]", show_default=False),
-    split: Optional[str] = typer.Option(None, help="train,dev,test fractions; seeded, stratified by label.  \\[default: 0.8,0.1,0.1]", show_default=False),
     lang: Optional[str] = typer.Option(None, "--lang", "-l", help="zh, en or auto (per document).  \\[default: from bigmodel.toml]", show_default=False),
     fmt: Optional[str] = typer.Option(None, "--format", help="Read every input as txt, jsonl, csv or tsv whatever its extension."),
-    encoding: Optional[str] = typer.Option(None, help="Input encoding.  \\[default: auto: UTF-8/UTF-16 BOM, else GB18030/Big5 detected]", show_default=False),
-    nfkc: Optional[bool] = typer.Option(None, "--nfkc/--no-nfkc", help="Unicode NFKC (full-width to half-width).  \\[default: on]", show_default=False),
-    strip_html: Optional[bool] = typer.Option(None, "--strip-html/--keep-html", help="Remove HTML tags and entities.  \\[default: on]", show_default=False),
-    urls: Optional[str] = typer.Option(None, help="URLs: replace (by [URL]), remove or keep.  \\[default: replace]", show_default=False),
-    emails: Optional[str] = typer.Option(None, help="E-mail addresses: replace (by [EMAIL]), remove or keep.  \\[default: replace]", show_default=False),
-    lowercase: Optional[bool] = typer.Option(None, "--lowercase/--no-lowercase", help="Lower-case English words.  \\[default: off]", show_default=False),
-    stem: Optional[bool] = typer.Option(None, "--stem/--no-stem", help="Porter-stem English words.  \\[default: off]", show_default=False),
-    min_chars: Optional[int] = typer.Option(None, help="Drop documents shorter than this after cleaning.  \\[default: 1]", show_default=False),
-    max_chars: Optional[int] = typer.Option(None, help="Drop documents longer than this many characters after cleaning (counted in the report as dropped; 0: no limit).  \\[default: 100000]", show_default=False),
-    dedupe: Optional[bool] = typer.Option(None, "--dedupe/--no-dedupe", help="Drop exact duplicates after normalisation.  \\[default: on]", show_default=False),
-    segmenter: Optional[str] = typer.Option(None, help="auto, jieba or jieba_next (same words as jieba, faster).  \\[default: auto]", show_default=False),
-    hmm: Optional[bool] = typer.Option(None, "--hmm/--no-hmm", help="jieba's HMM for unknown words.  \\[default: on]", show_default=False),
-    user_dict: Optional[Path] = typer.Option(None, help="jieba user dictionary (word [freq] [tag] per line)."),
-    stopwords: Optional[str] = typer.Option(None, help="builtin, none, or a file; used by embeddings and the TF-IDF baseline, never by the Transformer.  \\[default: builtin]", show_default=False),
-    min_count: Optional[int] = typer.Option(None, help="Vocabulary: minimum count in train.  \\[default: 2]", show_default=False),
-    max_vocab: Optional[int] = typer.Option(None, help="Vocabulary: maximum size with special tokens (0: no limit).  \\[default: 30000]", show_default=False),
-    pieces: Optional[bool] = typer.Option(None, "--pieces/--no-pieces", help="Vocabulary: add characters (c, ##c) so that rare words split into pieces instead of [UNK].  \\[default: off]", show_default=False),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes (0: one per core; at most twice the cores, and no more than the input's chunks of 256 documents).  \\[default: 0]", show_default=False),
-    on_error: Optional[str] = typer.Option(None, help="Bad records: skip (into rejects.jsonl) or fail.  \\[default: skip]", show_default=False),
+    options: dict = CONFIG_OPTIONS,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record (same as --on-error fail)."),
     seed: Optional[int] = typer.Option(None, help="Seed for the split.  \\[default: from bigmodel.toml]", show_default=False),
     force: bool = typer.Option(False, "--force", "-f", help="Run even if inputs and options are unchanged."),
@@ -64,20 +47,17 @@ def preprocess_cli(
       bigmodel preprocess --train train.jsonl --dev dev.jsonl --test test.jsonl
       bigmodel preprocess news/ --lang zh --user-dict terms.txt --workers 4
     """
-    from bigmodel_cli.data.preprocess import preprocess
-    from bigmodel_cli.workspace.config import PreprocessConfig, ProjectConfig, resolve
+    from bigmodel_cli.data.preprocess import preprocess, resolve_config
+    from bigmodel_cli.workspace.config import ProjectConfig, resolve
 
     ws = open_workspace(workspace)
     config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"lang": lang, "seed": seed})
-    overrides = dict(text_field=text_field, label_field=label_field, split=split, encoding=encoding, nfkc=nfkc,
-                     strip_html=strip_html, urls=urls, emails=emails, lowercase=lowercase, stem=stem,
-                     min_chars=min_chars, max_chars=max_chars, dedupe=dedupe, segmenter=segmenter, hmm=hmm,
-                     user_dict=str(user_dict) if user_dict else None, stopwords=stopwords, min_count=min_count,
-                     max_vocab=max_vocab, pieces=pieces, workers=workers, on_error="fail" if strict else on_error)
-    cfg = resolve(PreprocessConfig, config.get("preprocess"), overrides)
+    if strict:
+        options["on_error"] = "fail"
+    cfg = resolve_config(config.get("preprocess"), options, project.lang, inputs or [], {"train": train, "dev": dev, "test": test})
     result = preprocess(ws, inputs or [], train=train, dev=dev, test=test, config=cfg, lang=project.lang,
-                        seed=project.seed, fmt=fmt, label_required=label_field is not None, force=force,
+                        seed=project.seed, fmt=fmt, label_required=options["label_field"] is not None, force=force,
                         show_progress=True, console=err_console)
     if result.skipped:
         console.print(f"[green]✓[/] preprocess is up to date (inputs and options unchanged since run "

@@ -67,7 +67,7 @@ from bigmodel_cli.fileio import (
     staged_dir,
     write_json,
 )
-from bigmodel_cli.workspace.config import LANGS, PreprocessConfig
+from bigmodel_cli.workspace.config import LANGS, PreprocessConfig, resolve_checked
 
 SPLITS = ("train", "dev", "test")
 CHUNK_DOCS = 256
@@ -82,6 +82,12 @@ _json_str = json.encoder.encode_basestring  # C-accelerated, keeps non-ASCII as 
 
 
 # -- options --------------------------------------------------------------------------
+def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any], lang: str, inputs: list[Path],
+                   split_files: dict[str, Path | None]) -> PreprocessConfig:
+    """Defaults < [preprocess] in bigmodel.toml < options; every problem reported at once."""
+    return resolve_checked(PreprocessConfig, section, overrides, lambda cfg: validate(cfg, lang, inputs, split_files))
+
+
 def parse_split(text: str) -> tuple[float, float, float]:
     try:
         parts = [float(p) for p in text.split(",")]

@@ -71,7 +71,7 @@ class ProjectConfig:
 @dataclass
 class PreprocessConfig:
     text_field: str = doc("Field (JSONL) or column (CSV/TSV) that holds the text.", "text")
-    label_field: str = doc("Field or column with the label; used when present.", "label")
+    label_field: str = doc("Field or column with the label; used when present (given on the command line, every record must have it).", "label")
     split: str = doc("train,dev,test fractions when one input is split (stratified when labelled).", "0.8,0.1,0.1")
     encoding: str = doc("Input encoding, or auto (UTF-8/UTF-16 BOM, else GB18030, Big5 detected).", "auto")
     nfkc: bool = doc("Unicode NFKC normalisation (full-width letters and digits to half-width).", True)
