@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from typer.testing import CliRunner
+from conftest import invoke
 
-import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli import __version__
 from bigmodel_cli.cli import _util
-from bigmodel_cli.cli._util import app
 from bigmodel_cli.data.preprocess import preprocess
 from bigmodel_cli.errors import UserError, WorkspaceBusy
 from bigmodel_cli.fileio import atomic_write, recover_dir, replace_dir
@@ -55,20 +53,7 @@ FAST = PreprocessConfig(workers=1, min_count=1)
 
 
 # -- fixtures and helpers ---------------------------------------------------------
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    """Rich wraps at 80 columns off a terminal; a wide console keeps each message on one line."""
-    monkeypatch.setattr(_util.console, "_width", 400)
-    monkeypatch.setattr(_util.err_console, "_width", 400)
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-def invoke(runner: CliRunner, *args: str):
-    return runner.invoke(app, [str(a) for a in args])
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def set_option(ws: Workspace, key: str, value: str, section: str = "preprocess") -> None:
@@ -81,9 +66,9 @@ def set_option(ws: Workspace, key: str, value: str, section: str = "preprocess")
 
 
 @pytest.fixture
-def ws(tmp_path, runner) -> Workspace:
+def ws(tmp_path) -> Workspace:
     """A zh workspace (made with `bigmodel init`) with one worker and the corpus in data/raw."""
-    result = invoke(runner, "init", tmp_path / "proj", "--lang", "zh")
+    result = invoke("init", tmp_path / "proj", "--lang", "zh")
     assert result.exit_code == 0, result.output
     workspace = Workspace(tmp_path / "proj")
     set_option(workspace, "workers", "1")
@@ -115,8 +100,8 @@ def train_counts(ws: Workspace) -> Counter:
     return counts
 
 
-def status_line(runner: CliRunner, ws: Workspace, stage: str = "preprocess") -> str:
-    result = invoke(runner, "status", "-w", ws.root)
+def status_line(ws: Workspace, stage: str = "preprocess") -> str:
+    result = invoke("status", "-w", ws.root)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if re.search(rf"\b{re.escape(stage)}\b", line)]
     assert len(lines) == 1, result.stdout
@@ -128,9 +113,9 @@ def status_row(ws: Workspace, stage: str = "preprocess") -> dict:
 
 
 # -- init and the config file ------------------------------------------------------
-def test_init_writes_commented_config_and_layout(tmp_path, runner):
+def test_init_writes_commented_config_and_layout(tmp_path):
     root = tmp_path / "reviews"
-    result = invoke(runner, "init", root, "--lang", "zh")
+    result = invoke("init", root, "--lang", "zh")
     assert result.exit_code == 0, result.output
     assert "created workspace" in result.stdout
 
@@ -153,15 +138,15 @@ def test_init_writes_commented_config_and_layout(tmp_path, runner):
     assert set(LAYOUT) >= {"data/raw", "data/processed", ".bigmodel/records"}
 
 
-def test_init_twice_keeps_edited_config(tmp_path, runner):
+def test_init_twice_keeps_edited_config(tmp_path):
     root = tmp_path / "w"
-    assert invoke(runner, "init", root, "--lang", "zh").exit_code == 0
+    assert invoke("init", root, "--lang", "zh").exit_code == 0
     config = root / "bigmodel.toml"
     edited = config.read_text(encoding="utf-8").replace("min_count = 2", "min_count = 7") + "\n# my note\n"
     config.write_text(edited, encoding="utf-8")
     (root / "reports").rmdir()
 
-    result = invoke(runner, "init", root, "--lang", "en")
+    result = invoke("init", root, "--lang", "en")
     assert result.exit_code == 0, result.output
     assert "already a workspace" in result.stdout
     assert config.read_text(encoding="utf-8") == edited
@@ -169,41 +154,41 @@ def test_init_twice_keeps_edited_config(tmp_path, runner):
     assert Workspace(root).config()["preprocess"]["min_count"] == 7
 
 
-def test_init_rejects_unknown_lang(tmp_path, runner):
-    result = invoke(runner, "init", tmp_path / "w", "--lang", "fr")
+def test_init_rejects_unknown_lang(tmp_path):
+    result = invoke("init", tmp_path / "w", "--lang", "fr")
     assert result.exit_code == 2
     assert "--lang must be one of zh, en, auto" in result.stderr
     assert not (tmp_path / "w" / "bigmodel.toml").exists()
 
 
 # -- finding the workspace ----------------------------------------------------------
-def test_find_from_subfolder(ws, monkeypatch, runner):
+def test_find_from_subfolder(ws, monkeypatch):
     monkeypatch.chdir(ws.root / "data" / "raw")
     assert Workspace.find().root == ws.root
-    result = invoke(runner, "status")
+    result = invoke("status")
     assert result.exit_code == 0, result.output
     assert str(ws.root) in "".join(result.stdout.split())  # the title may wrap before a long path
 
 
-def test_workspace_option(ws, tmp_path, monkeypatch, runner):
+def test_workspace_option(ws, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert Workspace.find(ws.root).root == ws.root
     for flag in ("-w", "--workspace"):
-        result = invoke(runner, "status", flag, ws.root)
+        result = invoke("status", flag, ws.root)
         assert result.exit_code == 0, result.output
         assert str(ws.root) in result.stdout
-    result = invoke(runner, "preprocess", "--workspace", ws.root)  # reads data/raw/
+    result = invoke("preprocess", "--workspace", ws.root)  # reads data/raw/
     assert result.exit_code == 0, result.output
     assert (ws.processed / "train.jsonl").is_file()
 
 
 @pytest.mark.parametrize("command", [["status"], ["preprocess", "corpus.txt"]])
-def test_outside_a_workspace(tmp_path, monkeypatch, runner, command):
+def test_outside_a_workspace(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    result = invoke(runner, *command)
+    result = invoke(*command)
     assert result.exit_code == 2
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1, message
@@ -212,30 +197,30 @@ def test_outside_a_workspace(tmp_path, monkeypatch, runner, command):
     assert "Traceback" not in result.output
 
 
-def test_workspace_option_not_a_workspace(tmp_path, runner):
-    result = invoke(runner, "status", "-w", tmp_path)
+def test_workspace_option_not_a_workspace(tmp_path):
+    result = invoke("status", "-w", tmp_path)
     assert result.exit_code == 2
     assert "is not a bigmodel workspace" in result.stderr
     assert "bigmodel init" in result.stderr
 
 
 # -- config precedence and validation ---------------------------------------------------
-def test_config_precedence_default_toml_cli(ws, runner):
+def test_config_precedence_default_toml_cli(ws):
     # default (min_count = 2)
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
     counts = train_counts(ws)
     assert vocab_words(ws) == {t for t, c in counts.items() if c >= 2}
     assert any(c == 1 for c in counts.values())  # so min_count makes a difference
 
     # bigmodel.toml beats the default
     set_option(ws, "min_count", "1")
-    result = invoke(runner, "preprocess", "-w", ws.root)
+    result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 0, result.output
     assert vocab_words(ws) == set(train_counts(ws))
     assert ws.last_record("preprocess")["params"]["min_count"] == 1
 
     # the command line beats bigmodel.toml
-    result = invoke(runner, "preprocess", "-w", ws.root, "--min-count", "3")
+    result = invoke("preprocess", "-w", ws.root, "--min-count", "3")
     assert result.exit_code == 0, result.output
     counts = train_counts(ws)
     assert vocab_words(ws) == {t for t, c in counts.items() if c >= 3}
@@ -243,21 +228,21 @@ def test_config_precedence_default_toml_cli(ws, runner):
     assert ws.last_record("preprocess")["params"]["min_count"] == 3
 
 
-def test_project_section_and_cli_lang(ws, runner):
+def test_project_section_and_cli_lang(ws):
     set_option(ws, "seed", "7", section="project")
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
     params = ws.last_record("preprocess")["params"]
     assert (params["lang"], params["seed"]) == ("zh", 7)
-    assert invoke(runner, "preprocess", "-w", ws.root, "--seed", "9", "--lang", "auto").exit_code == 0
+    assert invoke("preprocess", "-w", ws.root, "--seed", "9", "--lang", "auto").exit_code == 0
     params = ws.last_record("preprocess")["params"]
     assert (params["lang"], params["seed"]) == ("auto", 9)
 
 
-def test_unknown_key_in_config(ws, runner):
+def test_unknown_key_in_config(ws):
     text = ws.config_path.read_text(encoding="utf-8").replace("min_count = 2", "min_count = 2\nmin_cout = 1")
     ws.config_path.write_text(text, encoding="utf-8")
     for command in (["preprocess"], ["segment", "我爱北京"]):
-        result = invoke(runner, *command, "-w", ws.root)
+        result = invoke(*command, "-w", ws.root)
         assert result.exit_code == 2
         assert "unknown option 'min_cout' in [preprocess]" in result.stderr
         assert "bigmodel.toml" in result.stderr
@@ -267,18 +252,18 @@ def test_unknown_key_in_config(ws, runner):
 
 
 @pytest.mark.parametrize("key,value", [("min_count", '"two"'), ("nfkc", "1"), ("workers", "1.5"), ("split", "0.8")])
-def test_wrong_type_in_config(ws, runner, key, value):
+def test_wrong_type_in_config(ws, key, value):
     set_option(ws, key, value)
-    result = invoke(runner, "preprocess", "-w", ws.root)
+    result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 2
     assert f"bigmodel.toml [preprocess] {key} must be" in result.stderr
     assert "Traceback" not in result.output
     assert not record_files(ws)
 
 
-def test_invalid_toml(ws, runner):
+def test_invalid_toml(ws):
     ws.config_path.write_text("[preprocess\nmin_count = 2\n", encoding="utf-8")
-    result = invoke(runner, "preprocess", "-w", ws.root)
+    result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 2
     assert "bigmodel.toml: not valid TOML" in result.stderr
 
@@ -351,115 +336,115 @@ def test_changed_input_or_option_runs_again(ws):
     assert len(record_files(ws)) == 3
 
 
-def test_cli_skip_and_force(ws, runner):
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
-    result = invoke(runner, "preprocess", "-w", ws.root)
+def test_cli_skip_and_force(ws):
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
+    result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 0, result.output
     assert "up to date" in result.stdout and "skipped" in result.stdout
     assert len(record_files(ws)) == 1
 
-    result = invoke(runner, "preprocess", "-w", ws.root, "--force")
+    result = invoke("preprocess", "-w", ws.root, "--force")
     assert result.exit_code == 0, result.output
     assert "skipped" not in result.stdout
     assert "20 read, 20 kept" in result.stdout
     assert len(record_files(ws)) == 2
 
-    result = invoke(runner, "preprocess", "-w", ws.root, "--no-dedupe")  # a changed option
+    result = invoke("preprocess", "-w", ws.root, "--no-dedupe")  # a changed option
     assert result.exit_code == 0, result.output
     assert "skipped" not in result.stdout
     assert len(record_files(ws)) == 3
 
 
 # -- status ---------------------------------------------------------------------------
-def test_status_never_run(ws, runner):
+def test_status_never_run(ws):
     for stage in STAGES:
-        line = status_line(runner, ws, stage)
+        line = status_line(ws, stage)
         assert "never run" in line
     assert all(row["state"] == "never run" for row in stage_status(ws))
 
 
-def test_status_up_to_date_then_stale_after_input_change(ws, runner):
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
-    line = status_line(runner, ws)
+def test_status_up_to_date_then_stale_after_input_change(ws):
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
+    line = status_line(ws)
     assert "up to date" in line and "documents_kept=20" in line
-    assert "never run" in status_line(runner, ws, "embed")
+    assert "never run" in status_line(ws, "embed")
 
     with open(corpus_path(ws), "a", encoding="utf-8") as handle:
         handle.write("深圳欢迎你\n")
-    line = status_line(runner, ws)
+    line = status_line(ws)
     assert "stale" in line and "input data/raw/corpus.txt changed" in line
     assert status_row(ws)["reasons"] == ["input data/raw/corpus.txt changed"]
 
     corpus_path(ws).unlink()
-    assert "input data/raw/corpus.txt is gone" in status_line(runner, ws)
+    assert "input data/raw/corpus.txt is gone" in status_line(ws)
 
 
-def test_status_stale_after_output_edit(ws, runner):
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
+def test_status_stale_after_output_edit(ws):
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
     with open(ws.processed / "train.jsonl", "a", encoding="utf-8") as handle:
         handle.write("{}\n")
-    line = status_line(runner, ws)
+    line = status_line(ws)
     assert "stale" in line and "output data/processed/train.jsonl was changed or rewritten" in line
 
     (ws.processed / "vocab.txt").unlink()
-    assert "output data/processed/vocab.txt is missing" in status_line(runner, ws)
+    assert "output data/processed/vocab.txt is missing" in status_line(ws)
 
     # a stale output means the next run is not skipped
-    result = invoke(runner, "preprocess", "-w", ws.root)
+    result = invoke("preprocess", "-w", ws.root)
     assert "skipped" not in result.stdout
-    assert "up to date" in status_line(runner, ws)
+    assert "up to date" in status_line(ws)
 
 
-def test_status_stale_after_config_change(ws, runner):
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
+def test_status_stale_after_config_change(ws):
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
     set_option(ws, "max_vocab", "100")
-    line = status_line(runner, ws)
+    line = status_line(ws)
     assert "stale" in line and "[preprocess] in bigmodel.toml changed" in line
     # an edit outside [preprocess] (a note, another stage's section) is not a change of preprocess
     set_option(ws, "max_vocab", "30000")
     with open(ws.config_path, "a", encoding="utf-8") as handle:
         handle.write("\n# a note\n[notes]\ntodo = \"try min_count 3\"\n")
-    assert "up to date" in status_line(runner, ws)
+    assert "up to date" in status_line(ws)
 
 
-def test_status_stale_after_project_change(ws, runner):
+def test_status_stale_after_project_change(ws):
     # [project] lang and seed shape preprocess (segmentation, split), so they count too
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
     set_option(ws, "seed", "7", section="project")
-    line = status_line(runner, ws)
+    line = status_line(ws)
     assert "stale" in line and "[project] in bigmodel.toml changed" in line
-    result = invoke(runner, "preprocess", "-w", ws.root)
+    result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 0 and "skipped" not in result.stdout
-    assert "up to date" in status_line(runner, ws)
+    assert "up to date" in status_line(ws)
 
 
-def test_status_reports_broken_config(ws, runner):
+def test_status_reports_broken_config(ws):
     ws.config_path.write_text(ws.config_path.read_text(encoding="utf-8") + "\n[preprocess]\n", encoding="utf-8")
-    result = invoke(runner, "status", "-w", ws.root)
+    result = invoke("status", "-w", ws.root)
     assert result.exit_code == 2
     assert "bigmodel.toml" in result.stderr and "Traceback" not in result.output
 
 
-def test_wrong_type_on_command_line_names_the_option(ws, runner):
-    result = invoke(runner, "preprocess", "-w", ws.root, "--split", "0.8")
+def test_wrong_type_on_command_line_names_the_option(ws):
+    result = invoke("preprocess", "-w", ws.root, "--split", "0.8")
     assert result.exit_code == 2
     assert "--split" in result.stderr and "0.8" in result.stderr
 
 
-def test_status_failed_run(ws, runner):
-    result = invoke(runner, "preprocess", "-w", ws.root, "--min-chars", "1000")
+def test_status_failed_run(ws):
+    result = invoke("preprocess", "-w", ws.root, "--min-chars", "1000")
     assert result.exit_code == 2
     assert "no documents kept" in result.stderr
     record = ws.last_record("preprocess", status=None)
     assert record["status"] == "failed" and "no documents kept" in record["error"]
     assert record["outputs"] == []
-    line = status_line(runner, ws)
+    line = status_line(ws)
     assert "failed" in line and "no documents kept" in line
     assert status_row(ws)["state"] == "failed"
 
     # a later success clears it
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
-    assert "up to date" in status_line(runner, ws)
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
+    assert "up to date" in status_line(ws)
 
 
 # -- the lock -----------------------------------------------------------------------
@@ -472,12 +457,12 @@ with Workspace(sys.argv[1]).lock("preprocess"):
 """
 
 
-def test_lock_held_by_another_process(ws, runner):
+def test_lock_held_by_another_process(ws):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ws.root)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = invoke(runner, "preprocess", "-w", ws.root)
+        result = invoke("preprocess", "-w", ws.root)
         assert result.exit_code == 2
         assert "busy" in result.stderr
         assert f"pid {holder.pid} is running `bigmodel preprocess`" in result.stderr
@@ -487,7 +472,7 @@ def test_lock_held_by_another_process(ws, runner):
         holder.stdin.close()  # the holder exits and its lock goes with it
         holder.wait(timeout=30)
     assert holder.returncode == 0
-    result = invoke(runner, "preprocess", "-w", ws.root)
+    result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 0, result.output
     assert (ws.processed / "train.jsonl").is_file()
 
@@ -538,10 +523,10 @@ def _boom_on_fifth_doc(original):
 
 
 @pytest.mark.parametrize("where", ["mid-stream", "vocab"])
-def test_interrupted_preprocess_keeps_previous_output(ws, runner, monkeypatch, where):
+def test_interrupted_preprocess_keeps_previous_output(ws, monkeypatch, where):
     import bigmodel_cli.data.preprocess as pp
 
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
     before = snapshot(ws.processed)
     assert {"train.jsonl", "vocab.txt", "report.json"} <= set(before)
     records = record_files(ws)
@@ -553,7 +538,7 @@ def test_interrupted_preprocess_keeps_previous_output(ws, runner, monkeypatch, w
     else:
         monkeypatch.setattr(pp.DocProcessor, "clean_doc", _boom_on_fifth_doc(pp.DocProcessor.clean_doc))
 
-    result = invoke(runner, "preprocess", "-w", ws.root, "--force")
+    result = invoke("preprocess", "-w", ws.root, "--force")
     assert result.exit_code == 130
     assert "interrupted" in result.stderr
     assert snapshot(ws.processed) == before
@@ -563,15 +548,15 @@ def test_interrupted_preprocess_keeps_previous_output(ws, runner, monkeypatch, w
 
     monkeypatch.undo()
     monkeypatch.setattr(_util.console, "_width", 400)
-    result = invoke(runner, "preprocess", "-w", ws.root, "--force")
+    result = invoke("preprocess", "-w", ws.root, "--force")
     assert result.exit_code == 0, result.output
     assert len(record_files(ws)) == len(records) + 1
 
 
-def test_failed_preprocess_keeps_previous_output(ws, runner):
-    assert invoke(runner, "preprocess", "-w", ws.root).exit_code == 0
+def test_failed_preprocess_keeps_previous_output(ws):
+    assert invoke("preprocess", "-w", ws.root).exit_code == 0
     before = snapshot(ws.processed)
-    result = invoke(runner, "preprocess", "-w", ws.root, "--min-chars", "1000")
+    result = invoke("preprocess", "-w", ws.root, "--min-chars", "1000")
     assert result.exit_code == 2
     assert snapshot(ws.processed) == before
     assert sorted(p.name for p in ws.processed.parent.iterdir()) == ["processed", "raw"]
