@@ -2,7 +2,8 @@
 
 Values resolve in this order: command-line option > `bigmodel.toml` > the defaults here.
 Each stage owns one dataclass; its field comments become the comments in the TOML file
-that `bigmodel init` writes, so the file and the code cannot drift apart.
+that `bigmodel init` writes and the stage command's options (cli/_util.py `config_options`),
+so the file, the --help and the code cannot drift apart.
 """
 
 from __future__ import annotations
