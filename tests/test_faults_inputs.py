@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_fails
 
 GOOD = [f"__label__{'pos' if i % 2 else 'neg'} review number {i} reads fine" for i in range(12)]
 
@@ -27,22 +28,10 @@ def done(ws, helpers, run_cli):
     return ws, helpers.snapshot(ws.root / "data")
 
 
-def assert_one_line(result, *names: str) -> str:
-    """Exit 2, one line of error on stderr holding every name, no traceback; the line."""
-    assert result.exit_code == 2, (result.output, repr(result.exception))
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
-
-
 def fails_untouched(done, helpers, run_cli, args, *names) -> str:
     ws, before = done
     result = run_cli(["preprocess", *args, "-j", "1", "--lang", "en", "--force"], ws.root)
-    line = assert_one_line(result, *names)
+    line = assert_fails(result, *names)
     assert helpers.snapshot(ws.root / "data") == before
     assert not list((ws.root / "data").glob(".processed.staging-*"))
     return line
@@ -308,7 +297,7 @@ def test_user_dictionary_that_is_not_utf8(done, helpers, run_cli, tmp_path):
     (ws.root / "terms.txt").write_bytes(data)
     fails_untouched(done, helpers, run_cli, ["good.txt", "--user-dict", "terms.txt"], "terms.txt:2",
                     f"byte {len('自然语言 10'.encode()) + 1}", "not UTF-8")
-    assert_one_line(run_cli(["segment", "我爱自然语言处理", "--user-dict", ws.root / "terms.txt"], tmp_path),
+    assert_fails(run_cli(["segment", "我爱自然语言处理", "--user-dict", ws.root / "terms.txt"], tmp_path),
                     "terms.txt:2", "not UTF-8")
 
 
@@ -349,7 +338,7 @@ def test_segment_input_line_that_does_not_decode(helpers, run_cli, tmp_path):
     data = "".join(f"第{i}行文字\n" for i in range(20)).encode() + b"bad \xff line\n"
     (tmp_path / "u.txt").write_bytes(data)
     offset = data.index(b"\xff")
-    assert_one_line(run_cli(["segment", "--input", "u.txt", "--lang", "zh"], tmp_path), "u.txt:21", f"byte {offset}")
+    assert_fails(run_cli(["segment", "--input", "u.txt", "--lang", "zh"], tmp_path), "u.txt:21", f"byte {offset}")
 
 
 # -- CSV quoting ---------------------------------------------------------------------

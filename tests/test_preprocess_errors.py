@@ -9,6 +9,7 @@ import gzip
 import json
 
 import pytest
+from conftest import assert_fails
 
 GOOD = ["__label__pos the screen is bright and sharp", "__label__neg the battery died after a day",
         "__label__pos fast delivery and well packed", "__label__neg stopped working in a week",
@@ -23,21 +24,6 @@ def done(ws, helpers, run_cli):
     assert result.exit_code == 0, result.output
     assert (ws.processed / "train.jsonl").stat().st_size > 0
     return ws, helpers.snapshot(ws.root / "data")
-
-
-def assert_fails(result, *names: str) -> str:
-    """Exit 2, one line of error on stderr holding every name, no traceback; the line."""
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    assert result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("error: ")
-    for name in names:
-        assert name in line, (name, line)
-    return line
 
 
 def assert_untouched(ws, helpers, before) -> None:
