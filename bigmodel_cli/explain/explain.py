@@ -408,36 +408,42 @@ def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict
     from bigmodel_cli.explain.render import render_html, write_png
     from bigmodel_cli.fileio import atomic_write, json_line, write_json
     from bigmodel_cli.model.runs import model_checkpoint
-    from bigmodel_cli.workspace.records import StageRun
+    from bigmodel_cli.workspace.records import Done, run_stage
 
-    out_dir = ws.root / "explanations" / folder.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = model_checkpoint(folder)
-    run = StageRun(ws, f"explain:{folder.name}", params, ws.hash_paths([checkpoint / "model.safetensors"]))
-    removal = params.get("removal", "mask")
-    html_path = html_target(html_path, stem) if html_path else out_dir / f"{stem}.html"
-    with atomic_write(html_path) as handle:
-        handle.write(render_html(explanations, folder.name, faith, removal=removal))
-    outputs = {"html": html_path}
-    scores_path = out_dir / f"{stem}.jsonl"
-    with atomic_write(scores_path) as handle:
-        for exp in explanations:
-            handle.write(json_line(exp.to_json()))
-    outputs["json"] = scores_path
-    if png:
-        drawn = [write_png(exp, out_dir / f"{stem}-{i}.png") for i, exp in enumerate(explanations[:50], 1)]
-        outputs["png"] = out_dir / f"{stem}-1.png"
-        if not all(drawn) and warnings is not None:
-            warnings.append(f"PNG: {CJK_HINT} (the columns are numbered; the page and the JSON have the words)")
-    metrics: dict[str, Any] = {"texts": len(explanations)}
-    if faith:
-        path = out_dir / f"{stem}-faithfulness.json"
-        write_json(path, {"removal": removal, "levels": list(LEVELS), "methods": faith})
-        outputs["faithfulness"] = path
-        for method, entry in faith.items():
-            if method != "random":
-                metrics[f"{method}_comp"] = round(entry["comprehensiveness"], 4)
-    if len(explanations) == 1:
-        metrics.update(predicted=explanations[0].predicted, p=round(explanations[0].probability, 4))
-    run.finish([p for p in outputs.values() if p.exists()], metrics, extra={"texts_from": inputs_note})
-    return {k: ws.relative(v) for k, v in outputs.items()}
+
+    def work() -> Done:
+        out_dir = ws.root / "explanations" / folder.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        removal = params.get("removal", "mask")
+        page = html_target(html_path, stem) if html_path else out_dir / f"{stem}.html"
+        with atomic_write(page) as handle:
+            handle.write(render_html(explanations, folder.name, faith, removal=removal))
+        outputs = {"html": page}
+        scores_path = out_dir / f"{stem}.jsonl"
+        with atomic_write(scores_path) as handle:
+            for exp in explanations:
+                handle.write(json_line(exp.to_json()))
+        outputs["json"] = scores_path
+        if png:
+            drawn = [write_png(exp, out_dir / f"{stem}-{i}.png") for i, exp in enumerate(explanations[:50], 1)]
+            outputs["png"] = out_dir / f"{stem}-1.png"
+            if not all(drawn) and warnings is not None:
+                warnings.append(f"PNG: {CJK_HINT} (the columns are numbered; the page and the JSON have the words)")
+        metrics: dict[str, Any] = {"texts": len(explanations)}
+        if faith:
+            path = out_dir / f"{stem}-faithfulness.json"
+            write_json(path, {"removal": removal, "levels": list(LEVELS), "methods": faith})
+            outputs["faithfulness"] = path
+            for method, entry in faith.items():
+                if method != "random":
+                    metrics[f"{method}_comp"] = round(entry["comprehensiveness"], 4)
+        if len(explanations) == 1:
+            metrics.update(predicted=explanations[0].predicted, p=round(explanations[0].probability, 4))
+        return Done(outputs, [p for p in outputs.values() if p.exists()], metrics, extra={"texts_from": inputs_note})
+
+    # No lock and no failed record: explain only adds its own files to explanations/, which
+    # no stage reads.
+    outcome = run_stage(ws, f"explain:{folder.name}", params, ws.hash_paths([checkpoint / "model.safetensors"]), work,
+                        lock=None, may_skip=False, record_errors=())
+    return {k: ws.relative(v) for k, v in outcome.value.items()}

@@ -225,13 +225,15 @@ def _explain_example(ws, text: str, force: bool = False):
     """One explained example; its files are written once per checkpoint (again with `force`)."""
     from bigmodel_cli.explain.explain import explain_texts, write_outputs
     from bigmodel_cli.model.runs import model_checkpoint
-    from bigmodel_cli.workspace.records import unchanged
+    from bigmodel_cli.workspace.records import skip_record
 
+    # The skip check of run_stage, by hand: the parameters are known only once the text is
+    # explained, and a skipped example returns the files of its record.
     folder, _, results, _ = explain_texts(ws, [text], run="classifier")
     params = {"methods": list(results[0].scores), "text": text, "quickstart": True}
     inputs = ws.hash_paths([model_checkpoint(folder) / "model.safetensors"])
-    last = ws.last_record(f"explain:{folder.name}")
-    if not force and unchanged(ws, last, params, inputs):
+    last = None if force else skip_record(ws, f"explain:{folder.name}", params, inputs)
+    if last is not None:
         out = _Explained((results[0], {o["path"].rsplit(".", 1)[-1]: o["path"] for o in last["outputs"]}))
         out.skipped = True
         return out
