@@ -61,6 +61,27 @@ def write_table(path: Path, header: list[str], rows: list[list[object]], encodin
     return write_bytes(path, buffer.getvalue().encode(encoding))
 
 
+STOPWORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "that", "for", "on", "it", "was", "with", "he", "as"]
+
+
+def lee_docs(n: int | None = None) -> list[list[str]]:
+    """The first n documents (default: all) of gensim's Lee corpus, as gensim's simple_preprocess tokens."""
+    from gensim.test.utils import datapath
+    from gensim.utils import simple_preprocess
+
+    with open(datapath("lee_background.cor"), encoding="utf-8") as handle:
+        return [simple_preprocess(line) for line in handle if line.strip()][:n]
+
+
+def write_processed(ws: Workspace, docs: list[list[str]], stopwords=STOPWORDS) -> None:
+    """Tokenised English documents as preprocess's train.jsonl and stopwords.txt, for embed."""
+    ws.processed.mkdir(parents=True, exist_ok=True)
+    with open(ws.processed / "train.jsonl", "w", encoding="utf-8") as handle:
+        for i, tokens in enumerate(docs):
+            handle.write(json.dumps({"id": i, "text": " ".join(tokens), "tokens": tokens, "lang": "en"}) + "\n")
+    (ws.processed / "stopwords.txt").write_text("".join(w + "\n" for w in stopwords), encoding="utf-8")
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import STOPWORDS, assert_fails, lee_docs, write_processed
 
 from bigmodel_cli.embeddings.embed import (
     MAX_SENTENCE,
@@ -43,7 +44,6 @@ from gensim.test.utils import datapath  # noqa: E402
 
 QUESTIONS = Path(datapath("questions-words.txt"))
 WORDSIM = Path(datapath("wordsim353.tsv"))
-STOPWORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "that", "for", "on", "it", "was", "with", "he", "as"]
 SMALL = ["--dim", "16", "--epochs", "3", "--min-count", "2", "-j", "1"]  # every CLI training run: small and deterministic
 
 
@@ -60,21 +60,6 @@ try:
 except ImportError:  # pragma: no cover - written by another developer at the same time
     HAVE_GLOVE = False
 needs_glove = pytest.mark.skipif(not HAVE_GLOVE, reason="bigmodel_cli/embeddings/glove.py (the GloVe trainer) is not in this tree yet")
-
-
-def lee_docs() -> list[list[str]]:
-    from gensim.utils import simple_preprocess
-
-    with open(datapath("lee_background.cor"), encoding="utf-8") as handle:
-        return [simple_preprocess(line) for line in handle if line.strip()]
-
-
-def write_processed(ws: Workspace, docs: list[list[str]], stopwords=STOPWORDS) -> None:
-    ws.processed.mkdir(parents=True, exist_ok=True)
-    with open(ws.processed / "train.jsonl", "w", encoding="utf-8") as handle:
-        for i, tokens in enumerate(docs):
-            handle.write(json.dumps({"id": i, "text": " ".join(tokens), "tokens": tokens, "lang": "en"}) + "\n")
-    (ws.processed / "stopwords.txt").write_text("".join(w + "\n" for w in stopwords), encoding="utf-8")
 
 
 def filtered(docs, stopwords=STOPWORDS) -> list[list[str]]:
@@ -108,19 +93,6 @@ def trained(tmp_path_factory, lee):
     runs = {m: embed(ws, small(method=m, dim=24, epochs=2 if m == "fasttext" else 4), name=m, seed=42)
             for m in ("word2vec", "fasttext")}
     return ws, runs
-
-
-def assert_fails(result, *names: str) -> str:
-    """Exit 2, one line on stderr naming every name, no traceback; the line."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def records(ws: Workspace, name: str) -> list[dict]:

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import assert_fails, dead_pid, lee_docs, write_processed
 
 from bigmodel_cli.embeddings import glove
 from bigmodel_cli.errors import UserError
@@ -24,9 +25,7 @@ from bigmodel_cli.workspace.layout import Workspace
 
 gensim = pytest.importorskip("gensim")
 from gensim.models import KeyedVectors  # noqa: E402
-from gensim.test.utils import datapath  # noqa: E402
 
-STOPWORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "that", "for", "on", "it", "was", "with", "he", "as"]
 SMALL = ["--dim", "8", "--epochs", "1", "--min-count", "2", "-j", "1"]
 
 
@@ -34,48 +33,15 @@ SMALL = ["--dim", "8", "--epochs", "1", "--min-count", "2", "-j", "1"]
 # helpers
 
 
-def lee_docs(n: int = 80) -> list[list[str]]:
-    from gensim.utils import simple_preprocess
-
-    with open(datapath("lee_background.cor"), encoding="utf-8") as handle:
-        return [simple_preprocess(line) for line in handle if line.strip()][:n]
-
-
-def write_processed(ws: Workspace, docs: list[list[str]]) -> None:
-    ws.processed.mkdir(parents=True, exist_ok=True)
-    with open(ws.processed / "train.jsonl", "w", encoding="utf-8") as handle:
-        for i, tokens in enumerate(docs):
-            handle.write(json.dumps({"id": i, "text": " ".join(tokens), "tokens": tokens, "lang": "en"}) + "\n")
-    (ws.processed / "stopwords.txt").write_text("".join(w + "\n" for w in STOPWORDS), encoding="utf-8")
-
-
 @pytest.fixture
 def lee_ws(ws) -> Workspace:
-    write_processed(ws, lee_docs())
+    write_processed(ws, lee_docs(80))
     return ws
-
-
-def assert_fails(result, *names: str) -> str:
-    """Exit 2, one line on stderr naming every name, no traceback; the line."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def hidden(ws: Workspace) -> list[str]:
     folder = ws.root / "embeddings"
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.is_dir() else []
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 # ----------------------------------------------------------------------------------------------
