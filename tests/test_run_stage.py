@@ -163,3 +163,47 @@ def test_last_given_by_the_stage_decides_the_skip(ws):
     first = run_stage(ws, "demo", {}, inputs, _work(ws, []), lock="demo")
     assert not run_stage(ws, "demo", {}, inputs, _work(ws, []), lock="demo", last=None).skipped
     assert run_stage(ws, "demo", {}, inputs, _work(ws, []), lock="demo", last=first.record).skipped
+
+
+# -- a training run's options (run_setup.stage_options) -------------------------------------------
+def _dist(main):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(main=main)
+
+
+def test_a_training_run_refuses_another_runs_checkpoints_records_ctrl_c_and_skips_only_unforced(ws):
+    from bigmodel_cli.training.run_setup import stage_options
+
+    folder = ws.root / "runs" / "x"
+    (folder / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"runs/x/ already holds a run .*--resume auto.*--force"):
+        run_stage(ws, "pretrain:x", {}, _input(ws), _work(ws, []), lock="pretrain --name x",
+                  **stage_options(ws, folder, None, False, _dist(True)))
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(ws, "pretrain:x", {}, _input(ws), _raises(KeyboardInterrupt()), lock="pretrain --name x",
+                  **stage_options(ws, folder, "auto", False, _dist(True)))
+    assert _records(ws, "pretrain:x")[0]["error"] == "interrupted (Ctrl-C); continue with --resume auto"
+    calls = []
+    run_stage(ws, "pretrain:x", {}, _input(ws), _work(ws, calls), lock="pretrain --name x",
+              **stage_options(ws, folder, None, True, _dist(True)))
+    assert run_stage(ws, "pretrain:x", {}, _input(ws), _work(ws, calls), lock="pretrain --name x",
+                     **stage_options(ws, folder, None, False, _dist(True))).skipped
+    assert not run_stage(ws, "pretrain:x", {}, _input(ws), _work(ws, calls), lock="pretrain --name x",
+                         **stage_options(ws, folder, "auto", False, _dist(True))).skipped
+    assert len(calls) == 2
+
+
+def test_a_training_rank_other_than_0_neither_locks_nor_records_its_failure(ws):
+    from bigmodel_cli.training.run_setup import stage_options
+
+    folder = ws.root / "runs" / "x"
+    with ws.lock("pretrain --name x"):  # rank 0 holds it
+        calls = []
+        outcome = run_stage(ws, "pretrain:x", {}, _input(ws), _work(ws, calls), lock="pretrain --name x",
+                            **stage_options(ws, folder, None, True, _dist(False)))
+        assert outcome.record is None and calls[0]["pid"] is not None
+        with pytest.raises(RuntimeError):
+            run_stage(ws, "pretrain:x", {}, _input(ws), _raises(RuntimeError("boom")), lock="pretrain --name x",
+                      **stage_options(ws, folder, None, True, _dist(False)))
+    assert _records(ws, "pretrain:x") == []
