@@ -207,3 +207,24 @@ def test_a_training_rank_other_than_0_neither_locks_nor_records_its_failure(ws):
             run_stage(ws, "pretrain:x", {}, _input(ws), _raises(RuntimeError("boom")), lock="pretrain --name x",
                       **stage_options(ws, folder, None, True, _dist(False)))
     assert _records(ws, "pretrain:x") == []
+
+
+def test_staged_dir_replaces_the_target_on_success_and_keeps_it_on_ctrl_c(tmp_path):
+    from bigmodel_cli.fileio import staged_dir
+
+    target, staging = tmp_path / "out", tmp_path / ".out.staging-1"
+    target.mkdir()
+    (target / "a.txt").write_text("old", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        with staged_dir(staging, target) as folder:
+            (folder / "a.txt").write_text("half", encoding="utf-8")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "a.txt").read_text(encoding="utf-8") == "old"
+    staging.mkdir()  # a killed run's leftover under this pid is replaced, not mixed in
+    (staging / "stale.txt").write_text("x", encoding="utf-8")
+    with staged_dir(staging, target) as folder:
+        (folder / "a.txt").write_text("new", encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    assert (target / "a.txt").read_text(encoding="utf-8") == "new"
