@@ -156,6 +156,30 @@ def dead_pid() -> int:
     return proc.pid
 
 
+_HOLD_LOCK = """
+import sys
+from bigmodel_cli.workspace.layout import Workspace
+with Workspace(sys.argv[1]).lock(sys.argv[2]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(ws: Workspace, command: str):
+    """Another process holding the workspace's lock for `command` until the block ends (or the
+    test kills it); yields that process."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(ws.root), command], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.stdin.close()  # the holder exits and its lock goes with it
+        holder.wait(timeout=30)
+        holder.stdout.close()
+
+
 @pytest.fixture
 def wide_console(monkeypatch):
     """Rich wraps at 80 columns off a terminal; a wide console keeps each message on one line.

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_fails, dead_pid
+from conftest import assert_fails, dead_pid, lock_held_elsewhere
 
 from bigmodel_cli.cli import _util
 from bigmodel_cli.data.vocab import SPECIAL_TOKENS
@@ -175,20 +175,8 @@ def test_lock_of_a_live_holder_is_not_taken_over(ws):
         orphan.wait(timeout=30)
 
 
-HOLD_LOCK = """
-import sys
-from bigmodel_cli.workspace.layout import Workspace
-with Workspace(sys.argv[1]).lock("pretrain --name mlm"):
-    print("locked", flush=True)
-    sys.stdin.readline()
-"""
-
-
 def test_status_shows_the_running_stage_then_an_interrupted_one(ws, run_cli):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ws.root)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(ws, "pretrain --name mlm") as holder:
         rows = {r["stage"]: r for r in stage_status(ws)}
         assert rows["pretrain:mlm"]["state"] == "running"
         assert f"pid {holder.pid}" in rows["pretrain:mlm"]["reasons"][0]
@@ -196,8 +184,6 @@ def test_status_shows_the_running_stage_then_an_interrupted_one(ws, run_cli):
         assert result.exit_code == 0 and "running" in result.output
         holder.kill()  # killed mid-stage: no record, the holder's note stays behind
         holder.wait(timeout=30)
-    finally:
-        holder.stdin.close()
     rows = {r["stage"]: r for r in stage_status(ws)}
     assert rows["pretrain:mlm"]["state"] == "interrupted"
     assert "run it again" in rows["pretrain:mlm"]["reasons"][0]

@@ -8,14 +8,12 @@ import hashlib
 import json
 import platform
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import invoke
+from conftest import invoke, lock_held_elsewhere
 
 from bigmodel_cli import __version__
 from bigmodel_cli.cli import _util
@@ -448,29 +446,14 @@ def test_status_failed_run(ws):
 
 
 # -- the lock -----------------------------------------------------------------------
-HOLD_LOCK = """
-import sys
-from bigmodel_cli.workspace.layout import Workspace
-with Workspace(sys.argv[1]).lock("preprocess"):
-    print("locked", flush=True)
-    sys.stdin.readline()
-"""
-
-
 def test_lock_held_by_another_process(ws):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ws.root)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(ws, "preprocess") as holder:
         result = invoke("preprocess", "-w", ws.root)
         assert result.exit_code == 2
         assert "busy" in result.stderr
         assert f"pid {holder.pid} is running `bigmodel preprocess`" in result.stderr
         assert not record_files(ws)
         assert not (ws.processed / "train.jsonl").exists()
-    finally:
-        holder.stdin.close()  # the holder exits and its lock goes with it
-        holder.wait(timeout=30)
     assert holder.returncode == 0
     result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 0, result.output
