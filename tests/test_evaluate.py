@@ -50,7 +50,11 @@ def test_classifier_report_stands_beside_the_baseline(cws, run_cli):
         assert set(SCALARS) <= set(figures) and figures["examples_per_s"] > 0
         assert sum(map(sum, figures["confusion"])) == 30 and len(figures["per_class"]) == 2
         assert sum(c["support"] for c in figures["per_class"]) == 30
-        assert 0 <= figures["ece"] <= 1
+        # the ECE and accuracy are the count-weighted figures of the reliability bins it reports
+        bins = [b for b in figures["reliability"] if b["count"]]
+        assert sum(b["count"] for b in bins) == 30
+        assert figures["ece"] == pytest.approx(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / 30)
+        assert figures["accuracy"] == pytest.approx(sum(b["count"] * b["accuracy"] for b in bins) / 30)
     for key in SCALARS:
         assert report["difference"][key] == pytest.approx(report["model"][key] - report["baseline"][key], abs=1e-6)
     assert report["baseline"]["macro_f1"] > 0.6  # real reviews: the baseline is not a straw man
