@@ -9,13 +9,14 @@ preprocess; one slow test runs the whole pipeline on Chinese reviews.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import STOPWORDS, assert_fails, lee_docs, write_processed
+from conftest import STOPWORDS, assert_fails, invoke, lee_docs, write_processed
 
 from bigmodel_cli.embeddings.embed import (
     MAX_SENTENCE,
@@ -408,13 +409,24 @@ def test_commands_never_unpickle_vectors_kv(done, run_cli, helpers):
 
 
 # -- bad input: one line, exit 2, nothing of an earlier run overwritten ---------------
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> Workspace:
+    """A workspace with one successful run (quick: 80 documents, one epoch), built once for the module."""
+    ws, _ = Workspace.init(tmp_path_factory.mktemp("embedded") / "ws")
+    small_buckets(ws)
+    write_processed(ws, lee_docs(80))
+    with contextlib.chdir(ws.root):
+        result = invoke("embed", *SMALL, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    return ws
+
+
 @pytest.fixture
-def done(lee_ws, run_cli, helpers):
-    """A workspace with one successful run (quick: 80 documents, one epoch); a snapshot of
-    embeddings/ to compare with."""
-    write_processed(lee_ws, lee_docs()[:80])
-    assert run_cli(["embed", *SMALL, "--epochs", "1"], lee_ws.root).exit_code == 0
-    return lee_ws, helpers.snapshot(lee_ws.root / "embeddings")
+def done(embedded, copy_ws, helpers):
+    """A copy of that workspace, for a test that fails a run in it; a snapshot of embeddings/ to
+    compare with."""
+    ws = copy_ws(embedded)
+    return ws, helpers.snapshot(ws.root / "embeddings")
 
 
 def assert_untouched(ws, helpers, before) -> None:
