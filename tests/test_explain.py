@@ -12,8 +12,6 @@ import torch
 
 from bigmodel_cli.data.vocab import SPECIAL_TOKENS, Vocab
 from bigmodel_cli.explain.explain import Explainer, rollout, summarize_faithfulness
-from bigmodel_cli.fileio import write_json
-from bigmodel_cli.model import checkpoint as ckpt
 from bigmodel_cli.model.transformer import ModelConfig, Transformer
 
 FILLER = [f"w{i}" for i in range(30)]
@@ -57,16 +55,9 @@ def toy():
 
 
 @pytest.fixture
-def toy_ws(ws, toy):
+def toy_ws(ws, toy, save_run):
     """The toy classifier saved as a finetune run (runs/toy/) in a workspace."""
-    model, _ = toy
-    folder = ws.root / "runs" / "toy"
-    folder.mkdir(parents=True)
-    write_json(folder / "config.json", model.cfg.to_dict())
-    write_json(folder / "meta.json", META)
-    (folder / "vocab.txt").write_text("".join(f"{w}\t0\n" for w in WORDS), encoding="utf-8")
-    opt = torch.optim.AdamW(model.parameters())
-    ckpt.save(folder / "checkpoints", 1, model, opt, {"step": 1}, model.cfg.to_dict(), {})
+    save_run(ws, "toy", toy[0], WORDS, META)
     return ws
 
 
@@ -207,29 +198,19 @@ def test_all_unknown_words_still_explained(toy_ws, run_cli):
     assert "outside the vocabulary" in result.output
 
 
-def test_masked_lm_run_is_refused(toy_ws, run_cli):
+def test_masked_lm_run_is_refused(toy_ws, run_cli, save_run):
     model = Transformer(ModelConfig(vocab_size=len(WORDS), layers=1, dim=16, heads=2, ffn=32, max_positions=16))
-    folder = toy_ws.root / "runs" / "mlm"
-    folder.mkdir(parents=True)
-    write_json(folder / "config.json", model.cfg.to_dict())
-    write_json(folder / "meta.json", META)
-    (folder / "vocab.txt").write_text("".join(f"{w}\t0\n" for w in WORDS), encoding="utf-8")
-    ckpt.save(folder / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, model.cfg.to_dict(), {})
+    save_run(toy_ws, "mlm", model, WORDS, META)
     result = run_cli(["explain", "w1 good", "--run", "mlm"], toy_ws.root)
     assert result.exit_code == 2 and "masked-LM pretrain run" in result.output and "bigmodel finetune" in result.output
     newest = run_cli(["explain", "w1 good", "--method", "saliency"], toy_ws.root)  # the newest run is mlm: the classifier is used
     assert newest.exit_code == 0 and "label: pos" in newest.output
 
 
-def test_causal_run_explains_the_next_word(toy_ws, run_cli):
+def test_causal_run_explains_the_next_word(toy_ws, run_cli, save_run):
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=len(WORDS), layers=2, dim=16, heads=2, ffn=32, max_positions=16, causal=True))
-    folder = toy_ws.root / "runs" / "gpt"
-    folder.mkdir(parents=True)
-    write_json(folder / "config.json", model.cfg.to_dict())
-    write_json(folder / "meta.json", META)
-    (folder / "vocab.txt").write_text("".join(f"{w}\t0\n" for w in WORDS), encoding="utf-8")
-    ckpt.save(folder / "checkpoints", 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, model.cfg.to_dict(), {})
+    save_run(toy_ws, "gpt", model, WORDS, META)
     result = run_cli(["explain", "w1 w2 w3", "--run", "gpt", "--target", "good", "--steps", "8", "--json"], toy_ws.root)
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])
