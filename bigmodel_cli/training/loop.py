@@ -297,9 +297,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: 
     trainer = _Trainer(model, task, cfg, run_dir, seed=seed, model_config=model_config, resume=resume,
                        extra_state=extra_state, log_lines=log_lines)
     state, total = trainer.state, trainer.total
+    show_bar = show_progress and trainer.dist.main
     model.train()
-    with _Progress(show_progress and trainer.dist.main, console, total, state.step) as bar, \
-            _SignalFlag(signal.SIGTERM) as term:
+    with _Progress(show_bar, console, total, state.step) as bar, _SignalFlag(signal.SIGTERM) as term:
         started = time.perf_counter() - state.train_seconds
         while state.step < total:
             grad_norm = trainer.train_step(started)
