@@ -135,6 +135,7 @@ def failure_line(exc: BaseException, interrupted: str = "interrupted (Ctrl-C)") 
         return interrupted
     return f"{type(exc).__name__}: {exc}"
 
+
 RECORDED_LIBRARIES = ("torch", "jieba", "jieba_next", "nltk", "gensim", "scikit-learn", "numpy", "charset-normalizer")
 
 
