@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import invoke, lock_held_elsewhere
+from conftest import invoke, lock_held_elsewhere, snapshot
 
 from bigmodel_cli import __version__
 from bigmodel_cli.cli import _util
@@ -76,10 +76,6 @@ def ws(tmp_path) -> Workspace:
 
 def corpus_path(ws: Workspace) -> Path:
     return ws.raw / "corpus.txt"
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def record_files(ws: Workspace, stage: str = "preprocess") -> list[Path]:
