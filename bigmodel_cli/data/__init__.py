@@ -1,1 +1,2 @@
-"""Text in: readers, cleaning, segmentation, stopwords, vocabulary and tokenizer, and the preprocess stage that writes data/processed/."""
+"""Text in: readers, cleaning, segmentation, stopwords, vocabulary and tokenizer, and the
+preprocess stage that writes data/processed/."""

@@ -196,7 +196,7 @@ class OrderedWorkers:
 
     def _merge_counts(self, path: Path) -> None:
         with open(path, "rb") as handle:
-            # loads(read()): marshal.load on a file object reads item by item, 0.2 s here
+            # loads(read()): marshal.load on a file object reads item by item, far slower
             for split, (tokens, numbers) in marshal.loads(handle.read()).items():
                 add_counts(self.counts.setdefault(split, Counter()), tokens, numbers)
 

@@ -198,7 +198,7 @@ class DocProcessor:
 
 def _json_tokens(clean: str, tokens: list[str]) -> str:
     # Clean text holds no control characters (cleaning removed them), so unless it has a
-    # quote or a backslash its tokens need no escaping: a join is the JSON, 3x faster.
+    # quote or a backslash its tokens need no escaping: a join is the JSON, at a fraction of json.dumps's cost.
     if '"' in clean or "\\" in clean:
         return _encode(tokens)
     return '["' + '", "'.join(tokens) + '"]'
@@ -377,9 +377,8 @@ def _fewer_collections(young: int = 10_000) -> Iterator[None]:
 
     The stage makes millions of short-lived containers (token lists, chunk payloads) and
     no reference cycles; reference counting frees them. At the default threshold (a
-    collection per 700 net new containers) the collector ran 134 times in a one-worker
-    run over 3.1 M characters, 68 ms, mostly traversing payloads still in use; at 10,000,
-    8 times and 17 ms."""
+    collection per 700 net new containers) it runs often and mostly traverses payloads
+    still in use; a higher threshold keeps it for the rare cycle (docs/benchmarks.md)."""
     old = gc.get_threshold()
     gc.set_threshold(young, *old[1:])
     try:
@@ -502,8 +501,8 @@ def _start_workers(ws, plan, cfg: PreprocessConfig, label_required: bool, proces
     if workers <= 1:
         return OrderedWorkers(processor.make_lines, workers, staging / "shards"), None
     # The dictionaries load once, here, and the workers inherit them by forking: they
-    # share those pages (about 90 MB less private memory per extra worker) and skip
-    # the 0.2 s load. Meanwhile a helper reads and cleans the first documents on
+    # share those pages (less private memory per worker) and none of them pays for its
+    # own load. Meanwhile a helper reads and cleans the first documents on
     # another core.
     (staging / "shards").mkdir()
     ahead = ReadAhead(lambda index: _reader(ws, plan, cfg, label_required, index) if index < len(plan) else None,
@@ -667,7 +666,7 @@ def _write_vocab_and_meta(stats: Stats, cfg: PreprocessConfig, lang: str, clean_
 
 class _Bar:
     """The progress bar: bytes read, documents, documents/s. rich is imported only to
-    show one (the import takes 30 ms)."""
+    show one (its import is not free)."""
 
     def __init__(self, show: bool, console, total_bytes: int):
         self.show, self.console, self.total, self.done = show, console, total_bytes, 0

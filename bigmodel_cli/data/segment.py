@@ -43,9 +43,8 @@ _PLACEHOLDERS = frozenset((URL_TOKEN, EMAIL_TOKEN))
 
 
 def jieba_next_available() -> bool:
-    """jieba_next and its compiled part are installed. Looked up, not imported: the import
-    takes 40 ms, which a run with several workers would pay before its read-ahead helper
-    starts; the segmenter imports it when it loads its dictionary."""
+    """jieba_next and its compiled part are installed. Looked up, not imported: a run with several
+    workers would pay for the import before its read-ahead helper starts; the segmenter imports it when it loads its dictionary."""
     try:
         spec = importlib.util.find_spec("jieba_next")
     except (ImportError, ValueError):

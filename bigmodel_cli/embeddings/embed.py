@@ -61,8 +61,8 @@ METHODS = ("word2vec", "fasttext", "glove")
 # gensim silently cuts a sentence after this many tokens (MAX_WORDS_IN_BATCH): longer
 # documents are written as several lines instead.
 MAX_SENTENCE = 10_000
-# Examples in the fixed loss sample: ~10 ms per epoch. The same examples every epoch, so
-# epochs compare closely even though the level carries ~1% sampling noise.
+# Examples in the fixed loss sample, small enough to cost little per epoch. The same
+# examples every epoch, so epochs compare closely even though the level is a sample's.
 LOSS_SAMPLE_EXAMPLES = 4_096
 LOSS_SAMPLE_CHUNKS = 512  # chunks kept (reservoir) while the corpus is read
 LOSS_SAMPLE_TOKENS = 60_000  # of which at most this many tokens are used

@@ -1,1 +1,2 @@
-"""The evaluate stage: scikit-learn metrics beside a TF-IDF + LogisticRegression baseline, with plots."""
+"""The evaluate stage: scikit-learn metrics beside a TF-IDF + LogisticRegression baseline, with
+plots."""

@@ -1,4 +1,5 @@
-"""One explanation: the words of a text, its prediction, and each method's score per word; what explain computes and the renderer draws."""
+"""One explanation: the words of a text, its prediction, and each method's score per word; what
+explain computes and the renderer draws."""
 
 from __future__ import annotations
 

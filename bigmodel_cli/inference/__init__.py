@@ -1,1 +1,2 @@
-"""Using a trained run: predict (classify text), generate (continue a prompt), export (Hugging Face, ONNX)."""
+"""Using a trained run: predict (classify text), generate (continue a prompt), export (Hugging
+Face, ONNX)."""

@@ -1,1 +1,2 @@
-"""The one training loop and the stages that use it: pretrain (masked or causal LM) and finetune (classification)."""
+"""The one training loop and the stages that use it: pretrain (masked or causal LM) and
+finetune (classification)."""

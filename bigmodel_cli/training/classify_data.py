@@ -1,4 +1,6 @@
-"""Classification data: labelled documents read from data/processed, encoded as [CLS] tokens [SEP] ids, batched by length, and the model's class probabilities over them. Shared by finetune, evaluate, predict, explain and the baseline."""
+"""Classification data: labelled documents read from data/processed, encoded as [CLS] tokens
+[SEP] ids, batched by length, and the model's class probabilities over them. Shared by
+finetune, evaluate, predict, explain and the baseline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Language-model data and tasks: the processed corpus as fixed-length blocks of token ids (cached, memory-mapped), and the masked (MLM) and causal (CLM) objectives that the training loop runs on them."""
+"""Language-model data and tasks: the processed corpus as fixed-length blocks of token ids
+(cached, memory-mapped), and the masked (MLM) and causal (CLM) objectives that the training
+loop runs on them."""
 
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 
 def tune_cpu_allocator() -> None:
     """Keep freed buffers in the process. glibc returns large blocks to the OS on every free
-    and maps them again on the next step, which costs up to 1.4x on small models; mallopt
+    and maps them again on the next step, which slows small models most; mallopt
     is glibc's public switch for it (a no-op elsewhere)."""
     import ctypes
     import ctypes.util

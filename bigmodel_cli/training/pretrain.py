@@ -84,7 +84,7 @@ def init_embeddings(ws, model, vocab: Vocab, name: str) -> dict[str, Any]:
     from bigmodel_cli.embeddings.vectors import find_run, load_vectors
 
     run_name, folder = find_run(ws, name)
-    kv = load_vectors(folder)  # safetensors + JSON, not a pickle; 10x faster than parsing vectors.txt
+    kv = load_vectors(folder)  # safetensors + JSON: never a pickle, and much quicker than parsing vectors.txt
     weight = model.embeddings.tokens.weight
     if kv.vector_size != weight.shape[1]:
         raise UserError(f"embeddings '{run_name}' have {kv.vector_size} dimensions but the model is {weight.shape[1]} wide",

@@ -1,4 +1,7 @@
-"""Pieces that pretrain and finetune share to set up a run folder: where the processed data is, which checkpoint a resume starts from, the options a resume keeps or may change, train.json, and how a training run runs in run_stage (refused over another run's checkpoints, rank 0 alone locking and recording, a failed record for any stop)."""
+"""Pieces that pretrain and finetune share to set up a run folder: where the processed data is,
+which checkpoint a resume starts from, the options a resume keeps or may change, train.json,
+and how a training run runs in run_stage (refused over another run's checkpoints, rank 0
+alone locking and recording, a failed record for any stop)."""
 
 from __future__ import annotations
 

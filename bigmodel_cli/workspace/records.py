@@ -1,4 +1,7 @@
-"""The record of every stage run: StageRun writes one JSON record per run (inputs and outputs with sha256, parameters, metrics, timings, library versions); run_stage() is the skeleton every stage runs in (skip when unchanged, lock, record, failed record); unchanged() says whether a stage may skip; stage_status() what `bigmodel status` shows."""
+"""The record of every stage run: StageRun writes one JSON record per run (inputs and outputs
+with sha256, parameters, metrics, timings, library versions); run_stage() is the skeleton
+every stage runs in (skip when unchanged, lock, record, failed record); unchanged() says
+whether a stage may skip; stage_status() what `bigmodel status` shows."""
 
 from __future__ import annotations
 
@@ -161,8 +164,8 @@ def _canonical(name: str) -> str:
 def _dist_info_versions() -> dict[str, str]:
     """Installed distributions' versions, read from their `NAME-VERSION.dist-info` folder
     names (as a wheel install names them) in sys.path order, as importlib.metadata finds
-    them: one listing per folder, 1 ms, where asking importlib.metadata for eight
-    packages parses eight METADATA files (5 to 35 ms) at the end of every stage."""
+    them: one listing per folder, where asking importlib.metadata parses a METADATA
+    file per package at the end of every stage."""
     found: dict[str, str] = {}
     for folder in sys.path:
         try:
