@@ -743,27 +743,3 @@ def test_top_counts_breaks_ties_by_token_whatever_the_counting_order():
     assert one.most_common(3) != other.most_common(3)  # the order most_common would have given depends on it
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_the_collector_runs_less_often_during_the_stage_and_is_restored(corpus_dir, helpers, run_pre, out, monkeypatch,
-                                                                         tmp_path, workers):
-    import gc
-
-    from bigmodel_cli.data import preprocess
-    from bigmodel_cli.errors import UserError
-
-    seen = _record_calls(monkeypatch, preprocess.DocProcessor, "make_lines", tmp_path / "thresholds.txt",
-                         lambda: gc.get_threshold()[0])
-    before = gc.get_threshold()
-    path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条" for i in range(1200)])
-    assert run_pre([path], lang="zh", workers=workers).report["documents"]["kept"] == 1200
-    assert set(seen.read_text().split()) == {"10000"}  # in the main process and in the workers
-    assert gc.get_threshold() == before
-
-    def broken(self):
-        assert gc.get_threshold()[0] == 10_000
-        raise UserError("terms.txt line 3: not 'word [count] [tag]'")
-
-    monkeypatch.setattr(preprocess.DocProcessor, "load", broken)
-    with pytest.raises(UserError, match="terms.txt"):  # a run that fails midway restores it too
-        run_pre([path], lang="zh", workers=workers)
-    assert gc.get_threshold() == before

@@ -18,9 +18,7 @@ run succeeds, so an interrupted or failed run leaves the previous output untouch
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import heapq
 import json
 import os
@@ -355,9 +353,8 @@ def preprocess(
 
     def work() -> Done:
         with staged_dir(ws.processed.with_name(f".processed.staging-{os.getpid()}"), ws.processed) as staging:
-            with _fewer_collections():
-                report, output_hashes = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress,
-                                             console, lines_at_most)
+            report, output_hashes = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress,
+                                         console, lines_at_most)
         outputs = sorted(p for p in ws.processed.iterdir() if p.is_file())
         known = {ws.processed / path.name: sha for path, sha in output_hashes().items()}
         return Done(report, outputs, _headline(report), known_hashes=known)
@@ -369,22 +366,6 @@ def preprocess(
         report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
         return PreprocessResult(True, report, outcome.record, ws.processed)
     return PreprocessResult(False, outcome.value, outcome.record, ws.processed)
-
-
-@contextlib.contextmanager
-def _fewer_collections(young: int = 10_000) -> Iterator[None]:
-    """Run the cyclic garbage collector less often (workers inherit the setting).
-
-    The stage makes millions of short-lived containers (token lists, chunk payloads) and
-    no reference cycles; reference counting frees them. At the default threshold (a
-    collection per 700 net new containers) it runs often and mostly traverses payloads
-    still in use; a higher threshold keeps it for the rare cycle (docs/benchmarks.md)."""
-    old = gc.get_threshold()
-    gc.set_threshold(young, *old[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
