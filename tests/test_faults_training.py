@@ -352,3 +352,18 @@ def test_a_torn_metrics_line_from_a_kill_does_not_stop_the_resume(ws):
     pretrain(ws, tiny(max_steps=16), seed=1, resume="auto")
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if "split" not in line]
     assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+def test_force_replaces_a_run_folder_but_never_one_the_user_filled(ws):
+    mine = ws.root / "runs" / "mlm"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes", encoding="utf-8")
+    with pytest.raises(UserError, match="holds no bigmodel run, so --force will not replace it"):
+        pretrain(ws, tiny(), seed=1, force=True)
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "my notes"
+    (mine / "notes.txt").unlink()
+    pretrain(ws, tiny(), seed=1)  # an empty folder is no one's: the run goes in
+    first = (mine / "checkpoints" / "last" / "model.safetensors").read_bytes()
+    (mine / "checkpoints" / "last" / "model.safetensors").write_bytes(b"stale")
+    pretrain(ws, tiny(), seed=1, force=True)  # a run's own folder is replaced
+    assert (mine / "checkpoints" / "last" / "model.safetensors").read_bytes() == first

@@ -72,9 +72,17 @@ def stage_options(ws, folder: Path, resume: str | None, force: bool, dist) -> di
             "main": dist.main, "record_errors": BaseException, "interrupted": INTERRUPTED}
 
 
+# What a run folder holds once a run has started (data/ is the block cache written first).
+RUN_FILES = ("config.json", "train.json", "checkpoints", "data", "metrics.jsonl")
+
+
 def start_over(folder: Path, force: bool, start: Path | None, dist) -> None:
-    """--force without a resume replaces the run: rank 0 removes its folder (holding the lock)."""
+    """--force without a resume replaces the run: rank 0 removes its folder (holding the
+    lock), but only a folder that a run made: one the user filled is refused."""
     if dist.main and force and start is None and folder.exists():
+        if any(folder.iterdir()) and not any((folder / name).exists() for name in RUN_FILES):
+            raise UserError(f"{folder} holds no bigmodel run, so --force will not replace it",
+                            hint="pick another --name, or move that folder away")
         shutil.rmtree(folder)
 
 
