@@ -404,3 +404,21 @@ def test_a_rank_killed_by_a_signal_is_named(tmp_path, capfd):
     assert distributed._supervise(ranks) == 1
     err = capfd.readouterr().err
     assert err.startswith("error: rank 1 was killed by SIGKILL") and len(err.splitlines()) == 1
+
+
+def test_ctrl_c_caught_inside_string_built_code_still_exits_130_under_python_m(tmp_path):
+    # The Ctrl-C reaches us inside an __init__ that dataclasses built with exec (seen in
+    # `evaluate`): CPython then marks it unhandled and `python -m` used to end by SIGINT (-2).
+    (tmp_path / "interrupted_cmd.py").write_text(
+        "import typer\n"
+        "from bigmodel_cli.cli._util import handle_errors\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        "@handle_errors\n"
+        "def go() -> None:\n"
+        "    exec('raise KeyboardInterrupt', {})\n"
+        "app()\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "interrupted_cmd"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted" in done.stderr and "Traceback" not in done.stderr

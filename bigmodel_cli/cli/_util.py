@@ -128,9 +128,21 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(line)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: outputs of this run were not written; earlier outputs are intact")
-            raise typer.Exit(130)
+            raise interrupted_exit() from None
 
     return wrapper
+
+
+def interrupted_exit() -> typer.Exit:
+    """The exit (code 130) of a command that caught Ctrl-C.
+
+    When the KeyboardInterrupt passed through code that CPython ran from a string (the
+    `__init__` that dataclasses and namedtuple build with `exec`), CPython marks it as
+    unhandled even though it was caught, and `python -m bigmodel_cli` (the way ranks and
+    tests start us) then ends by SIGINT instead of exit 130. A new string exec clears that
+    mark (CPython resets it at the start of every one)."""
+    exec("pass")
+    return typer.Exit(130)
 
 
 def open_workspace(path: Optional[Path]):

@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import app, console, err_console, handle_errors
+from bigmodel_cli.cli._util import app, console, err_console, handle_errors, interrupted_exit
 
 
 @app.command("quickstart")
@@ -49,7 +49,7 @@ def quickstart_cli(
         again = f"bigmodel quickstart {directory}" + ("" if lang == "zh" else f" --lang {lang}")
         err_console.print(f"[yellow]interrupted[/]: finished stages are kept; run `{escape(again)}` again to go on "
                           "from where it stopped", soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise interrupted_exit() from None
     summary = Table(title=f"bigmodel quickstart ({lang}) in {escape(str(result.workspace))}")
     for col in ("stage", "key figure", "time", "files"):
         summary.add_column(col)
