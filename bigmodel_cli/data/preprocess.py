@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 from bigmodel_cli.data.cleaning import URL_CHOICES, CleanOptions, clean_text
 from bigmodel_cli.data.dedupe import LABEL_BITS, SeenIndex, kept_sources
 from bigmodel_cli.data.parallel import OrderedWorkers
+from bigmodel_cli.data.plain import plain_path
 from bigmodel_cli.data.read_ahead import CleanDoc, ReadAhead
 from bigmodel_cli.data.readers import (
     SAMPLE_BYTES,
@@ -709,6 +710,8 @@ def worker_count(requested: int, chunks_at_most: int | None) -> tuple[int, str |
     asked. More than twice the cores this process may use only compete for them (each
     also holds its own memory), and a worker with no chunk of documents to take does
     nothing but start."""
+    if plain_path():  # one process, so no pool and no read-ahead helper (report: workers 1, segmenter plain)
+        return 1, None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cap = max(2 * cores, 4)
     workers = min(requested or cores, cap)

@@ -14,6 +14,9 @@ both yield word by word from a generator). The result equals jieba's on every li
 Plain jieba (`backend='jieba'`, the fallback) goes through the same walk, with jieba's
 route computed in one pass instead of get_DAG then calc (same scores, same ties), and
 repeated HMM runs remembered: the same words as `jieba.lcut`, about 1.6x as fast.
+
+With `BIGMODEL_PLAIN=1` (data/plain.py) all of this is bypassed: `PlainChineseSegmenter`
+calls `jieba.lcut` and nothing else, the reference the fast walk is checked against.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bigmodel_cli.data import jieba_cache
+from bigmodel_cli.data.plain import plain_path
 from bigmodel_cli.data.cleaning import (
     EMAIL_TOKEN,
     PLACEHOLDER_RE,
@@ -56,6 +60,8 @@ def jieba_next_available() -> bool:
 def resolve_backend(name: str) -> str:
     if name not in SEGMENTERS:
         raise UserError(f"--segmenter must be one of {', '.join(SEGMENTERS)}, got '{name}'")
+    if plain_path():
+        return "jieba"  # the plain path segments with jieba.lcut, whatever was asked
     if name == "auto":
         return "jieba_next" if jieba_next_available() else "jieba"
     if name == "jieba_next" and not jieba_next_available():
@@ -299,6 +305,36 @@ class ChineseSegmenter:
             return "unknown"
 
 
+class PlainChineseSegmenter:
+    """jieba's precise mode through its public API alone (`Tokenizer.lcut`): the plain path's
+    segmenter (data/plain.py). A user dictionary goes into a tokenizer of its own, as in
+    ChineseSegmenter, so that it does not leak into jieba's shared default one."""
+
+    backend = "jieba"
+
+    def __init__(self, hmm: bool = True, user_dict: str | Path | None = None):
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        self.hmm = hmm
+        self._tokenizer = jieba.Tokenizer() if user_dict else jieba.dt
+        if user_dict:
+            self._tokenizer.load_userdict(str(user_dict))
+
+    def cut(self, text: str) -> list[str]:
+        return self._tokenizer.lcut(text, HMM=self.hmm)
+
+    def version(self) -> str:
+        return metadata.version("jieba")
+
+
+def chinese_segmenter(backend: str, hmm: bool = True, user_dict: str | Path | None = None):
+    """The segmenter for Chinese: plain jieba on the plain path, else the fast walk."""
+    if plain_path():
+        return PlainChineseSegmenter(hmm, user_dict)
+    return ChineseSegmenter(backend, hmm, user_dict)
+
+
 # Abbreviations whose final period stays on the word when we split sentence-final periods.
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc inc ltd co corp jan feb mar apr jun jul aug sep sept oct nov dec "
@@ -352,7 +388,7 @@ class Segmenter:
 
     def __init__(self, opts: SegmentOptions):
         self.opts = opts
-        self._zh = ChineseSegmenter(opts.backend, opts.hmm, opts.user_dict) if opts.lang in ("zh", "auto") else None
+        self._zh = chinese_segmenter(opts.backend, opts.hmm, opts.user_dict) if opts.lang in ("zh", "auto") else None
         self._en = EnglishTokenizer() if opts.lang in ("en", "auto") else None
 
     def tokenize(self, text: str) -> tuple[list[str], str]:
@@ -388,8 +424,11 @@ def describe_segmenter(opts: SegmentOptions) -> dict[str, object]:
     """What segments, for the run record; needs no dictionary loaded."""
     info: dict[str, object] = {"lang": opts.lang, "lowercase": opts.lowercase, "stem": opts.stem}
     if opts.lang in ("zh", "auto"):
-        package = "jieba_next" if opts.backend == "jieba_next" else "jieba"
-        info.update(zh=opts.backend, zh_version=metadata.version(package), hmm=opts.hmm)
+        backend = "jieba" if plain_path() else opts.backend
+        package = "jieba_next" if backend == "jieba_next" else "jieba"
+        info.update(zh=backend, zh_version=metadata.version(package), hmm=opts.hmm)
+        if plain_path():
+            info.update(plain=True)  # jieba.lcut itself (BIGMODEL_PLAIN=1), not the fast walk
     if opts.lang in ("en", "auto"):
         info.update(en="nltk.NLTKWordTokenizer", nltk_version=metadata.version("nltk"))
     return info
