@@ -20,8 +20,11 @@ file and the value.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +369,77 @@ def tied(tensors: dict, config: dict[str, Any]) -> bool:
     if decoder is None:
         return bool(config.get("tie_word_embeddings", True))
     return bool(torch.equal(decoder, tensors["bert.embeddings.word_embeddings.weight"]))
+
+
+# -- a finetune base ------------------------------------------------------------------------------
+# finetune starts from a base folder that carries the tokenizer (tokenizer.json, vocab.txt,
+# meta.json: what data.tokenizer.Encoder reads and copy_tokenizer_files copies into the
+# run). For a Hugging Face folder that base is prepared in the workspace, beside a
+# SOURCE file saying where the weights are and the model config under our names; the
+# weights themselves are read from the folder when the run starts, never copied.
+SOURCE = "hf_source.json"
+KEY_FILES = (CONFIG, TOKENIZER_JSON, VOCAB, TOKENIZER_CONFIG)
+
+
+def prepare_base(path: Path | str, cache: Path) -> Path:
+    """cache/NAME-KEY/ for the Hugging Face folder at `path` (checked whole first, so that a
+    refusal writes nothing). KEY hashes the folder's path, its config and tokenizer files
+    and its weights' sizes and times: a changed folder gets a new base, and a base once
+    written never changes under a run that reads it."""
+    from bigmodel_cli.data.tokenizer import save_tokenizer
+    from bigmodel_cli.fileio import remove_stale, write_json
+
+    folder = check_folder(path)
+    model_cfg, _, tokenizer, meta = read_hf_folder(folder)
+    target = cache / f"{_slug(folder.name)}-{source_key(folder)[:12]}"
+    if (target / SOURCE).is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    remove_stale(cache, ".*.staging-*", r"\..+\.staging-(\d+)")
+    staging = cache / f".{target.name}.staging-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        save_tokenizer(tokenizer, staging, {"kind": "hf", "source": str(folder), **meta["tokenizer"]})
+        write_json(staging / SOURCE, {"source": str(folder), "architectures": meta["architectures"], "config": model_cfg,
+                                      "unused_weights": meta["unused_weights"]})
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process prepared the same base meanwhile: the same files
+            if not (target / SOURCE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def source_key(folder: Path) -> str:
+    digest = hashlib.sha256(str(folder).encode())
+    for name in KEY_FILES:
+        if (folder / name).is_file():
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    for path in find_weights(folder):
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "hf"
+
+
+def is_hf_base(base: Path | None) -> bool:
+    return base is not None and (base / SOURCE).is_file()
+
+
+def base_source(base: Path) -> dict[str, Any]:
+    """The prepared base's SOURCE: source (the folder), config (ours), unused_weights."""
+    return read_json_object(base / SOURCE)
+
+
+def base_files(base: Path) -> list[Path]:
+    """What decides a finetune from this base: the tokenizer files and the folder's config
+    and weights (their hashes go into the stage's record)."""
+    folder = Path(base_source(base)["source"])
+    return [base / VOCAB, base / TOKENIZER_JSON, folder / CONFIG, *find_weights(folder)]
