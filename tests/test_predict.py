@@ -46,10 +46,8 @@ def test_raw_text_gets_the_training_normalisation(cws):
     records = read_split(cws.processed / "test.jsonl")[:8]
     folder = cws.root / "runs" / "classifier"
     model, _ = load_model(folder)
-    vocab_pad = Predictor(folder).pipe.vocab.id(PAD)
-    from bigmodel_cli.data.vocab import Vocab
-
-    expected = classify_probs(model, encode_records(records, Vocab.load(folder / "vocab.txt"), ["neg", "pos"], 32), 64, vocab_pad)
+    encoder = Predictor(folder).encoder
+    expected = classify_probs(model, encode_records(records, encoder, ["neg", "pos"], 32), 64, encoder.vocab.id(PAD))
     # full-width characters and HTML as users paste them: cleaned away exactly as preprocess did
     raw = ["<p>" + r["text"] + "</p>" for r in records]
     got = Predictor(folder).probabilities(raw)

@@ -15,6 +15,7 @@ import torch
 from conftest import metrics
 from safetensors.torch import load_file
 
+from bigmodel_cli.data.tokenizer import WordEncoder
 from bigmodel_cli.data.vocab import Vocab
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.training.lm_data import MLMTask, encode_blocks
@@ -72,10 +73,11 @@ def test_packing_blocks_start_with_cls_and_separate_documents(tmp_path):
     vocab = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"], [0] * 8)
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps({"tokens": t}) for t in (["a", "b"], ["c", "x", "a"], ["b"], ["c"])) + "\n")
-    blocks = encode_blocks(path, vocab, 4)
+    blocks, starts = encode_blocks(path, WordEncoder(vocab=vocab), 4)
     # stream: a b SEP c UNK a SEP b SEP c SEP -> bodies of 3 after [CLS], the last one padded
     assert blocks.tolist() == [[2, 5, 6, 3], [2, 7, 1, 5], [2, 3, 6, 3], [2, 7, 3, 0]]
     assert blocks.dtype == np.int32
+    assert starts.tolist() == [[1] * 4] * 4  # one token per word: every token starts one
 
 
 def test_bert_masking_proportions_and_specials():

@@ -10,7 +10,7 @@ import pytest
 
 from bigmodel_cli.data.tokenizer import detokenize
 from bigmodel_cli.data.vocab import SPECIAL_TOKENS, UNK, Vocab
-from bigmodel_cli.explain.explain import model_units
+from bigmodel_cli.data.tokenizer import model_units
 
 COUNTS = Counter({"房间": 5, "干净": 4, "很": 9, "好": 3, "坑爹": 1, "超值": 1, "the": 2})
 

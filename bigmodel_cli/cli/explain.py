@@ -14,6 +14,7 @@ from bigmodel_cli.cli._util import (
     err_console,
     handle_errors,
     open_workspace,
+    print_skipped,
     term_safe,
 )
 
@@ -39,6 +40,7 @@ def explain_cli(
     html: Optional[Path] = typer.Option(None, help="Write the HTML page to this file, or into this folder when it is one (as NAME.html).  \\[default: explanations/RUN/NAME.html]", show_default=False),
     png: bool = typer.Option(False, "--png", help="Also write PNG heatmaps."),
     json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON lines, one object per text, on stdout (messages go to stderr)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Explain again even if the texts, options and checkpoint are unchanged."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Explain a prediction per word: attention, rollout, saliency, gradient x input and
@@ -49,6 +51,7 @@ def explain_cli(
     layer over the 20 tokens that receive the most attention, per head too for one text),
     the scores as JSON lines, PNGs with --png, and with --faithfulness a table of
     comprehensiveness and sufficiency against 10 seeded random rankings (named by --removal).
+    The same texts with the same options and checkpoint are not explained again (--force does).
 
     [b]Examples[/b]:
       bigmodel explain "房间很干净，服务也好"                 # the latest classifier, every method
@@ -59,11 +62,10 @@ def explain_cli(
     """
     from bigmodel_cli.errors import UserError
     from bigmodel_cli.explain.explain import (
-        explain_texts,
+        explain,
         html_target,
         parse_methods,
         read_split_texts,
-        write_outputs,
     )
 
     ws = open_workspace(workspace)
@@ -85,20 +87,24 @@ def explain_cli(
         html = html_target(html, stem)
     from rich.progress import Progress
 
+    # the file the texts came from is hashed into the record: an edited file is explained again
+    source_file = input if input is not None else (ws.processed / f"{split}.jsonl" if split is not None else None)
+    warnings: list[str] = []
     with Progress(console=err_console, transient=True, disable=len(texts) < 2 or not err_console.is_terminal) as bar:
         task = bar.add_task("explaining", total=len(texts))
-        folder, explainer, results, faith = explain_texts(
-            ws, texts, run=run, methods=methods, target=target, layer=layer, head=head, steps=steps,
-            internal_batch_size=internal_batch_size, baseline=baseline, faithfulness=faithfulness, removal=removal,
-            progress=lambda: bar.advance(task))
-    params = dict(methods=list(methods), target=target, layer=layer, head=head, steps=steps, baseline=baseline,
-                  faithfulness=faithfulness, removal=removal, texts=len(texts), source=note,
-                  **({"seed": seed} if split is not None and limit else {}))
-    warnings: list[str] = []
-    files = write_outputs(ws, folder, results, faith, stem=stem, html_path=html, png=png, params=params,
-                          inputs_note=note, warnings=warnings)
+        result = explain(
+            ws, texts, stem=stem, source=note, run=run, methods=methods, target=target, layer=layer, head=head,
+            steps=steps, internal_batch_size=internal_batch_size, baseline=baseline, faithfulness=faithfulness,
+            removal=removal, html_path=html, png=png,
+            input_paths=(source_file,) if source_file is not None and source_file.is_file() else (),
+            params={"seed": seed} if split is not None and limit else None, force=force,
+            progress=lambda: bar.advance(task), warnings=warnings)
     # with --json, stdout holds the JSON lines alone (pipe it to jq); the rest goes to stderr
     out = err_console if json_out else console
+    if result.skipped:
+        _show_saved(ws, result, note, json_out, out)
+        return
+    results, faith, files = result.explanations, result.faithfulness, result.files
     if json_out:
         import sys
 
@@ -117,6 +123,27 @@ def explain_cli(
     for warning in warnings:
         err_console.print(f"[yellow]warning:[/] {term_safe(warning)}", soft_wrap=True)
     out.print("  written: " + ", ".join(f"{k} {term_safe(v)}" for k, v in files.items()), soft_wrap=True)
+
+
+def _show_saved(ws, result, note: str, json_out: bool, out) -> None:
+    """A skipped explain: the up-to-date line, and what the last run wrote (its JSON lines
+    on stdout with --json, its faithfulness table)."""
+    import json
+    import sys
+
+    files = result.files
+    what = f"explain {result.folder.name} ({note})"
+    if json_out:
+        err_console.print(f"[green]✓[/] {term_safe(what)} is up to date (inputs and options unchanged since run "
+                          f"{result.record['run_id']}); skipped. Use --force to run again.", soft_wrap=True)
+        sys.stdout.write((ws.root / files["json"]).read_text(encoding="utf-8"))
+        sys.stdout.flush()
+    else:
+        print_skipped(what, result.record)
+    if files.get("faithfulness"):
+        saved = json.loads((ws.root / files["faithfulness"]).read_text(encoding="utf-8"))
+        print_faithfulness(saved["methods"], saved["removal"], out)
+    out.print("  files: " + ", ".join(f"{k} {term_safe(v)}" for k, v in files.items()), soft_wrap=True)
 
 
 def _read_input(path: Path, limit: int | None) -> list[str]:

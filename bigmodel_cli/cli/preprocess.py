@@ -81,9 +81,13 @@ def print_report(report: dict, out_dir: str) -> None:
     oov = report["oov_dev"]["token_rate"]
     unk = report["oov_dev"].get("unk_rate")
     pieces = f", {report['vocab_pieces']:,} of them character pieces" if report.get("vocab_pieces") else ""
-    table.add_row("vocabulary", f"{report['vocab_size']:,}{pieces} (types in train {report['types_train']:,}; "
-                  f"dev OOV {'n/a' if oov is None else f'{oov:.2%}'}"
-                  + (f", [UNK] after pieces {unk:.2%}" if pieces and unk is not None else "") + ")")
+    if report.get("tokenizer"):  # the tokens counted above are the segmenter's words
+        table.add_row("vocabulary", f"{report['vocab_size']:,} {report['tokenizer']['kind']} tokens, tokenizer.json "
+                      f"(dev [UNK] {'n/a' if unk is None else f'{unk:.2%}'})")
+    else:
+        table.add_row("vocabulary", f"{report['vocab_size']:,}{pieces} (types in train {report['types_train']:,}; "
+                      f"dev OOV {'n/a' if oov is None else f'{oov:.2%}'}"
+                      + (f", [UNK] after pieces {unk:.2%}" if pieces and unk is not None else "") + ")")
     for kind in ("chars", "tokens"):
         p = report["lengths"][kind]
         if p:

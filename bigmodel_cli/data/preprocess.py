@@ -58,10 +58,12 @@ from bigmodel_cli.data.segment import (
     resolve_backend,
 )
 from bigmodel_cli.data.stopwords import load_stopwords
+from bigmodel_cli.data.subword import KINDS as TOKENIZER_KINDS
 from bigmodel_cli.data.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.fileio import (
     atomic_write,
+    read_json,
     sha256_in_background,
     staged_dir,
     write_json,
@@ -117,6 +119,11 @@ def validate(cfg: PreprocessConfig, lang: str, inputs: list[Path], split_files: 
         problems.append(f"--min-count must be 1 or more, got {cfg.min_count}")
     if 0 < cfg.max_vocab <= 5:
         problems.append(f"--max-vocab must leave room beyond the 5 special tokens (or be 0 for no limit), got {cfg.max_vocab}")
+    if cfg.tokenizer not in TOKENIZER_KINDS:
+        problems.append(f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got '{cfg.tokenizer}'")
+    if cfg.vocab_size < 0 or 0 < cfg.vocab_size <= len(SPECIAL_TOKENS):
+        problems.append(f"--vocab-size must leave room beyond the {len(SPECIAL_TOKENS)} special tokens "
+                        f"(or be 0 for the default), got {cfg.vocab_size}")
     if cfg.user_dict and not Path(cfg.user_dict).is_file():
         problems.append(f"--user-dict {cfg.user_dict}: no such file")
     elif cfg.user_dict:
@@ -458,6 +465,8 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     _check_outcome(stats, plan)
     vocab, meta = _write_vocab_and_meta(stats, cfg, lang, clean_opts, segment_opts, staging)
     report = _report(stats, vocab, meta, elapsed, workers, plan, given_splits)
+    if cfg.tokenizer != "word":
+        report.update(_train_tokenizer(cfg, staging))
     if workers_warning:
         report["warnings"].insert(0, workers_warning)
     write_json(staging / "report.json", report)
@@ -644,6 +653,38 @@ def _write_vocab_and_meta(stats: Stats, cfg: PreprocessConfig, lang: str, clean_
     }
     write_json(staging / "meta.json", meta)
     return vocab, meta
+
+
+def _train_tokenizer(cfg: PreprocessConfig, staging: Path) -> dict[str, Any]:
+    """tokenizer.json trained on the cleaned training text, with vocab.txt and meta.json
+    rewritten to match it; the report's vocabulary figures, measured on the dev split."""
+    from bigmodel_cli.data.subword import default_size, train_tokenizer
+    from bigmodel_cli.data.tokenizer import save_tokenizer
+
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(cfg.tokenizer, _split_texts(staging / "train.jsonl"), vocab_size=cfg.vocab_size,
+                                min_frequency=cfg.min_count, lowercase=cfg.lowercase, nfkc=cfg.nfkc)
+    seconds = time.perf_counter() - started
+    save_tokenizer(tokenizer, staging, {"kind": cfg.tokenizer, "vocab_size": default_size(cfg.tokenizer, cfg.vocab_size),
+                                        "lowercase": cfg.lowercase, "nfkc": cfg.nfkc, "min_frequency": cfg.min_count})
+    meta = read_json(staging / "meta.json")
+    meta["vocab"] = {"tokenizer": cfg.tokenizer, "size": tokenizer.get_vocab_size(with_added_tokens=True)}
+    write_json(staging / "meta.json", meta)
+    tokens = unk = 0
+    unk_id = tokenizer.token_to_id(UNK)
+    for batch in _batches(_split_texts(staging / "dev.jsonl"), 1000):
+        for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
+            tokens += len(encoding.ids)
+            unk += encoding.ids.count(unk_id)
+    return {"tokenizer": {"kind": cfg.tokenizer, "seconds": round(seconds, 3)},
+            "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True), "vocab_pieces": 0,
+            "oov_dev": {"token_rate": None, "unk_rate": round(unk / tokens, 4) if tokens else None, "type_rate": None}}
+
+
+def _split_texts(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)["text"]
 
 
 class _Bar:

@@ -222,7 +222,8 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
 
 def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig, out: Path,
                 show_progress: bool, console) -> dict[str, Any]:
-    from bigmodel_cli.data.vocab import PAD, Vocab
+    from bigmodel_cli.data.tokenizer import Encoder
+    from bigmodel_cli.data.vocab import PAD
     from bigmodel_cli.evaluation import baseline as bl
     from bigmodel_cli.model.runs import load_model
     from bigmodel_cli.training.classify_data import (
@@ -234,7 +235,8 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
     model, checkpoint = load_model(folder, checkpoint)
     labels = list(model.cfg.labels)
     max_len = classifier_max_len(folder, model)
-    vocab = Vocab.load(folder / "vocab.txt")
+    encoder = Encoder.from_folder(folder)
+    vocab = encoder.vocab
     records = read_split(split_path)
     unlabelled = sum(1 for r in records if r["label"] is None)
     if unlabelled == len(records):
@@ -248,7 +250,7 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
     y = np.array([labels.index(r["label"]) for r in scored])
 
     started = time.perf_counter()
-    data = encode_records(scored, vocab, labels, max_len)
+    data = encode_records(scored, encoder, labels, max_len)
     probs = classify_probs(model, data, cfg.batch_size, vocab.id(PAD))
     seconds = time.perf_counter() - started
     ours = {**classification_metrics(y, probs, labels, cfg.bins), "seconds": round(seconds, 3),
@@ -307,21 +309,23 @@ def verdict(report: dict[str, Any]) -> str:
 def _language_model(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig) -> dict[str, Any]:
     import contextlib
 
-    from bigmodel_cli.data.vocab import Vocab
+    from bigmodel_cli.data.tokenizer import Encoder
     from bigmodel_cli.model.runs import load_model
     from bigmodel_cli.training.lm_data import CLMTask, MLMTask, encode_blocks
 
     model, checkpoint = load_model(folder, checkpoint)
     train_cfg = read_json(folder / "train.json") if (folder / "train.json").exists() else {}
     seq_len = int(train_cfg.get("seq_len", 128))
-    vocab = Vocab.load(folder / "vocab.txt")
-    blocks = encode_blocks(split_path, vocab, seq_len)
+    encoder = Encoder.from_folder(folder)
+    vocab = encoder.vocab
+    blocks, starts = encode_blocks(split_path, encoder, seq_len)
     if not len(blocks):
         raise UserError(f"{ws.relative(split_path)} holds no tokens to evaluate on", hint="preprocess a corpus with text in it")
     objective = "clm" if model.cfg.causal else "mlm"
     task_cls = CLMTask if model.cfg.causal else MLMTask
+    whole_word = not model.cfg.causal and bool(train_cfg.get("whole_word", False))  # as the run was trained
     task = task_cls(blocks, blocks, cfg.batch_size, int(train_cfg.get("seed", 42)), vocab,
-                    float(train_cfg.get("mask_prob", 0.15)), eval_batches=0)
+                    float(train_cfg.get("mask_prob", 0.15)), eval_batches=0, starts=(starts, starts) if whole_word else None)
     started = time.perf_counter()
     import torch
 

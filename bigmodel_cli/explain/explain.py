@@ -23,7 +23,9 @@ confidence interval).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,7 @@ class Explainer:
         """The ids the model sees and the positions that hold words: for a classifier, exactly
         what predict and evaluate feed it ([CLS] words [SEP] cut to max_len, by their encoder);
         for a causal LM [CLS] words cut from the left to the position table (the words nearest
-        the prediction matter). `words` are model units (one id each, see model_units)."""
+        the prediction matter). `words` are model units (one id each, see Encoder.units)."""
         index: list[int | None]
         if self.kind == "classifier":
             ids = self.encode(words, self.max_len)
@@ -249,20 +251,26 @@ def rollout(att) -> Any:
 
 
 # -- the stage ------------------------------------------------------------------------
+def pick_run(ws, run: str | None) -> Path:
+    """runs/RUN, or the newest classifier (a pretrain run only when there is none)."""
+    from bigmodel_cli.model.runs import find_run, run_folders, run_kind
+
+    if run in (None, "latest"):
+        kinds = {run_kind(p) for p in run_folders(ws)}
+        return find_run(ws, None, kind="finetune" if "finetune" in kinds else None)
+    return find_run(ws, run)
+
+
 def load_explainer(ws, run: str | None):
-    from bigmodel_cli.data.tokenizer import TextPipeline
-    from bigmodel_cli.model.runs import find_run, load_model, run_folders, run_kind
+    from bigmodel_cli.data.tokenizer import Encoder
+    from bigmodel_cli.model.runs import load_model
     from bigmodel_cli.training.classify_data import classifier_max_len
 
-    if run in (None, "latest"):  # the newest classifier; a pretrain run only when there is none
-        kinds = {run_kind(p) for p in run_folders(ws)}
-        folder = find_run(ws, None, kind="finetune" if "finetune" in kinds else None)
-    else:
-        folder = find_run(ws, run)
+    folder = pick_run(ws, run)
     model, checkpoint = load_model(folder)
-    pipe = TextPipeline(folder)
+    encoder = Encoder.from_folder(folder)
     max_len = classifier_max_len(folder, model) if model.cfg.num_labels else None
-    return folder, Explainer(model, pipe.vocab, max_len=max_len, encode=pipe.encode), pipe
+    return folder, Explainer(model, encoder.vocab, max_len=max_len, encode=encoder.encode_units), encoder
 
 
 def summarize_faithfulness(rows: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -308,17 +316,6 @@ def parse_methods(method: str) -> tuple[str, ...]:
     return chosen
 
 
-def model_units(vocab, words: list[str]) -> list[str]:
-    """The units the model reads, which are what gets a score: a word outside the vocabulary
-    as its character pieces ("坑", "##爹"); a word with no pieces whole (the model sees [UNK],
-    and the explanation marks it unknown)."""
-    units = []
-    for word in words:
-        pieces = vocab.pieces(word)
-        units.extend([word] if UNK in pieces else pieces)
-    return units
-
-
 def readable_part(text: str, explainer: Explainer) -> str:
     """The part of `text` worth segmenting: as predict does, a classifier's text is cut to
     predict's character budget (its first max_len tokens lie well inside), and a causal
@@ -338,12 +335,12 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
         raise UserError(f"--baseline must be pad or zeros, got '{baseline}'")
     if removal not in ("mask", "delete"):
         raise UserError(f"--removal must be mask or delete, got '{removal}'")
-    folder, explainer, pipe = load_explainer(ws, run)
+    folder, explainer, encoder = load_explainer(ws, run)
     results, faith = [], []
     for i, text in enumerate(texts):
         if not text or not text.strip():
             raise UserError("the text to explain is empty", hint="give some words, e.g. bigmodel explain \"房间很干净\"")
-        words = model_units(pipe.vocab, pipe.tokens(readable_part(text, explainer)))
+        words = encoder.units(readable_part(text, explainer))
         if not words:
             raise UserError(f"nothing is left of {text[:80]!r} after cleaning", hint="give text with words in it")
         exp = explainer.explain(text, words, methods, target=target, layer=layer, head=head, steps=steps,
@@ -398,52 +395,134 @@ def html_target(path: Path, stem: str) -> Path:
     return path
 
 
+@dataclass
+class ExplainResult:
+    """An explain run: skipped (then `explanations` is empty and `files` are the last run's) or done."""
+
+    skipped: bool
+    folder: Path
+    record: dict[str, Any] | None
+    explanations: list[Explanation]
+    faithfulness: dict | None
+    files: dict[str, str]
+
+
+def explain(ws, texts: list[str], *, stem: str, source: str, run: str | None = None, methods=METHODS,
+            target: str | None = None, layer: int | None = None, head: int | None = None, steps: int = 50,
+            internal_batch_size: int = 25, baseline: str = "pad", faithfulness: bool = False, removal: str = "mask",
+            html_path: Path | None = None, png: bool = False, input_paths: tuple[Path, ...] = (),
+            params: dict[str, Any] | None = None, force: bool = False, progress=None,
+            warnings: list[str] | None = None) -> ExplainResult:
+    """The explain stage: explain `texts` and write the files named by `stem` into
+    explanations/RUN/, under the workspace lock, with the record `explain:RUN`. The same texts,
+    options and checkpoint as the last run of this `stem` (its files intact) skip, unless
+    `force`; `input_paths` (the file the texts came from) are hashed into the record."""
+    from bigmodel_cli.model.runs import model_checkpoint
+
+    folder = pick_run(ws, run)
+    checkpoint = model_checkpoint(folder)
+    stage = f"explain:{folder.name}"
+    params = {"run": folder.name, "checkpoint": checkpoint.name, "methods": list(methods), "target": target,
+              "layer": layer, "head": head, "steps": steps, "internal_batch_size": internal_batch_size,
+              "baseline": baseline, "faithfulness": faithfulness, "removal": removal, "texts": len(texts),
+              "texts_sha256": _texts_sha256(texts), "source": source, "stem": stem,
+              "html": str(html_path) if html_path else None, "png": png, **(params or {})}
+    inputs = ws.hash_paths([checkpoint / "model.safetensors", *input_paths])
+    last = next((r for r in reversed(ws.records(stage)) if r.get("status") == "ok" and r["params"].get("stem") == stem), None)
+
+    def work():
+        _, _, results, faith = explain_texts(
+            ws, texts, run=folder.name, methods=methods, target=target, layer=layer, head=head, steps=steps,
+            internal_batch_size=internal_batch_size, baseline=baseline, faithfulness=faithfulness, removal=removal,
+            progress=progress)
+        done = _write_files(ws, folder, results, faith, stem=stem, html_path=html_path, png=png, removal=removal,
+                            inputs_note=source, warnings=warnings)
+        done.value = (results, faith, done.value)
+        return done
+
+    outcome = _run_stage(ws, stage, params, inputs, work, may_skip=not force, last=last)
+    if outcome.skipped:
+        return ExplainResult(True, folder, outcome.record, [], None, dict(outcome.record.get("files") or {}))
+    results, faith, files = outcome.value
+    return ExplainResult(False, folder, outcome.record, results, faith, {k: ws.relative(v) for k, v in files.items()})
+
+
+def _texts_sha256(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
+def _run_stage(ws, stage: str, params: dict[str, Any], inputs: list[dict[str, str]], work, *, may_skip: bool,
+               last: Any = None):
+    """run_stage for explain: under the workspace lock (two explains, or an explain and a
+    finetune into the same run, do not write at once); no failed record, since a failed
+    explain leaves nothing that another stage reads."""
+    from bigmodel_cli.workspace.records import run_stage
+
+    return run_stage(ws, stage, params, inputs, work, lock=f"explain {stage.split(':', 1)[1]}", may_skip=may_skip,
+                     last=last, record_errors=())
+
+
 def write_outputs(ws, folder: Path, explanations: list[Explanation], faith: dict | None, *, stem: str,
                   html_path: Path | None, png: bool, params: dict[str, Any], inputs_note: str,
                   warnings: list[str] | None = None) -> dict[str, Any]:
-    """HTML page, JSON(L) scores, PNGs and the faithfulness table into explanations/RUN/, then
-    the record `explain:RUN`. An `html_path` that is a folder gets STEM.html inside it. Things
-    the user should know (no font for the words of a PNG) are appended to `warnings`."""
-    from bigmodel_cli.evaluation.plots import CJK_HINT
-    from bigmodel_cli.explain.render import render_html, write_png
-    from bigmodel_cli.fileio import atomic_write, json_line, write_json
+    """Explanations already made, written as `explain` writes them, with the record
+    `explain:RUN` (under the lock, never skipped): quickstart's one explained example."""
     from bigmodel_cli.model.runs import model_checkpoint
-    from bigmodel_cli.workspace.records import Done, run_stage
 
     checkpoint = model_checkpoint(folder)
 
-    def work() -> Done:
-        out_dir = ws.root / "explanations" / folder.name
-        out_dir.mkdir(parents=True, exist_ok=True)
-        removal = params.get("removal", "mask")
-        page = html_target(html_path, stem) if html_path else out_dir / f"{stem}.html"
-        with atomic_write(page) as handle:
-            handle.write(render_html(explanations, folder.name, faith, removal=removal))
-        outputs = {"html": page}
-        scores_path = out_dir / f"{stem}.jsonl"
-        with atomic_write(scores_path) as handle:
-            for exp in explanations:
-                handle.write(json_line(exp.to_json()))
-        outputs["json"] = scores_path
-        if png:
-            drawn = [write_png(exp, out_dir / f"{stem}-{i}.png") for i, exp in enumerate(explanations[:50], 1)]
-            outputs["png"] = out_dir / f"{stem}-1.png"
-            if not all(drawn) and warnings is not None:
-                warnings.append(f"PNG: {CJK_HINT} (the columns are numbered; the page and the JSON have the words)")
-        metrics: dict[str, Any] = {"texts": len(explanations)}
-        if faith:
-            path = out_dir / f"{stem}-faithfulness.json"
-            write_json(path, {"removal": removal, "levels": list(LEVELS), "methods": faith})
-            outputs["faithfulness"] = path
-            for method, entry in faith.items():
-                if method != "random":
-                    metrics[f"{method}_comp"] = round(entry["comprehensiveness"], 4)
-        if len(explanations) == 1:
-            metrics.update(predicted=explanations[0].predicted, p=round(explanations[0].probability, 4))
-        return Done(outputs, [p for p in outputs.values() if p.exists()], metrics, extra={"texts_from": inputs_note})
+    def work():
+        return _write_files(ws, folder, explanations, faith, stem=stem, html_path=html_path, png=png,
+                            removal=params.get("removal", "mask"), inputs_note=inputs_note, warnings=warnings)
 
-    # No lock and no failed record: explain only adds its own files to explanations/, which
-    # no stage reads.
-    outcome = run_stage(ws, f"explain:{folder.name}", params, ws.hash_paths([checkpoint / "model.safetensors"]), work,
-                        lock=None, may_skip=False, record_errors=())
+    outcome = _run_stage(ws, f"explain:{folder.name}", params, ws.hash_paths([checkpoint / "model.safetensors"]), work,
+                         may_skip=False)
     return {k: ws.relative(v) for k, v in outcome.value.items()}
+
+
+def _write_files(ws, folder: Path, explanations: list[Explanation], faith: dict | None, *, stem: str,
+                 html_path: Path | None, png: bool, removal: str, inputs_note: str, warnings: list[str] | None):
+    """HTML page, JSON(L) scores, PNGs and the faithfulness table into explanations/RUN/ (an
+    `html_path` that is a folder gets STEM.html inside it): the Done of a stage run, whose
+    value is {kind: path}. Things the user should know (no font for the words of a PNG) are
+    appended to `warnings`."""
+    from bigmodel_cli.evaluation.plots import CJK_HINT
+    from bigmodel_cli.explain.render import render_html, write_png
+    from bigmodel_cli.fileio import atomic_write, json_line, write_json
+    from bigmodel_cli.workspace.records import Done
+
+    out_dir = ws.root / "explanations" / folder.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = html_target(html_path, stem) if html_path else out_dir / f"{stem}.html"
+    with atomic_write(page) as handle:
+        handle.write(render_html(explanations, folder.name, faith, removal=removal))
+    outputs = {"html": page}
+    scores_path = out_dir / f"{stem}.jsonl"
+    with atomic_write(scores_path) as handle:
+        for exp in explanations:
+            handle.write(json_line(exp.to_json()))
+    outputs["json"] = scores_path
+    pngs = []
+    if png:
+        pngs = [out_dir / f"{stem}-{i}.png" for i in range(1, min(len(explanations), 50) + 1)]
+        drawn = [write_png(exp, path) for exp, path in zip(explanations, pngs)]
+        outputs["png"] = pngs[0]
+        if not all(drawn) and warnings is not None:
+            warnings.append(f"PNG: {CJK_HINT} (the columns are numbered; the page and the JSON have the words)")
+    metrics: dict[str, Any] = {"texts": len(explanations)}
+    if faith:
+        path = out_dir / f"{stem}-faithfulness.json"
+        write_json(path, {"removal": removal, "levels": list(LEVELS), "methods": faith})
+        outputs["faithfulness"] = path
+        for method, entry in faith.items():
+            if method != "random":
+                metrics[f"{method}_comp"] = round(entry["comprehensiveness"], 4)
+    if len(explanations) == 1:
+        metrics.update(predicted=explanations[0].predicted, p=round(explanations[0].probability, 4))
+    # Every file is in the record, so that one deleted or changed makes the next run redo the work.
+    recorded = [p for p in dict.fromkeys([*outputs.values(), *pngs]) if p.exists()]
+    return Done(outputs, recorded, metrics,
+                extra={"texts_from": inputs_note, "files": {k: ws.relative(v) for k, v in outputs.items()}})

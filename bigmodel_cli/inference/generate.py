@@ -57,7 +57,7 @@ def generate(ws, prompt: str, *, run: str | None = None, temperature: float = 0.
              max_tokens: int = 50, seed: int = 42) -> Generation:
     import torch
 
-    from bigmodel_cli.data.tokenizer import TextPipeline, detokenize
+    from bigmodel_cli.data.tokenizer import Encoder
     from bigmodel_cli.model.runs import find_run, load_model
 
     problems = validate(temperature, top_k, top_p, max_tokens)
@@ -68,11 +68,13 @@ def generate(ws, prompt: str, *, run: str | None = None, temperature: float = 0.
     if not model.cfg.causal:
         raise UserError(f"run '{folder.name}' was pretrained as a masked LM, which cannot continue text",
                         hint="pretrain a causal one: bigmodel pretrain --objective clm --name gpt, then --run gpt")
-    pipe = TextPipeline(folder)
-    prompt_tokens = pipe.tokens(prompt)
-    ids = [pipe.vocab.id(CLS)] + pipe.vocab.encode(prompt_tokens)
-    banned = torch.tensor([pipe.vocab.id(t) for t in (PAD, CLS, MASK, UNK)])
-    sep = pipe.vocab.id(SEP)
+    encoder = Encoder.from_folder(folder)
+    vocab = encoder.vocab
+    prompt_tokens = encoder.units(prompt)
+    prompt_ids = [vocab.id(t) for t in prompt_tokens]
+    ids = [vocab.id(CLS)] + prompt_ids
+    banned = torch.tensor([vocab.id(t) for t in (PAD, CLS, MASK, UNK)])
+    sep = vocab.id(SEP)
     generator = torch.Generator().manual_seed(seed)
     new: list[int] = []
     stopped = "max tokens"
@@ -88,5 +90,5 @@ def generate(ws, prompt: str, *, run: str | None = None, temperature: float = 0.
                 break
             ids.append(token)
             new.append(token)
-    tokens = [pipe.vocab.tokens[i] for i in new]
-    return Generation(folder.name, prompt, prompt_tokens, tokens, detokenize(prompt_tokens + tokens), stopped)
+    tokens = [vocab.tokens[i] for i in new]
+    return Generation(folder.name, prompt, prompt_tokens, tokens, encoder.decode(prompt_tokens + tokens), stopped)

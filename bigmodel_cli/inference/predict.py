@@ -41,7 +41,7 @@ class Predictor:
     """A finetuned run, ready to classify raw text."""
 
     def __init__(self, folder: Path, batch_size: int = 64):
-        from bigmodel_cli.data.tokenizer import TextPipeline
+        from bigmodel_cli.data.tokenizer import Encoder
         from bigmodel_cli.fileio import read_json
         from bigmodel_cli.model.runs import load_model
 
@@ -50,16 +50,16 @@ class Predictor:
         self.labels = list(self.model.cfg.labels)
         train = read_json(folder / "train.json") if (folder / "train.json").exists() else {}
         self.max_len = min(int(train.get("max_len", 128)), self.model.cfg.max_positions)
-        self.pipe = TextPipeline(folder)
+        self.encoder = Encoder.from_folder(folder)
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         from bigmodel_cli.data.vocab import PAD
         from bigmodel_cli.training.classify_data import Encoded, classify_probs
 
         cut = max(MAX_CHARS, 200 * self.max_len)
-        docs = [self.pipe.encode(self.pipe.tokens(text[:cut]), self.max_len) for text in texts]
+        docs = self.encoder.encode_texts([text[:cut] for text in texts], self.max_len)
         return classify_probs(self.model, Encoded.from_lists(docs, [-1] * len(docs)), self.batch_size,
-                              self.pipe.vocab.id(PAD))
+                              self.encoder.vocab.id(PAD))
 
     def records(self, items: list[Item], top_k: int = 0) -> list[dict[str, Any]]:
         probs = self.probabilities([item.text for item in items])

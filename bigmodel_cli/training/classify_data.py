@@ -72,10 +72,10 @@ def read_split(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def encode_records(records: list[dict[str, Any]], vocab: Vocab, labels: list[str], max_len: int) -> Encoded:
+def encode_records(records: list[dict[str, Any]], encoder, labels: list[str], max_len: int) -> Encoded:
+    """Labelled records through the run's Encoder (data.tokenizer), as predict encodes raw text."""
     index = {label: i for i, label in enumerate(labels)}
-    return Encoded.from_lists([encode_ids(vocab, r["tokens"], max_len) for r in records],
-                              [index.get(r["label"], -1) for r in records])
+    return Encoded.from_lists(encoder.encode_records(records, max_len), [index.get(r["label"], -1) for r in records])
 
 
 def pad_batch(docs: list[np.ndarray], pad_id: int, length: int | None = None):

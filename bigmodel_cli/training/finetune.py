@@ -197,29 +197,63 @@ class ClassifyTask:
 
 # -- the model --------------------------------------------------------------------------------
 def base_run(ws, from_run: str) -> Path | None:
-    """The pretrain run to start from (None for scratch)."""
+    """The pretrain run to start from (None for scratch), or for a Hugging Face BERT folder
+    the base prepared from it in .bigmodel/hf/ (its tokenizer; see model.hf_import)."""
+    from bigmodel_cli.model import hf_import
     from bigmodel_cli.model.runs import find_run, run_folders, run_kind
 
     if from_run == "scratch":
         return None
+    if hf_import.is_hf_folder(from_run, ws.root / "runs"):
+        return hf_import.prepare_base(from_run, ws.meta / "hf")
     if from_run == "latest" and not any(run_kind(p) == "pretrain" for p in run_folders(ws)):
         raise UserError(f"no pretrain run in {ws.relative(ws.root / 'runs')}/ to start from",
                         hint="run `bigmodel pretrain` first, or pass --from scratch for a classifier without pretraining")
     return find_run(ws, from_run, kind="pretrain")
 
 
-def resumed_base(ws, folder: Path, latest: Path | None) -> Path | None:
+def resumed_base(ws, folder: Path) -> Path | None:
     """The base a resumed `--from latest` run started from, not a pretrain run made since."""
-    from bigmodel_cli.model.runs import find_run, train_options
+    from bigmodel_cli.model.runs import train_options
 
     recorded = train_options(folder).get("base")
-    if not recorded or (latest is not None and recorded == latest.name):
-        return latest
-    return None if recorded == "scratch" else find_run(ws, recorded, kind="pretrain")
+    return base_run(ws, recorded or "latest")
+
+
+def hf_from(ws, from_run: str) -> str:
+    """--from as recorded: a Hugging Face folder as its absolute path, so that a resume from
+    another folder finds it and `./bert` and `bert/` are the same base."""
+    import os
+
+    from bigmodel_cli.model import hf_import
+
+    if not hf_import.is_hf_folder(from_run, ws.root / "runs"):
+        return from_run
+    return os.path.abspath(Path(from_run).expanduser())
+
+
+def base_label(base: Path | None) -> str:
+    """The base as the run records it: a run's name, a Hugging Face folder's path, or scratch."""
+    from bigmodel_cli.model import hf_import
+
+    if base is None:
+        return "scratch"
+    return hf_import.base_source(base)["source"] if hf_import.is_hf_base(base) else base.name
+
+
+def base_files(base: Path) -> list[Path]:
+    """The files whose hashes decide whether a finetune from `base` is up to date."""
+    from bigmodel_cli.model import hf_import
+    from bigmodel_cli.model.runs import model_checkpoint
+
+    if hf_import.is_hf_base(base):
+        return hf_import.base_files(base)
+    return [base / "vocab.txt", model_checkpoint(base) / "model.safetensors"]
 
 
 def model_config(cfg: FinetuneConfig, base: Path | None, vocab: Vocab, labels: list[str]):
     from bigmodel_cli.model import checkpoint as ckpt
+    from bigmodel_cli.model import hf_import
     from bigmodel_cli.model.runs import model_checkpoint
     from bigmodel_cli.model.transformer import ModelConfig, architecture
 
@@ -229,18 +263,28 @@ def model_config(cfg: FinetuneConfig, base: Path | None, vocab: Vocab, labels: l
         layers, dim, heads, ffn = architecture(cfg)
         return ModelConfig(vocab_size=len(vocab), layers=layers, dim=dim, heads=heads, ffn=ffn,
                            max_positions=max(512, cfg.max_len), pad_id=vocab.id(PAD), **head)
-    saved = ckpt.read_config(model_checkpoint(base))
+    hf = hf_import.is_hf_base(base)
+    saved = hf_import.base_source(base)["config"] if hf else ckpt.read_config(model_checkpoint(base))
     if cfg.max_len > saved["max_positions"]:
-        raise UserError(f"--max-len {cfg.max_len} is longer than run '{base.name}' can read (its position table holds {saved['max_positions']})",
+        what = base_label(base) if hf else f"run '{base.name}'"
+        raise UserError(f"--max-len {cfg.max_len} is longer than {what} can read (its position table holds {saved['max_positions']})",
                         hint=f"pass --max-len {saved['max_positions']} or less")
     return ModelConfig.from_dict({**saved, **head})
 
 
 def init_from(model, base: Path) -> dict[str, Any]:
-    """Load the base run's weights; the pooler and classifier stay new (and are reported)."""
+    """Load the base run's weights; the pooler and classifier stay new (and are reported).
+    A Hugging Face base's weights are read from its folder (safetensors) at this moment."""
     from bigmodel_cli.model import checkpoint as ckpt
+    from bigmodel_cli.model import hf_import
     from bigmodel_cli.model.runs import model_checkpoint
 
+    if hf_import.is_hf_base(base):
+        source = hf_import.base_source(base)["source"]
+        _, weights, _, meta = hf_import.read_hf_folder(source)
+        result = ckpt.load_weights(model, weights, Path(source), strict=False)
+        return {"run": source, "checkpoint": source, "new": sorted(result.missing_keys),
+                "unused": sorted(result.unexpected_keys) + meta["unused_weights"]}
     checkpoint = model_checkpoint(base)
     ckpt.verify(checkpoint)
     result = ckpt.load_weights(model, ckpt.load_model_weights(checkpoint), checkpoint / ckpt.MODEL, strict=False)
@@ -285,25 +329,21 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     if problems:
         raise UserError("; ".join(problems))
     train_path, dev_path, vocab_path = find_processed(ws)
-    base = base_run(ws, cfg.from_run)
-    name = check_name(name or ("classifier-scratch" if base is None else "classifier"))
+    cfg = dataclasses.replace(cfg, from_run=hf_from(ws, cfg.from_run))
+    name = check_name(name or ("classifier-scratch" if cfg.from_run == "scratch" else "classifier"))
     folder = ws.root / "runs" / name
     start = resume_point(folder, resume)
-    from_run = cfg.from_run
+    # The base is found after a resume took the run's own options: --resume auto alone
+    # continues a run from a Hugging Face folder even where no pretrain run exists.
     cfg, seed = inherit_options(cfg, seed, start, given)
-    if start is not None and cfg.from_run == "latest":
-        base = resumed_base(ws, folder, base)
-    elif cfg.from_run != from_run:
-        base = base_run(ws, cfg.from_run)
+    base = resumed_base(ws, folder) if start is not None and cfg.from_run == "latest" else base_run(ws, cfg.from_run)
     if base is not None and base.resolve() == folder.resolve():
         raise UserError(f"--name {name} is the pretrain run it would start from", hint="pick another --name")
     stage = f"finetune:{name}"
-    params = {**dataclasses.asdict(cfg), "name": name, "seed": seed, "base": base.name if base else "scratch"}
+    params = {**dataclasses.asdict(cfg), "name": name, "seed": seed, "base": base_label(base)}
     input_paths = [p for p in (train_path, dev_path, vocab_path, ws.processed / "meta.json") if p is not None and p.exists()]
     if base is not None:
-        from bigmodel_cli.model.runs import model_checkpoint
-
-        input_paths += [base / "vocab.txt", model_checkpoint(base) / "model.safetensors"]
+        input_paths += base_files(base)
     inputs = ws.hash_paths(input_paths)
 
     # Under torchrun every process runs this; rank 0 alone holds the lock, clears the folder
@@ -327,7 +367,7 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
 def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,
          dev_path: Path | None, vocab_path: Path, start: Path | None, dist, show_progress: bool, console,
          log_lines: bool) -> dict[str, Any]:
-    from bigmodel_cli.data.tokenizer import copy_tokenizer_files
+    from bigmodel_cli.data.tokenizer import Encoder, copy_tokenizer_files
     from bigmodel_cli.fileio import sha256_file
     from bigmodel_cli.model.transformer import Transformer
     from bigmodel_cli.training.loop import fit, pick_device, seed_everything
@@ -337,14 +377,15 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     labels = train_labels(ws, train_records, train_path)
     dev_records = read_split(dev_path) if dev_path else []
     ids_from = base / "vocab.txt" if base is not None else vocab_path  # the ids are the base run's
-    vocab = Vocab.load(ids_from)
+    encoder = Encoder.from_folder(ids_from.parent)
+    vocab = encoder.vocab
     mcfg = model_config(cfg, base, vocab, labels)
     # Everything that can refuse the run is checked before the run folder is touched.
     pick_device(cfg.device, dist)
     vocab_hash = sha256_file(ids_from)
     changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
-    train = encode_records(train_records, vocab, labels, cfg.max_len)
-    dev = encode_records(dev_records, vocab, labels, cfg.max_len) if dev_records else None
+    train = encode_records(train_records, encoder, labels, cfg.max_len)
+    dev = encode_records(dev_records, encoder, labels, cfg.max_len) if dev_records else None
     if len(train) < cfg.batch_size:
         raise UserError(f"{ws.relative(train_path)} holds {len(train):,} documents, fewer than one batch (--batch-size {cfg.batch_size})",
                         hint=f"lower --batch-size to {len(train)} or less, or add labelled documents")
@@ -360,13 +401,13 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     init = init_from(model, base) if base is not None and start is None else None
     if cfg.freeze_embeddings:
         freeze_embeddings(model)
-    options = {**dataclasses.asdict(cfg), "seed": seed, "base": base.name if base else "scratch",
+    options = {**dataclasses.asdict(cfg), "seed": seed, "base": base_label(base),
                "world_size": dist.world, "vocab_sha256": vocab_hash}
     if dist.main:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "config.json", mcfg.to_dict())
         if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
-            copy_tokenizer_files(ws.processed, folder, vocab=ids_from)
+            copy_tokenizer_files(ws.processed, folder, base=base)
         write_train_options(folder, options, start=start, changed=changed, complete=False)
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
                  show_progress=show_progress, console=console, log_lines=log_lines,
@@ -376,7 +417,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         init = previous.get("init")
     unk = vocab.id(UNK)
     report = {
-        "name": name, "task": "classify", "base": base.name if base else "scratch", "init": init,
+        "name": name, "task": "classify", "base": base_label(base), "init": init,
         "model": mcfg.to_dict(), "labels": labels,
         "parameters": model.num_parameters(),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -412,6 +453,8 @@ def _best(folder: Path, result) -> dict[str, Any]:
 
 
 def _warnings(ws, dev_path: Path | None, dev: Encoded | None, base: Path | None) -> list[str]:
+    from bigmodel_cli.model import hf_import
+
     warnings = []
     if dev is None:
         warnings.append("no dev split: no early stopping, and the last checkpoint is the model "
@@ -419,7 +462,7 @@ def _warnings(ws, dev_path: Path | None, dev: Encoded | None, base: Path | None)
     elif (dev.labels < 0).any():
         warnings.append(f"{int((dev.labels < 0).sum())} dev document(s) carry labels unseen in training; "
                         "they are left out of the dev metrics")
-    if base is not None and (base / "meta.json").exists():
+    if base is not None and (base / "meta.json").exists() and not hf_import.is_hf_base(base):
         ours, theirs = read_json(ws.processed / "meta.json"), read_json(base / "meta.json")
         if (ours.get("clean"), ours.get("segment")) != (theirs.get("clean"), theirs.get("segment")):
             warnings.append(f"data/processed/ was cleaned or segmented differently from run '{base.name}'; "

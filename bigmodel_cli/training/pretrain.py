@@ -129,7 +129,8 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     cfg, seed = inherit_options(cfg, seed, start, given)
     stage = f"pretrain:{name}"
     params = {**dataclasses.asdict(cfg), "name": name, "seed": seed}
-    input_paths = [p for p in (train_path, dev_path, vocab_path) if p is not None]
+    tokenizer_path = vocab_path.parent / "tokenizer.json"
+    input_paths = [p for p in (train_path, dev_path, vocab_path, tokenizer_path) if p is not None and p.exists()]
     if cfg.init_embeddings:
         from bigmodel_cli.embeddings.vectors import find_run
 
@@ -152,16 +153,23 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     return PretrainResult(False, name, folder, outcome.record, outcome.value)
 
 
+def _tokens_per_word(blocks: np.ndarray, starts: np.ndarray, pad: int) -> float:
+    """How many tokens a word of the corpus takes, on average (1 for a word vocabulary)."""
+    real = np.asarray(blocks) != pad
+    return round(float(real.sum()) / max(1, int((np.asarray(starts, dtype=bool) & real).sum())), 3)
+
+
 def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path: Path, dev_path: Path | None,
          vocab_path: Path, start: Path | None, dist, show_progress: bool, console, log_lines: bool) -> dict[str, Any]:
     import torch
 
-    from bigmodel_cli.data.tokenizer import copy_tokenizer_files
+    from bigmodel_cli.data.tokenizer import Encoder, copy_tokenizer_files
     from bigmodel_cli.fileio import sha256_file
     from bigmodel_cli.model.transformer import Transformer, training_flops
     from bigmodel_cli.training.loop import fit, pick_device, seed_everything
 
-    vocab = Vocab.load(vocab_path)
+    encoder = Encoder.from_folder(vocab_path.parent)
+    vocab = encoder.vocab
     mcfg = model_config(cfg, vocab)
     # Everything that can refuse the run is checked before the run folder is touched.
     pick_device(cfg.device, dist)
@@ -173,17 +181,20 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     cache = folder / "data"
-    train = cached_blocks(train_path, vocab, cfg.seq_len, cache, dist.main) if dist.world == 1 else None
+    train = cached_blocks(train_path, encoder, cfg.seq_len, cache, dist.main) if dist.world == 1 else None
     if dist.world > 1:  # rank 0 encodes, the others map the same file
         if dist.main:
-            cached_blocks(train_path, vocab, cfg.seq_len, cache, True)
+            cached_blocks(train_path, encoder, cfg.seq_len, cache, True)
             if dev_path:
-                cached_blocks(dev_path, vocab, cfg.seq_len, cache, True)
+                cached_blocks(dev_path, encoder, cfg.seq_len, cache, True)
         torch.distributed.barrier()
-        train = cached_blocks(train_path, vocab, cfg.seq_len, cache, False)
-    dev = cached_blocks(dev_path, vocab, cfg.seq_len, cache, dist.main) if dev_path else None
+        train = cached_blocks(train_path, encoder, cfg.seq_len, cache, False)
+    dev = cached_blocks(dev_path, encoder, cfg.seq_len, cache, dist.main) if dev_path else (None, None)
+    (train, train_starts), (dev, dev_starts) = train, dev
     _check_sizes(ws, train, train_path, cfg, dist.world)
-    task = (MLMTask if cfg.objective == "mlm" else CLMTask)(train, dev, cfg.batch_size, seed, vocab, cfg.mask_prob, cfg.eval_batches)
+    whole_word = cfg.objective == "mlm" and cfg.whole_word
+    task = (MLMTask if cfg.objective == "mlm" else CLMTask)(train, dev, cfg.batch_size, seed, vocab, cfg.mask_prob, cfg.eval_batches,
+                                                            starts=(train_starts, dev_starts) if whole_word else None)
 
     seed_everything(seed)
     model = Transformer(mcfg)
@@ -202,7 +213,9 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         "name": name, "objective": cfg.objective, "model": mcfg.to_dict(),
         "parameters": model.num_parameters(), "parameters_without_embeddings": model.num_parameters(embeddings=False),
         "data": {"train_blocks": int(len(train)), "dev_blocks": int(len(dev)) if dev is not None else 0,
-                 "seq_len": cfg.seq_len, "steps_per_epoch": task.steps_per_epoch},
+                 "seq_len": cfg.seq_len, "steps_per_epoch": task.steps_per_epoch,
+                 "tokenizer": encoder.kind, "masking": ("whole-word" if whole_word else "token") if cfg.objective == "mlm" else None,
+                 "tokens_per_word": _tokens_per_word(train, train_starts, vocab.id(PAD))},
         "steps": result.steps, "epochs": result.epochs_done, "stop_reason": result.stop_reason,
         "train_loss": result.train_loss, "dev": result.dev,
         "best": {"loss": result.best, "step": result.best_step} if result.best is not None else None,

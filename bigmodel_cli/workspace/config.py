@@ -91,6 +91,8 @@ class PreprocessConfig:
     min_count: int = doc("Vocabulary: minimum count in the training split.", 2)
     max_vocab: int = doc("Vocabulary: maximum size, special tokens included (0: no limit).", 30000)
     pieces: bool = doc("Vocabulary: also hold characters (c, ##c) so that a word outside it is split into pieces, as BERT's WordPiece, instead of becoming [UNK].", False)
+    tokenizer: str = doc("Token units: word (the segmenter's words, vocab.txt), char (each Chinese character a token, WordPiece for other text, as Chinese BERT), or a trained wordpiece, bpe or unigram. All but word are a tokenizer.json (Hugging Face tokenizers) that transformers loads as is; the words then only choose what masking hides together.", "word")
+    vocab_size: int = doc("char/wordpiece/bpe/unigram: vocabulary size, special tokens included (0: 8,000 for char, 16,000 for the others).", 0)
     workers: int = doc("Worker processes (0: one per core; at most twice the cores, and no more than the input's chunks of 256 documents).", 0, short="-j")
     on_error: str = doc("Bad records: skip (write them to rejects.jsonl and go on) or fail.", "skip")
 
@@ -156,6 +158,7 @@ class PretrainConfig(TrainConfig):
     max_positions: int = doc("Size of the position table (at least --seq-len; finetuning can use up to this).", 512)
     dropout: float = doc("Dropout on embeddings, attention weights and block outputs.", 0.1)
     mask_prob: float = doc("mlm: share of tokens to predict (of them 80% become [MASK], 10% a random word, 10% stay).", 0.15)
+    whole_word: bool = doc("mlm: mask whole words (jieba's, or the English tokenizer's) where a word spans several tokens (char and subword tokenizers, --pieces), as Chinese BERT-wwm.", True, flag="--whole-word/--token-masking")
     init_embeddings: str = doc("Initialise the token embeddings from this embed run (embeddings/NAME/); empty for random.", "")
 
 
