@@ -44,7 +44,10 @@ def export_cli(
     if fmt == "hf":
         console.print(f"[green]✓[/] exported {escape(ws.relative(result['checkpoint']))} as {result['architecture']} to {escape(where)}/")
         console.print(f"  load: transformers.{result['architecture']}.from_pretrained({escape(repr(str(result['folder'])))})")
-        console.print("  tokenise: words segmented as in training, joined by spaces (see README.md there)")
+        if result.get("tokenizer"):
+            console.print(f"  tokenise: transformers.AutoTokenizer.from_pretrained(...) on raw text ({result['tokenizer']} tokenizer.json)")
+        else:
+            console.print("  tokenise: words segmented as in training, joined by spaces (see README.md there)")
     else:
         check = {True: f"verified with onnxruntime (max |diff| {result.get('max_abs_diff', 0):.1e})",
                  None: "not verified: onnxruntime is not installed"}[result["verified"]]

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from bigmodel_cli.data.vocab import CLS, SEP, SPECIAL_TOKENS, UNK
+from bigmodel_cli.errors import UserError
 
 KINDS = ("word", "char", "wordpiece", "bpe", "unigram")
 # --vocab-size 0: character vocabularies of Chinese corpora hold 4,000-8,000 entries; the
@@ -82,7 +83,15 @@ def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int, min_fre
                     nfkc: bool):
     """A `kind` tokenizer trained on `texts`, with [CLS] ... [SEP] added around each text."""
     tokenizer = empty_tokenizer(kind, lowercase=lowercase, nfkc=nfkc)
-    tokenizer.train_from_iterator(_batched(texts), trainer=_trainer(kind, default_size(kind, vocab_size), min_frequency))
+    size = default_size(kind, vocab_size)
+    try:
+        tokenizer.train_from_iterator(_batched(texts), trainer=_trainer(kind, size, min_frequency))
+    except Exception as exc:  # the Rust trainer's errors arrive as a plain Exception
+        if "not large enough" in str(exc):
+            raise UserError(f"--vocab-size {size:,} is smaller than the distinct characters of the training split, "
+                            f"which a {kind} vocabulary must all hold",
+                            hint="raise --vocab-size (Chinese text needs several thousand), or use --tokenizer char") from None
+        raise
     add_special_wrapping(tokenizer)
     return tokenizer
 

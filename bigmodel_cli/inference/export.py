@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bigmodel_cli.data.tokenizer import TOKENIZER_FILE
 from bigmodel_cli.data.vocab import SPECIAL_TOKENS
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json, remove_stale, replace_dir, write_json
@@ -106,6 +107,8 @@ def export_hf(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
     write_json(staging / "config.json", hf_config(cfg))
     tokens = [line.split("\t", 1)[0] for line in (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()]
     (staging / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    if (folder / TOKENIZER_FILE).is_file():
+        return _export_tokenizer_json(folder, staging, out, model, checkpoint)
     write_json(staging / "tokenizer_config.json", {
         "tokenizer_class": "BertTokenizer", "do_lower_case": False, "do_basic_tokenize": False,
         "tokenize_chinese_chars": False, "model_max_length": cfg.max_positions,
@@ -118,6 +121,49 @@ def export_hf(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
     (staging / "README.md").write_text(RECIPE.format(name=folder.name, arch=architecture(cfg), folder=out, segmenter=seg_text),
                                        encoding="utf-8")
     return {"format": "hf", "architecture": architecture(cfg), "folder": out, "checkpoint": checkpoint}
+
+
+TOKENIZER_RECIPE = """# {name}: exported by bigmodel
+
+The tokenizer is the one bigmodel trained and used ({kind}, `tokenizer.json`): the same raw
+text gives the same ids here as in bigmodel, with nothing to segment or clean first.
+
+```python
+from transformers import AutoTokenizer, {arch}, pipeline
+tokenizer = AutoTokenizer.from_pretrained("{folder}")
+model = {arch}.from_pretrained("{folder}")
+{usage}
+```
+"""
+USAGE = {
+    "BertForSequenceClassification": 'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
+                                     'classify("房间很干净，服务也好", truncation=True, top_k=None)',
+    "BertForMaskedLM": 'fill = pipeline("fill-mask", model=model, tokenizer=tokenizer)\nfill("房间很[MASK]净")',
+    "BertLMHeadModel": 'batch = tokenizer("房间很干净", return_tensors="pt")\nlogits = model(**batch).logits',
+}
+
+
+def _export_tokenizer_json(folder: Path, staging: Path, out: Path, model, checkpoint: Path) -> dict[str, Any]:
+    """The run's own tokenizer.json, loaded by AutoTokenizer as it is: the class is
+    PreTrainedTokenizerFast, which keeps the file's normaliser (BertTokenizerFast would
+    rebuild it from do_lower_case and friends). model_max_length is what the run reads,
+    so that truncation=True cuts where predict cuts."""
+    from bigmodel_cli.training.classify_data import classifier_max_len
+
+    cfg = model.cfg
+    shutil.copyfile(folder / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    max_len = classifier_max_len(folder, model) if cfg.num_labels else cfg.max_positions
+    write_json(staging / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]})
+    write_json(staging / "special_tokens_map.json", {t.strip("[]").lower() + "_token": t for t in SPECIAL_TOKENS})
+    meta = read_json(folder / "meta.json") if (folder / "meta.json").is_file() else {}
+    write_json(staging / "bigmodel_meta.json", {**meta, "run": folder.name, "checkpoint": checkpoint.name})
+    kind = meta.get("tokenizer", {}).get("kind", "hf")
+    (staging / "README.md").write_text(TOKENIZER_RECIPE.format(name=folder.name, kind=kind, arch=architecture(cfg), folder=out,
+                                                               usage=USAGE[architecture(cfg)]), encoding="utf-8")
+    return {"format": "hf", "architecture": architecture(cfg), "folder": out, "checkpoint": checkpoint, "tokenizer": kind}
 
 
 def export_onnx(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
@@ -160,6 +206,8 @@ def export_onnx(folder: Path, staging: Path, out: Path) -> dict[str, Any]:
                           dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
                           dynamo=True, external_data=False, verbose=False)
     shutil.copyfile(folder / "vocab.txt", staging / "vocab.txt")
+    if (folder / TOKENIZER_FILE).is_file():
+        shutil.copyfile(folder / TOKENIZER_FILE, staging / TOKENIZER_FILE)
     result: dict[str, Any] = {"format": "onnx", "file": out / "model.onnx", "checkpoint": checkpoint}
     try:
         import onnxruntime
@@ -240,8 +288,8 @@ def earlier_export(folder: Path, fmt: str) -> bool:
     # exports made before the marker existed
     if fmt == "hf":
         return {"config.json", "model.safetensors", "bigmodel_meta.json"} <= names <= HF_FILES
-    return names <= {"model.onnx", "vocab.txt", ".model.onnx.tmp"}
+    return names <= {"model.onnx", "vocab.txt", TOKENIZER_FILE, ".model.onnx.tmp"}
 
 
-HF_FILES = {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+HF_FILES = {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
             "bigmodel_meta.json", "README.md", MARKER}
