@@ -44,7 +44,7 @@ def finetune_cli(
     force: bool = typer.Option(False, "--force", "-f", help="Start over even if the run exists or is up to date."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Train a text classifier on the labelled splits, from a pretrain run or from scratch.
+    """Train a text classifier on the labelled splits, from a pretrain run, a local Hugging Face BERT folder or from scratch.
 
     Labels are the ones preprocess recorded (binary or multi-class). The best checkpoint
     and early stopping follow dev macro-F1. Writes runs/NAME/ like pretrain: checkpoints/,
@@ -54,6 +54,7 @@ def finetune_cli(
       bigmodel finetune                                   # from the latest pretrain run
       bigmodel finetune --from mlm --pooling mean --epochs 4
       bigmodel finetune --from scratch --size tiny        # the no-pretraining comparison
+      bigmodel finetune --from ~/models/bert-base-chinese # a local Hugging Face BERT folder
       bigmodel finetune --balance --lr 5e-5 --max-time 10m
       bigmodel finetune --resume auto                     # continue after a crash or --max-time
       bigmodel finetune --nproc 2                         # two processes (DDP), same global batch

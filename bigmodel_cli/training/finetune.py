@@ -64,7 +64,7 @@ def validate(cfg: FinetuneConfig) -> list[str]:
     if cfg.max_len < 3:
         problems.append(f"--max-len must be at least 3 ([CLS], one token, [SEP]), got {cfg.max_len}")
     if not cfg.from_run:
-        problems.append("--from must name a pretrain run, latest or scratch")
+        problems.append("--from must name a pretrain run, latest, scratch or a Hugging Face BERT folder")
     return problems + validate_shape(cfg)
 
 

@@ -171,7 +171,7 @@ class FinetuneConfig(TrainConfig):
     eval_every: int = doc("Evaluate on dev every this many steps (0: at the end of each epoch only).", 0)
     eval_batches: int = doc("Dev batches per evaluation (0: the whole dev split, so that best and early stopping see all of it).", 0)
     early_stopping: int = doc("Stop when dev macro-F1 has not improved for this many evaluations (0: never).", 2)
-    from_run: str = doc("Start from this pretrain run (runs/NAME/), latest (the newest one), or scratch (random weights: the no-pretraining comparison).", "latest", flag="--from")
+    from_run: str = doc("Start from this pretrain run (runs/NAME/), latest (the newest one), scratch (random weights: the no-pretraining comparison), or a local Hugging Face BERT folder (a path: config.json, model.safetensors, vocab.txt or tokenizer.json).", "latest", flag="--from")
     pooling: str = doc("Sequence pooling: cls (BERT's tanh pooler over [CLS]) or mean (average of the real tokens).", "cls")
     dropout: float = doc("Dropout in the encoder and before the classifier.", 0.1)
     balance: bool = doc("Weight the loss by inverse class frequency (for skewed labels).", False)
