@@ -1,6 +1,7 @@
-"""The options of the stage commands come from the config dataclasses (workspace/config.py):
-every field has an option (or is listed as config-only), its help shows the dataclass's
-default, and a value that is not a number is reported with every other problem, in one line."""
+"""The options of the commands come from the config dataclasses (workspace/config.py): every
+field has an option (or is listed as config-only), its help shows the dataclass's default, no
+other option states a default of its own, and a value that is not a number is reported with
+every other problem, in one line."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import bigmodel_cli.cli  # noqa: F401  (registers the commands)
 from bigmodel_cli.cli._util import app
 
 # The commands whose options are built from a config dataclass, by their path under `bigmodel`.
-BUILT = ("evaluate", "embed", "pretrain", "finetune", "preprocess")
+BUILT = ("evaluate", "embed", "pretrain", "finetune", "preprocess", "quickstart", "explain", "predict", "generate",
+         "export", "segment")
+# Options that still give a value as their default outside any dataclass: the launch options
+# of the training commands, init's --lang, evaluate's --split and embed neighbors' --topn.
+# Every other option without a field defaults to "not given", and its help names the rule
+# that decides (`[default: the latest run]`).
+HAND_WRITTEN = {("pretrain", "nproc"), ("pretrain", "nnodes"), ("pretrain", "node_rank"), ("pretrain", "master_port"),
+                ("finetune", "nproc"), ("finetune", "nnodes"), ("finetune", "node_rank"), ("finetune", "master_port"),
+                ("init", "lang"), ("evaluate", "split"), ("embed neighbors", "topn")}
 SHOWN = re.compile(r"\\\[default: (.*)\]$")
 
 
@@ -25,15 +34,19 @@ def command(path: str):
     return found
 
 
-def built_commands():
-    """(path, click command) for every command built by config_options, found by walking the app."""
+def all_commands():
+    """(path, click command) for every command and group of the app."""
     out, pending = [], [("", typer.main.get_command(app))]
     while pending:
         path, cmd = pending.pop()
-        if getattr(cmd.callback, "config_class", None) is not None:
-            out.append((path, cmd))
+        out.append((path, cmd))
         pending += [(f"{path} {name}".strip(), sub) for name, sub in getattr(cmd, "commands", {}).items()]
     return out
+
+
+def built_commands():
+    """(path, click command) for every command built by config_options."""
+    return [(path, cmd) for path, cmd in all_commands() if getattr(cmd.callback, "config_class", None) is not None]
 
 
 def test_the_built_commands_are_the_stages():
@@ -75,6 +88,44 @@ def test_every_field_has_an_option_showing_its_default(path):
         assert f.metadata["doc"].split(" (")[0].split(":")[0] in " ".join((params[name].help or "").split())
 
 
+def states_a_value(param) -> bool:
+    """Whether `param` has a default value of its own: given to the option, or written into its help."""
+    if param.default is not None and param.default is not False:
+        return True
+    shown = shown_default(param)
+    if shown is None:
+        return False
+    try:
+        float(shown)
+    except ValueError:
+        return shown in ("on", "off")
+    return True
+
+
+def test_no_option_states_a_default_outside_its_dataclass():
+    found = set()
+    for path, cmd in all_commands():
+        cls = getattr(cmd.callback, "config_class", None)
+        fields = {f.name for f in dataclasses.fields(cls)} if cls else set()
+        for param in cmd.params:
+            if param.param_type_name == "option" and param.name not in fields | {"help"} and states_a_value(param):
+                found.add((path, param.name))
+    assert found == HAND_WRITTEN
+
+
+def test_a_default_written_by_hand_is_caught():
+    cmd = command("pretrain")
+    assert {p.name for p in cmd.params if states_a_value(p)} >= {"nproc", "master_port"}  # 1 given, 29500 in the help
+    assert not any(states_a_value(p) for p in command("explain").params if p.name in ("run", "layer", "html", "force"))
+
+
+def test_segment_states_the_defaults_of_preprocess():
+    from bigmodel_cli.workspace.config import PreprocessConfig, ProjectConfig, SegmentConfig
+
+    assert SegmentConfig() == SegmentConfig(lang=ProjectConfig().lang, segmenter=PreprocessConfig().segmenter,
+                                            user_dict=PreprocessConfig().user_dict, hmm=PreprocessConfig().hmm)
+
+
 def test_a_help_default_that_drifts_is_caught():
     cmd = command("evaluate")
     param = next(p for p in cmd.params if p.name == "batch_size")
@@ -114,6 +165,13 @@ def test_evaluate_bad_values_are_one_line(ws, run_cli, args, pieces):
     (["preprocess", "corpus.txt", "--min-count", "abc", "--urls", "nope", "--max-vocab", "3", "-j", "2.0"],
      ["--min-count must be a whole number, got 'abc'", "--urls must be one of", "--max-vocab must leave room",
       "--workers must be a whole number, got '2.0'"]),
+    (["generate", "w1", "--temperature", "hot", "--top-k", "1.5", "--seed", "x"],
+     ["--temperature must be a number, got 'hot'", "--top-k must be a whole number, got '1.5'", "--seed must be a whole number"]),
+    (["predict", "w1", "-b", "abc", "--top-k", "two"],
+     ["--batch-size must be a whole number, got 'abc'", "--top-k must be a whole number, got 'two'"]),
+    (["explain", "w1", "--steps", "many", "--limit", "1e3"],
+     ["--steps must be a whole number, got 'many'", "--limit must be a whole number, got '1e3'"]),
+    (["quickstart", "--minutes", "ten"], ["--minutes must be a number, got 'ten'"]),
 ])
 def test_every_problem_at_once(ws, run_cli, args, pieces):
     line = one_line_error(run_cli(args, ws.root))

@@ -8,8 +8,10 @@ import typer
 from rich.table import Table
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     WorkspaceOption,
     app,
+    config_options,
     console,
     err_console,
     handle_errors,
@@ -17,28 +19,22 @@ from bigmodel_cli.cli._util import (
     print_skipped,
     term_safe,
 )
+from bigmodel_cli.workspace.config import ExplainConfig, resolve_checked
 
 
 @app.command("explain")
 @handle_errors
+@config_options(ExplainConfig)
 def explain_cli(
     text: Optional[str] = typer.Argument(None, help="Raw text to explain (cleaned and segmented as in training).", show_default=False),
     run: Optional[str] = typer.Option(None, help="A finetuned classifier or a causal pretrain run.  \\[default: the latest run]", show_default=False),
-    method: str = typer.Option("all", help="attention, rollout, saliency, grad-input, ig, all, or several comma-separated."),
     target: Optional[str] = typer.Option(None, help="Label (classifier) or next word (causal) to explain.  \\[default: the prediction]", show_default=False),
     layer: Optional[int] = typer.Option(None, help="attention: only this layer (from 0).  \\[default: mean over layers]", show_default=False),
     head: Optional[int] = typer.Option(None, help="attention: only this head (from 0).  \\[default: mean over heads]", show_default=False),
-    steps: int = typer.Option(50, help="ig: interpolation steps (more: smaller completeness gap)."),
-    internal_batch_size: int = typer.Option(25, help="ig: interpolations per forward/backward pass (fewer: less memory, slower)."),
-    baseline: str = typer.Option("pad", help="ig baseline for the words: pad ([PAD] embeddings) or zeros."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Explain every text of this file (txt/jsonl/csv/tsv).", show_default=False),
     split: Optional[str] = typer.Option(None, help="Explain texts of a processed split (test, dev, train).", show_default=False),
-    limit: int = typer.Option(20, help="With --input: the first N texts; with --split: N texts drawn at random with --seed (0: all)."),
-    seed: int = typer.Option(42, help="--split with --limit: the seed of the sample (the same seed, the same texts)."),
-    faithfulness: bool = typer.Option(False, "--faithfulness", help="Score each method (and random) by comprehensiveness and sufficiency."),
-    removal: str = typer.Option("mask", help="faithfulness: remove words by [MASK] or delete them (the files are named by it)."),
+    options: dict = CONFIG_OPTIONS,
     html: Optional[Path] = typer.Option(None, help="Write the HTML page to this file, or into this folder when it is one (as NAME.html).  \\[default: explanations/RUN/NAME.html]", show_default=False),
-    png: bool = typer.Option(False, "--png", help="Also write PNG heatmaps."),
     json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON lines, one object per text, on stdout (messages go to stderr)."),
     force: bool = typer.Option(False, "--force", "-f", help="Explain again even if the texts, options and checkpoint are unchanged."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -68,8 +64,10 @@ def explain_cli(
         read_split_texts,
     )
 
+    cfg = resolve_checked(ExplainConfig, None, options)
+    limit, seed, faithfulness, removal = cfg.limit, cfg.seed, cfg.faithfulness, cfg.removal
     ws = open_workspace(workspace)
-    methods = parse_methods(method)
+    methods = parse_methods(cfg.method)
     sources = [s for s in (text is not None, input is not None, split is not None) if s]
     if len(sources) != 1:
         raise UserError("give one of: TEXT, --input FILE or --split NAME", hint='e.g. bigmodel explain "房间很干净"')
@@ -94,8 +92,8 @@ def explain_cli(
         task = bar.add_task("explaining", total=len(texts))
         result = explain(
             ws, texts, stem=stem, source=note, run=run, methods=methods, target=target, layer=layer, head=head,
-            steps=steps, internal_batch_size=internal_batch_size, baseline=baseline, faithfulness=faithfulness,
-            removal=removal, html_path=html, png=png,
+            steps=cfg.steps, internal_batch_size=cfg.internal_batch_size, baseline=cfg.baseline, faithfulness=faithfulness,
+            removal=removal, html_path=html, png=cfg.png,
             input_paths=(source_file,) if source_file is not None and source_file.is_file() else (),
             params={"seed": seed} if split is not None and limit else None, force=force,
             progress=lambda: bar.advance(task), warnings=warnings)

@@ -7,19 +7,23 @@ import typer
 from rich.markup import escape
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     WorkspaceOption,
     app,
+    config_options,
     console,
     handle_errors,
     open_workspace,
 )
+from bigmodel_cli.workspace.config import ExportConfig, resolve_checked
 
 
 @app.command("export")
 @handle_errors
+@config_options(ExportConfig)
 def export_cli(
     run: Optional[str] = typer.Argument(None, help="Run name (runs/NAME/).  \\[default: the latest run]", show_default=False),
-    fmt: str = typer.Option("hf", "--format", help="hf (Hugging Face transformers folder) or onnx."),
+    options: dict = CONFIG_OPTIONS,
     out: Optional[Path] = typer.Option(None, help="Output folder.  \\[default: exports/RUN-FORMAT/]", show_default=False),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -38,6 +42,7 @@ def export_cli(
     """
     from bigmodel_cli.inference.export import export
 
+    fmt = resolve_checked(ExportConfig, None, options).fmt
     ws = open_workspace(workspace)
     result = export(ws, run, fmt, out)
     where = ws.relative(result.get("folder") or result["file"])

@@ -6,23 +6,26 @@ from typing import List, Optional
 import typer
 
 from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
     WorkspaceOption,
     app,
+    config_options,
     err_console,
     handle_errors,
     open_workspace,
     term_safe,
 )
+from bigmodel_cli.workspace.config import PredictConfig, resolve_checked
 
 
 @app.command("predict")
 @handle_errors
+@config_options(PredictConfig)
 def predict_cli(
     texts: Optional[List[str]] = typer.Argument(None, help="Raw texts to classify; - alone reads standard input.", show_default=False),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="A file (txt, jsonl, csv, tsv, also compressed) read as preprocess reads it; - for standard input.", show_default=False),
     run: Optional[str] = typer.Option(None, help="A finetune run (runs/NAME/).  \\[default: the newest finetune run]", show_default=False),
-    top_k: int = typer.Option(0, help="Classes listed in probs, most probable first (0: all)."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Documents per forward pass."),
+    options: dict = CONFIG_OPTIONS,
     fmt: Optional[str] = typer.Option(None, "--format", help="Read the input as txt, jsonl, csv or tsv whatever its name (standard input: txt).", show_default=False),
     text_field: Optional[str] = typer.Option(None, help="JSONL field / CSV column with the text.  \\[default: preprocess's text_field]", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSONL here instead of standard output.", show_default=False),
@@ -45,6 +48,7 @@ def predict_cli(
 
     from bigmodel_cli.inference.predict import predict
 
+    cfg = resolve_checked(PredictConfig, None, options)
     ws = open_workspace(workspace)
     texts = list(texts or [])
     if texts == ["-"] and input is None:
@@ -53,7 +57,7 @@ def predict_cli(
 
     # --output appears whole or not at all (a failed run leaves an older file as it was)
     with (atomic_write(output) if output else contextlib.nullcontext(sys.stdout)) as handle:
-        summary = predict(ws, texts, input_path=input, run=run, top_k=top_k, batch_size=batch_size, fmt=fmt,
+        summary = predict(ws, texts, input_path=input, run=run, top_k=cfg.top_k, batch_size=cfg.batch_size, fmt=fmt,
                           text_field=text_field, out=handle, show_progress=input is not None and err_console.is_terminal,
                           console=err_console)
     if output or err_console.is_terminal:

