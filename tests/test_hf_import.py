@@ -184,9 +184,14 @@ def test_broken_folder_is_refused_in_one_line_before_anything_is_written(lm_ws, 
     assert snapshot(lm_ws.root) == before and snapshot(folder) == folder_before
 
 
-def test_missing_folder_is_refused(lm_ws, tmp_path, run_cli):
-    before = snapshot(lm_ws.root)
+def test_missing_folder_or_a_run_folder_is_refused(lm_ws, tmp_path, run_cli, save_run):
+    from bigmodel_cli.data.vocab import Vocab
+
     assert_fails(run_cli(["finetune", "--from", tmp_path / "nope"], lm_ws.root), "nope: no such folder")
+    vocab = Vocab.load(lm_ws.processed / "vocab.txt").tokens
+    run = save_run(lm_ws, "mlm", Transformer(ModelConfig(vocab_size=len(vocab), layers=1, dim=8, heads=2, ffn=16)), vocab)
+    before = snapshot(lm_ws.root)
+    assert_fails(run_cli(["finetune", "--from", "runs/mlm"], lm_ws.root), f"{run} is a bigmodel run", "--from mlm")
     assert snapshot(lm_ws.root) == before
 
 
@@ -224,6 +229,11 @@ def test_finetune_from_folder_records_it_skips_when_unchanged_and_resumes(lm_ws,
     assert resumed.exit_code == 0, resumed.output
     report = json.loads((run / "report.json").read_text())
     assert report["steps"] == 6 and report["resumed_from"] and report["base"] == str(folder)
+    # new weights in the folder make the run stale
+    make_hf_folder(tmp_path / "other", review_vocab(), seed=1)
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", folder / "model.safetensors")
+    status = run_cli(["status"], lm_ws.root)
+    assert "stale: input" in status.output and f"{folder}/model.safetensors changed" in status.output, status.output
 
 
 @pytest.mark.slow
@@ -232,6 +242,8 @@ def test_folder_finetunes_evaluates_predicts_and_exports_with_identical_logits(l
     result = run_cli(["finetune", "--from", folder, "--max-steps", "20", "--batch-size", "16", "--max-len", "64"], lm_ws.root)
     assert result.exit_code == 0, result.output
     assert run_cli(["evaluate", "classifier"], lm_ws.root).exit_code == 0
+    explained = run_cli(["explain", "房间很干净，服务也热情！"], lm_ws.root)
+    assert explained.exit_code == 0 and "integrated gradients" in explained.output, explained.output
     texts = ["房间很干净，服务也热情！", "隔音太差，早餐一般。"]
     predicted = run_cli(["predict", *texts], lm_ws.root)
     assert predicted.exit_code == 0, predicted.output
@@ -243,7 +255,9 @@ def test_folder_finetunes_evaluates_predicts_and_exports_with_identical_logits(l
     from bigmodel_cli.model.runs import load_model
 
     ours, _ = load_model(lm_ws.root / "runs" / "classifier")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)  # the folder's own tokenizer gives the ids
+    # the export's tokenizer is the folder's: the same ids on raw text
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer(texts)["input_ids"] == transformers.AutoTokenizer.from_pretrained(folder)(texts)["input_ids"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden, _ = ours.encode(batch["input_ids"], attention_mask=batch["attention_mask"].bool())
