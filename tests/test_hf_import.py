@@ -94,6 +94,68 @@ def test_weights_give_transformers_hidden_states_and_mlm_logits(tmp_path, arch):
                                       if arch == "BertForPreTraining" else [])
 
 
+def resave(folder: Path, rename) -> None:
+    """model.safetensors with its tensors renamed (or dropped: None) as other savers write them."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    out = {}
+    for key, value in tensors.items():
+        for new_key, new_value in rename(key, value, tensors):
+            out[new_key] = new_value.contiguous()
+    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def legacy(key, value, tensors):
+    """Google's converted checkpoints: LayerNorm gamma/beta, the decoder stored (tied), its bias
+    under cls.predictions.decoder.bias, and half precision."""
+    key = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+    if key == "cls.predictions.bias":
+        yield "cls.predictions.decoder.bias", value
+        yield "cls.predictions.decoder.weight", tensors["bert.embeddings.word_embeddings.weight"].clone()
+        return
+    yield key, value.half() if "encoder.layer.1." in key else value
+
+
+def untied(key, value, tensors):
+    yield key, value
+    if key == "cls.predictions.bias":
+        yield "cls.predictions.decoder.weight", torch.randn_like(tensors["bert.embeddings.word_embeddings.weight"])
+
+
+def test_legacy_names_and_half_precision_give_the_same_model(tmp_path):
+    folder = make_hf_folder(tmp_path / "bert", vocabulary())
+    reference, _, _ = ours_from(folder)
+    resave(folder, legacy)
+    model, cfg, meta = ours_from(folder)
+    assert cfg["lm_head"] and meta["unused_weights"] == []
+    ids = torch.tensor([[3, 6, 7, 8, 9, 41, 42, 4]])
+    with torch.no_grad():
+        expected = reference.lm_logits(reference.encode(ids)[0])
+        got = model.lm_logits(model.encode(ids)[0])
+    assert (got - expected).abs().max() < 1e-2  # one layer went through float16
+    assert model.embeddings.norm.weight.dtype == torch.float32
+
+
+def test_an_untied_decoder_drops_the_lm_head_and_says_so(tmp_path):
+    folder = make_hf_folder(tmp_path / "bert", vocabulary())
+    resave(folder, untied)
+    cfg, state, _, meta = read_hf_folder(folder)
+    assert cfg["lm_head"] is False and not any(k.startswith("lm_head.") for k in state)
+    assert "cls.predictions.decoder.weight" in meta["unused_weights"] and "cls.predictions.bias" in meta["unused_weights"]
+
+
+def test_sharded_weights_are_read_through_their_index(tmp_path):
+    folder = make_hf_folder(tmp_path / "bert", vocabulary())
+    _, state, _, _ = read_hf_folder(folder)
+    model = transformers.BertForMaskedLM.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(folder, max_shard_size="20KB")
+    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("model-*.safetensors"))) > 2
+    _, sharded, _, _ = read_hf_folder(folder)
+    assert sharded.keys() == state.keys() and all(torch.equal(sharded[k], state[k]) for k in state)
+
+
 def test_classifier_folder_keeps_the_encoder_and_pooler_and_leaves_its_head(tmp_path):
     folder = make_hf_folder(tmp_path / "clf", vocabulary(), arch="BertForSequenceClassification")
     cfg, state, _, meta = read_hf_folder(folder)
