@@ -218,3 +218,24 @@ def test_exported_classifier_and_mlm_match_bigmodel_on_raw_text(char_ws, copy_ws
     assert torch.allclose(ours_logits, theirs_logits, atol=1e-4)
     fill = pipeline("fill-mask", model=hf_mlm, tokenizer=mlm_tokenizer)
     assert fill(text)[0]["token"] == int(ours_logits.argmax())
+
+
+def test_explanations_score_the_words_a_reader_sees(char_ws, copy_ws):
+    from bigmodel_cli.explain.explain import explain_texts
+
+    ws = copy_ws(char_ws)
+    pretrain(ws, PretrainConfig(**TINY_PRETRAIN), seed=1)
+    finetune(ws, FinetuneConfig(**TINY_FINETUNE), seed=1)
+    text = "房间很干净，服务也好。iPhone15很好用"
+    _, _, results, faith = explain_texts(ws, [text], run="classifier", methods=("saliency", "ig"), steps=8,
+                                         faithfulness=True)
+    exp = results[0]
+    assert exp.words[:3] == ["房间", "很", "干净"] and "iPhone15" in exp.words  # jieba's words, as typed
+    assert exp.units[:3] == ["房", "间", "很"] and len(exp.units) > len(exp.words)  # what the model read
+    for method in ("saliency", "ig"):
+        assert len(exp.scores[method]) == len(exp.words) and len(exp.unit_scores[method]) == len(exp.units)
+        assert exp.scores[method][0] == pytest.approx(sum(exp.unit_scores[method][:2]))  # 房间 = 房 + 间
+        assert sum(exp.scores[method]) == pytest.approx(sum(exp.unit_scores[method]))
+    saved = exp.to_json()
+    assert saved["words"] == exp.words and saved["tokens"] == exp.units and set(saved["token_scores"]) == {"saliency", "ig"}
+    assert set(faith) >= {"saliency", "ig"}

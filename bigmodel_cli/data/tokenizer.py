@@ -69,6 +69,12 @@ class TextPipeline:
         self.clean_opts = CleanOptions(**self.meta["clean"])
         self._segmenter = Segmenter(SegmentOptions(**seg))
 
+    def words(self, text: str) -> list[str]:
+        """The segmenter's words of `text` as it is (not cleaned): where words begin and end."""
+        if self._segmenter is None:
+            self._load()
+        return self._segmenter.tokenize(text)[0]
+
     def tokens(self, text: str) -> list[str]:
         """Clean and segment one text as preprocess did ([] if nothing is left)."""
         from bigmodel_cli.data.cleaning import clean_text
@@ -119,6 +125,11 @@ class Encoder:
 
     def encode_units(self, units: list[str], max_len: int | None = None) -> list[int]:
         return _wrap([self.vocab.id(u) for u in units], self.vocab, max_len)
+
+    def word_groups(self, text: str) -> list[tuple[str, list[int]]] | None:
+        """The words a reader sees in `text`, each with the indices of its units (see units);
+        None where words cannot be told (a model from elsewhere, with no segmenter settings)."""
+        raise NotImplementedError
 
     def decode(self, units: list[str]) -> str:
         """Units (tokens of the vocabulary, or words a user typed) joined back into text."""
@@ -184,6 +195,15 @@ class WordEncoder(Encoder):
     def units(self, text: str) -> list[str]:
         return model_units(self.vocab, self.pipe.tokens(text))
 
+    def word_groups(self, text: str) -> list[tuple[str, list[int]]] | None:
+        groups, n = [], 0
+        for word in self.pipe.tokens(text):
+            pieces = self.vocab.pieces(word)
+            size = 1 if UNK in pieces else len(pieces)
+            groups.append((word, list(range(n, n + size))))
+            n += size
+        return groups
+
     def decode(self, units: list[str]) -> str:
         return detokenize(units)
 
@@ -212,6 +232,7 @@ class SubwordEncoder(Encoder):
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.fingerprint = self.kind + ":" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self.folder, self._pipe = folder, None
 
     def encode_texts(self, texts: list[str], max_len: int | None = None) -> list[list[int]]:
         return [_cut(e.ids, max_len, self.vocab) for e in self.tokenizer.encode_batch(texts)]
@@ -227,6 +248,24 @@ class SubwordEncoder(Encoder):
 
     def units(self, text: str) -> list[str]:
         return self.tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def word_groups(self, text: str) -> list[tuple[str, list[int]]] | None:
+        if "segment" not in self.meta:
+            return None
+        if self._pipe is None:
+            self._pipe = TextPipeline(self.folder)
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        starts = word_starts(text, self._pipe.words(text), encoding.offsets)
+        groups: list[tuple[str, list[int]]] = []
+        spans: list[tuple[int, int]] = []
+        for i, ((begin, end), start) in enumerate(zip(encoding.offsets, starts)):
+            if start or not groups:
+                groups.append(("", []))
+                spans.append((begin, end))
+            groups[-1][1].append(i)
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        return [(text[b:e] or "".join(self.units(text)[i] for i in members), members)
+                for (b, e), (_, members) in zip(spans, groups)]
 
     def decode(self, units: list[str]) -> str:
         return self.tokenizer.decode([self.vocab.id(u) for u in units])
@@ -250,10 +289,12 @@ def word_starts(text: str, words: list[str], offsets: list[tuple[int, int]]) -> 
     """1 where a token (its character offsets in `text`) begins one of `words`, found in
     order in the text, else 0; a token outside every word begins a word of its own."""
     owner = [-1] * len(text)
-    haystack = text.lower() if len(text.lower()) == len(text) else text
+    # Case-blind where lower-casing keeps the length (words may be lower-cased, the text not).
+    folded = len(text.lower()) == len(text)
+    haystack = text.lower() if folded else text
     pos = 0
     for n, word in enumerate(words):
-        at = haystack.find(word, pos)
+        at = haystack.find(word.lower() if folded else word, pos)
         if at < 0:  # stemmed, or changed by cleaning: that word masks token by token
             continue
         owner[at:at + len(word)] = [n] * len(word)

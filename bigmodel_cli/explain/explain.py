@@ -128,7 +128,8 @@ class Explainer:
             probs = self.probs(x)[0]
         t = self.target_of(target, probs)
         result = Explanation(text, words, [shown[p] == UNK for p in positions], self.kind, self.name_of(t), t,
-                             float(probs[t]), self.name_of(int(probs.argmax())), self._top_probs(probs))
+                             float(probs[t]), self.name_of(int(probs.argmax())), self._top_probs(probs),
+                             kept=[self._index[p] for p in positions])
         query = 0 if self.kind == "classifier" else len(ids) - 1
         att = torch.stack([a[0] for a in attentions])  # (layers, heads, T, T)
         result.attention = [[att[l_, h_].numpy() for h_ in range(cfg.heads)] for l_ in range(cfg.layers)]
@@ -340,16 +341,20 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
     for i, text in enumerate(texts):
         if not text or not text.strip():
             raise UserError("the text to explain is empty", hint="give some words, e.g. bigmodel explain \"房间很干净\"")
-        words = encoder.units(readable_part(text, explainer))
+        part = readable_part(text, explainer)
+        words = encoder.units(part)
         if not words:
             raise UserError(f"nothing is left of {text[:80]!r} after cleaning", hint="give text with words in it")
         exp = explainer.explain(text, words, methods, target=target, layer=layer, head=head, steps=steps,
                                 internal_batch_size=internal_batch_size, baseline=baseline)
         if len(texts) > 1:  # a page of several texts draws the head means only: keep only them (memory)
             exp.attention = [[np.mean(heads, axis=0)] for heads in exp.attention]
+        if faithfulness:  # measured on what the model reads: its tokens
+            faith.append(explainer.faithfulness(exp.words, exp.scores, exp.target_index, removal, seed=i))
+        groups = encoder.word_groups(part)
+        if groups is not None:
+            exp.by_words(groups)
         results.append(exp)
-        if faithfulness:
-            faith.append(explainer.faithfulness(words, exp.scores, exp.target_index, removal, seed=i))
         if progress:
             progress()
     return folder, explainer, results, (summarize_faithfulness(faith) if faithfulness else None)

@@ -154,7 +154,7 @@ def render_html(explanations: list[Explanation], run: str, faithfulness: dict[st
 
 def _labels(exp: Explanation) -> list[str]:
     n = len(exp.attention[0][0])
-    inner = list(exp.words)
+    inner = list(exp.units if exp.units is not None else exp.words)  # the maps are per token
     if exp.kind == "classifier":
         return (["[CLS]"] + inner + ["[SEP]"])[:n] if len(inner) + 2 == n else [str(i) for i in range(n)]
     return (["[CLS]"] + inner)[-n:] if len(inner) + 1 >= n else [str(i) for i in range(n)]
