@@ -114,7 +114,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     config = read_json_object(path)
     if "model_type" not in config and (folder / "checkpoints").is_dir():
         raise UserError(f"{folder} is a bigmodel run, not a Hugging Face folder",
-                        hint=f"pass the run's name (--from {folder.name}) when it is in this workspace, or export it: bigmodel export --format hf")
+                        hint=f"pass the run's name (--from {folder.name}) when it is in this workspace, "
+                             "or export it: bigmodel export --format hf")
     architectures = config.get("architectures") or []
     if not isinstance(architectures, list):
         raise UserError(f"{path}: field 'architectures' must be a list, got {architectures!r}")
