@@ -239,3 +239,17 @@ def test_explanations_score_the_words_a_reader_sees(char_ws, copy_ws):
     saved = exp.to_json()
     assert saved["words"] == exp.words and saved["tokens"] == exp.units and set(saved["token_scores"]) == {"saliency", "ig"}
     assert set(faith) >= {"saliency", "ig"}
+
+
+def test_a_run_whose_tokenizer_json_was_swapped_refuses_to_predict(char_ws, copy_ws, run_cli, tmp_path):
+    ws = copy_ws(char_ws)
+    pretrain(ws, PretrainConfig(**TINY_PRETRAIN), seed=1)
+    finetune(ws, FinetuneConfig(**TINY_FINETUNE), seed=1)
+    run = ws.root / "runs" / "classifier"
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["tokenizer_sha256"] and meta["tokenizer"]["kind"] == "char"
+    assert run_cli(["predict", "房间很干净"], ws.root).exit_code == 0
+    swapped = json.loads((run / "tokenizer.json").read_text())
+    swapped["normalizer"] = None  # same vocabulary, other ids for full-width text
+    (run / "tokenizer.json").write_text(json.dumps(swapped), encoding="utf-8")
+    assert_fails(run_cli(["predict", "房间很干净"], ws.root), "tokenizer.json", "not the tokenizer the run was trained on")

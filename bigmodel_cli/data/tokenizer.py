@@ -43,7 +43,10 @@ def copy_tokenizer_files(processed: Path, run_dir: Path, base: Path | None = Non
         (run_dir / TOKENIZER_FILE).unlink(missing_ok=True)  # processed's, for another vocabulary
     digest = sha256_file(run_dir / "vocab.txt")
     if (run_dir / "meta.json").is_file():
-        write_json(run_dir / "meta.json", {**read_json(run_dir / "meta.json"), "vocab_sha256": digest})
+        hashes = {"vocab_sha256": digest}
+        if (run_dir / TOKENIZER_FILE).is_file():
+            hashes["tokenizer_sha256"] = sha256_file(run_dir / TOKENIZER_FILE)
+        write_json(run_dir / "meta.json", {**read_json(run_dir / "meta.json"), **hashes})
     return digest
 
 
@@ -228,6 +231,11 @@ class SubwordEncoder(Encoder):
                             f"{folder / 'vocab.txt'} {len(self.vocab):,}",
                             hint="the two files come from different runs; copy both from the run that trained the model")
         self.meta = read_json(folder / "meta.json") if (folder / "meta.json").is_file() else {}
+        recorded = self.meta.get("tokenizer_sha256")
+        if recorded and hashlib.sha256(path.read_bytes()).hexdigest() != recorded:
+            raise UserError(f"{path}: not the tokenizer the run was trained on (its sha256 differs from the one "
+                            "recorded in meta.json), so text would map to the wrong ids",
+                            hint="copy back the run's own tokenizer.json, or train the run again")
         self.kind = self.meta.get("tokenizer", {}).get("kind", "hf")
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
