@@ -191,6 +191,29 @@ def test_a_tokenizer_json_normalizer_is_overridden_by_tokenizer_config_as_in_tra
     assert tokenizer.encode("The the").tokens == ["[CLS]", "The", "the", "[SEP]"]
 
 
+def as_plain_tokenizer_json(folder: Path, post_processor: bool = True) -> None:
+    """tokenizer_class PreTrainedTokenizerFast: transformers then takes tokenizer.json as it
+    is, here with NFKC before BERT's normalizer (and, optionally, no post-processor)."""
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    saved["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFKC"}, saved["normalizer"]]}
+    if not post_processor:
+        saved["post_processor"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+
+
+def test_a_tokenizer_json_of_another_class_is_taken_as_saved(tmp_path):
+    folder = make_hf_folder(tmp_path / "bert", vocabulary())
+    as_plain_tokenizer_json(folder)
+    _, _, tokenizer, meta = read_hf_folder(folder)
+    auto = transformers.AutoTokenizer.from_pretrained(folder)
+    for text in TEXTS:
+        assert tokenizer.encode(text).ids == auto(text)["input_ids"], text
+    assert tokenizer.encode("ＡＢＣ９．５").ids == auto("ＡＢＣ９．５")["input_ids"] != [3, 2, 4]  # NFKC: 9.5
+    assert meta["tokenizer"]["class"] == "PreTrainedTokenizerFast"
+
+
 # -- refusals through the CLI: one line, exit 2, nothing written -------------------------------------
 def break_pickle(folder: Path) -> None:
     (folder / "model.safetensors").unlink()
@@ -229,6 +252,8 @@ BROKEN = {
     "roberta": (break_architecture, ["RobertaForMaskedLM is not supported; supported: BERT"]),
     "relu": (break_activation, ["hidden_act 'relu' is not supported"]),
     "vocab size": (break_vocab_size, ["the tokenizer holds 66 tokens", "69 rows"]),
+    "no [CLS] template": (lambda f: as_plain_tokenizer_json(f, post_processor=False),
+                          ["tokenizer.json: its post_processor does not put [CLS] before a text"]),
     "bad safetensors": (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00\x00\x00garbage"),
                         ["model.safetensors: not a readable safetensors file"]),
 }

@@ -75,7 +75,7 @@ def read_hf_folder(path: Path | str):
     folder = check_folder(path)
     config = read_config(folder)
     weight_files = find_weights(folder)
-    tokenizer, tokenizer_meta = read_tokenizer(folder, config)
+    tokenizer, tokenizer_meta = read_tokenizer(folder)
     rows = embedding_rows(folder, weight_files)
     model_cfg = model_config(folder, config, tokenizer, rows)
     state, unused = read_weights(folder, weight_files, model_cfg, config)
@@ -151,7 +151,7 @@ def find_weights(folder: Path) -> list[Path]:
 
 
 # -- the tokenizer ----------------------------------------------------------------------------
-def read_tokenizer(folder: Path, config: dict[str, Any]):
+def read_tokenizer(folder: Path):
     """(tokenizers.Tokenizer, its settings) as AutoTokenizer would build them from the folder."""
     options = read_json_object(folder / TOKENIZER_CONFIG) if (folder / TOKENIZER_CONFIG).is_file() else {}
     has_json, has_vocab = (folder / TOKENIZER_JSON).is_file(), (folder / VOCAB).is_file()
@@ -161,12 +161,24 @@ def read_tokenizer(folder: Path, config: dict[str, Any]):
     check_special_tokens(folder, options)
     tokenizer_class = str(options.get("tokenizer_class") or "BertTokenizer")
     if tokenizer_class.removesuffix("Fast") == "BertTokenizer":
-        return bert_tokenizer(folder, options, has_json)
-    if not has_json:
-        raise UserError(f"{folder / TOKENIZER_CONFIG}: tokenizer_class {tokenizer_class} is not supported without a {TOKENIZER_JSON}; "
-                        "supported: BertTokenizer, or any tokenizer saved as tokenizer.json")
-    tokenizer = load_tokenizer_json(folder / TOKENIZER_JSON)
-    return plain(tokenizer), {"class": tokenizer_class, "file": TOKENIZER_JSON}
+        tokenizer, meta = bert_tokenizer(folder, options, has_json)
+    elif has_json:
+        tokenizer, meta = load_tokenizer_json(folder / TOKENIZER_JSON), {"class": tokenizer_class, "file": TOKENIZER_JSON}
+    else:
+        raise UserError(f"{folder / TOKENIZER_CONFIG}: tokenizer_class {tokenizer_class} is not supported without a "
+                        f"{TOKENIZER_JSON}; supported: BertTokenizer, or any tokenizer saved as tokenizer.json")
+    tokenizer = plain(tokenizer)
+    check_template(folder, tokenizer)
+    return tokenizer, meta
+
+
+def check_template(folder: Path, tokenizer) -> None:
+    """The classifier reads [CLS] and cutting keeps [SEP]: the tokenizer must add both."""
+    ids = tokenizer.encode("a").ids
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    if not ids or ids[0] != cls or ids[-1] != sep:
+        raise UserError(f"{folder / TOKENIZER_JSON}: its post_processor does not put [CLS] before a text and [SEP] after it",
+                        hint="save the tokenizer with BERT's template ([CLS] $A [SEP])")
 
 
 def check_special_tokens(folder: Path, options: dict[str, Any]) -> None:
@@ -221,19 +233,19 @@ def bert_tokenizer(folder: Path, options: dict[str, Any], has_json: bool):
     tokenizer.add_tokens([t for t in added.values() if not t.special])
     meta = {"class": "BertTokenizer", "file": TOKENIZER_JSON if has_json else VOCAB, "do_lower_case": lowercase,
             "tokenize_chinese_chars": chinese, "strip_accents": accents}
-    return plain(tokenizer), meta
+    return tokenizer, meta
 
 
 def read_vocab_txt(path: Path) -> dict[str, int]:
-    """vocab.txt as transformers reads it: one token a line, its id the line number (a
-    token that comes twice keeps its last line)."""
+    """vocab.txt as tokenizers reads it for transformers: one token a line, trailing white
+    space cut, its id the line number (a token that comes twice keeps its last line)."""
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
     if lines and lines[-1] == "":
         lines.pop()
-    return {token.rstrip("\r"): i for i, token in enumerate(lines)}
+    return {token.rstrip(): i for i, token in enumerate(lines)}
 
 
 def load_tokenizer_json(path: Path):
