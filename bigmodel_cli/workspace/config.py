@@ -84,6 +84,8 @@ class PreprocessConfig:
     min_chars: int = doc("Drop documents shorter than this many characters after cleaning.", 1)
     max_chars: int = doc("Drop documents longer than this many characters after cleaning, counted in the report (0: no limit; a document of millions of characters takes gigabytes to segment).", 100_000)
     dedupe: bool = doc("Drop exact duplicates (after normalisation); label conflicts are reported.", True)
+    near_dupes: float = doc("Drop near duplicates: a document whose estimated similarity (Jaccard of its character 5-grams, by MinHash) to an earlier kept one is at least this, from 0.1 to 0.95 (0: off). Needs datasketch (pip install 'bigmodel-cli[corpus]').", 0.0)
+    langs: str = doc("Keep only documents in these languages, comma-separated: zh, en (as --lang auto tells them apart; empty: keep all).", "")
     segmenter: str = doc("Chinese segmenter: auto (jieba_next if installed, else jieba), jieba, jieba_next.", "auto")
     hmm: bool = doc("jieba's HMM for words not in its dictionary.", True)
     user_dict: str = doc("jieba user dictionary file (one word [freq] [tag] per line); empty for none.", "")
