@@ -24,6 +24,9 @@ trained kinds, `[vocab.get(t, unk) for t in tokens]` over the record's words for
 The loop does less than a tokenizer (no normalisation, no WordPiece search), so it is the
 most generous reference. Rounds alternate ours and the loop; each figure is the best round.
 Ours runs with the library's thread pool (as shipped) and with TOKENIZERS_PARALLELISM=false.
+For char, a second reference does the same job in Python: transformers' BertTokenizerLegacy
+(basic tokenizer with Chinese characters split, then greedy WordPiece) on the same
+vocabulary, with the share of records where its ids equal ours.
 The word path's encoder is itself Python (vocab.txt lookups). For the tokenizer.json kinds
 the library's stages are timed too: its normaliser alone, and the encode of the normalised
 texts without it.
@@ -149,30 +152,55 @@ def measure_speed(name: str, processed: Path, repeat: int) -> dict:
     load = time.perf_counter() - t
     vocab, unk = encoder.vocab.index, encoder.vocab.id(UNK)
     over_words = encoder.kind == "word"
-    best = {"ours": float("inf"), "ours_1_thread": float("inf"), "python_loop": float("inf")}
-    runs = {k: [] for k in best}
-
-    def timed(fn) -> float:
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
+    texts = [r["text"] for r in records]
+    contenders = {"ours": lambda: encoder.encode_records(records),
+                  "ours_1_thread": lambda: encoder.encode_records(records),
+                  "python_loop": lambda: python_loop(records, vocab, unk, over_words)}
+    legacy = python_bert(encoder) if encoder.kind == "char" else None
+    if legacy is not None:
+        contenders["python_bert"] = lambda: [legacy.convert_tokens_to_ids(legacy.tokenize(t)) for t in texts]
+    best = {k: float("inf") for k in contenders}
+    runs = {k: [] for k in contenders}
 
     for r in range(repeat):
-        for key in ["ours", "ours_1_thread", "python_loop"][:: -1 if r % 2 else 1]:
+        for key in list(contenders)[:: -1 if r % 2 else 1]:
             with library_threads(key != "ours_1_thread"):
-                if key == "python_loop":
-                    seconds = timed(lambda: python_loop(records, vocab, unk, over_words))
-                else:
-                    seconds = timed(lambda: encoder.encode_records(records))
+                t = time.perf_counter()
+                contenders[key]()
+                seconds = time.perf_counter() - t
             runs[key].append(seconds)
             best[key] = min(best[key], seconds)
     out = {"chars": chars, "records": len(records), "load_seconds": load, "best_seconds": best, "runs": runs,
            "chars_per_s": {k: chars / v for k, v in best.items()},
            "ratio": best["python_loop"] / best["ours"], "ratio_1_thread": best["python_loop"] / best["ours_1_thread"],
            "reference": "word loop over record tokens" if over_words else "character loop over record text"}
+    if legacy is not None:
+        ours = [e.ids for e in encoder.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        same = sum(a == legacy.convert_tokens_to_ids(legacy.tokenize(t)) for a, t in zip(ours, texts))
+        out["python_bert"] = {"ratio": best["python_bert"] / best["ours"],
+                              "ratio_1_thread": best["python_bert"] / best["ours_1_thread"],
+                              "same_ids_share": same / len(texts)}
     if not over_words:
         out["stages_chars_per_s"] = {k: chars / v for k, v in stage_seconds(encoder.tokenizer, records, repeat).items()}
     return out
+
+
+def python_bert(encoder):
+    """transformers' pure-Python BERT tokenizer (BasicTokenizer with Chinese characters split,
+    then greedy WordPiece) on the char tokenizer's vocabulary: the same job in Python. None
+    where transformers (the bench extra) is missing."""
+    try:
+        from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+    except ImportError:
+        return None
+    lowercase = encoder.meta.get("tokenizer", {}).get("lowercase", False)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as handle:
+        handle.write("\n".join(encoder.vocab.tokens) + "\n")
+    try:
+        return BertTokenizerLegacy(vocab_file=handle.name, do_lower_case=lowercase, strip_accents=lowercase,
+                                   tokenize_chinese_chars=True)
+    finally:
+        os.unlink(handle.name)
 
 
 def stage_seconds(tokenizer, records: list[dict], repeat: int) -> dict[str, float]:
@@ -248,6 +276,12 @@ def print_tables(result: dict) -> None:
             cps = s["chars_per_s"]
             print(f"  {kind:14s} {cps['ours'] / 1e6:7.2f} {cps['ours_1_thread'] / 1e6:7.2f} {cps['python_loop'] / 1e6:7.2f}"
                   f"   {s['ratio']:.2f}x ({s['ratio_1_thread']:.2f}x)")
+        for kind, s in result["speed"].items():
+            if "python_bert" in s:
+                b = s["python_bert"]
+                print(f"  {kind}: transformers' pure-Python BertTokenizerLegacy {s['chars_per_s']['python_bert'] / 1e6:.2f} M chars/s;"
+                      f" ours {b['ratio']:.2f}x ({b['ratio_1_thread']:.2f}x one thread); same ids on"
+                      f" {100 * b['same_ids_share']:.1f}% of the records")
         print("\nthe library's stages, one thread (M chars/s): normaliser alone | encode of normalised text without it")
         for kind, s in result["speed"].items():
             if "stages_chars_per_s" in s:
