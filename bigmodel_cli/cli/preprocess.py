@@ -75,6 +75,13 @@ def print_report(report: dict, out_dir: str) -> None:
     if docs["dropped"]:
         table.add_row("dropped", term_safe(", ".join(f"{n:,} {r}" for r, n in docs["dropped"].items())))
     table.add_row("duplicates", f"{report['duplicates']:,} (label conflicts: {report['label_conflicts']['count']:,})")
+    near = report.get("near_duplicates", {})
+    if near.get("threshold"):
+        table.add_row("near duplicates", f"{near['count']:,} (similarity {near['threshold']:g} or more to an earlier kept document)")
+    languages = report.get("language_filter", {})
+    if languages.get("langs"):
+        dropped = ", ".join(f"{lang} {n:,}" for lang, n in languages["dropped"].items()) or "none"
+        table.add_row("languages", f"kept {', '.join(languages['langs'])}; dropped {dropped}")
     table.add_row("splits", "  ".join(f"{s} {n:,}" for s, n in report["splits"].items())
                   + ("  (as given)" if report["splits_given"] else ""))
     table.add_row("tokens", "  ".join(f"{s} {n:,}" for s, n in report["tokens"].items()))

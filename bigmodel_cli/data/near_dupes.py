@@ -36,6 +36,9 @@ from bigmodel_cli.errors import UserError
 SHINGLE = 5
 NUM_PERM = 128
 SEED = 1
+# Thresholds datasketch's MinHashLSH can index with 128 permutations: above 0.95 it would
+# have fewer than two bands; below 0.1 nearly every pair of documents is a candidate.
+THRESHOLDS = (0.1, 0.95)
 _MASK32 = np.uint64((1 << 32) - 1)
 # Windows of one batch turned into NUM_PERM permuted hashes at a time: 16,384 x 128 x 4
 # bytes = 8 MB per temporary array, whatever the length of the documents.
@@ -144,43 +147,38 @@ def _min_permuted(hashes: np.ndarray) -> np.ndarray:
     return low
 
 
-def signature_work(payload: list[str]) -> tuple[dict, np.ndarray, dict]:
-    """The work of a signature worker (parallel.OrderedWorkers): nothing to write or count,
-    one signature per text."""
-    return {}, signatures(payload), {}
-
-
 class NearDuplicates:
-    """The kept documents' signatures, and the earliest kept one that a new document matches."""
+    """The kept documents' signatures, and the earliest kept one that a new document matches.
+
+    Memory: the LSH index's band keys and the signature (512 bytes), about 2 KB a kept document.
+    """
 
     def __init__(self, threshold: float):
         from datasketch import LeanMinHash, MinHashLSH
 
         self.threshold = threshold
         self.lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-        self.kept: dict[int, tuple[np.ndarray, Any]] = {}  # document id -> (signature, what the caller keeps)
+        self.kept: dict[int, tuple[np.ndarray, Any, Any]] = {}  # document id -> (signature, label, group)
         self._lean = LeanMinHash
         # datasketch 2 asks which formula made the hash values (1.x has no such argument).
         self._scheme = {"scheme": "affine32"} if _takes_scheme(LeanMinHash) else {}
 
-    def find(self, signature: np.ndarray, accept=None) -> tuple[int, float, Any] | None:
-        """(id, estimated similarity, caller's value) of the earliest kept document whose
-        signature agrees with `signature` on at least `threshold` of its values (and that
-        `accept(value)` accepts, when given), else None."""
-        sketch = self._sketch(signature)
+    def find(self, signature: np.ndarray, group: Any = None) -> tuple[int, float, Any] | None:
+        """(id, estimated similarity, label) of the earliest kept document of the same `group`
+        whose signature agrees with `signature` on at least `threshold` of its values, else None."""
         best = None
-        for doc_id in self.lsh.query(sketch):
+        for doc_id in self.lsh.query(self._sketch(signature)):
             if best is not None and doc_id > best[0]:
                 continue
-            kept, value = self.kept[doc_id]
-            similarity = float(np.count_nonzero(kept == signature)) / NUM_PERM
-            if similarity >= self.threshold and (accept is None or accept(value)):
-                best = (doc_id, similarity, value)
+            kept, label, kept_group = self.kept[doc_id]
+            similarity = np.count_nonzero(kept == signature) / NUM_PERM
+            if similarity >= self.threshold and kept_group == group:
+                best = (doc_id, similarity, label)
         return best
 
-    def add(self, doc_id: int, signature: np.ndarray, value: Any = None) -> None:
+    def add(self, doc_id: int, signature: np.ndarray, label: Any = None, group: Any = None) -> None:
         self.lsh.insert(doc_id, self._sketch(signature), check_duplication=False)
-        self.kept[doc_id] = (signature, value)
+        self.kept[doc_id] = (signature, label, group)
 
     def _sketch(self, signature: np.ndarray):
         return self._lean(seed=SEED, hashvalues=signature, **self._scheme)

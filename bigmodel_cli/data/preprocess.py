@@ -33,7 +33,7 @@ from operator import ge
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bigmodel_cli.data.cleaning import URL_CHOICES, CleanOptions, clean_text
+from bigmodel_cli.data.cleaning import URL_CHOICES, CleanOptions, clean_text, detect_lang
 from bigmodel_cli.data.dedupe import LABEL_BITS, SeenIndex, kept_sources
 from bigmodel_cli.data.parallel import OrderedWorkers
 from bigmodel_cli.data.plain import plain_path
@@ -117,6 +117,7 @@ def validate(cfg: PreprocessConfig, lang: str, inputs: list[Path], split_files: 
         problems.append(f"--max-chars ({cfg.max_chars}) is below --min-chars ({cfg.min_chars})")
     if cfg.min_count < 1:
         problems.append(f"--min-count must be 1 or more, got {cfg.min_count}")
+    problems += _filter_problems(cfg)
     if 0 < cfg.max_vocab <= 5:
         problems.append(f"--max-vocab must leave room beyond the 5 special tokens (or be 0 for no limit), got {cfg.max_vocab}")
     if cfg.tokenizer not in TOKENIZER_KINDS:
@@ -147,6 +148,36 @@ def validate(cfg: PreprocessConfig, lang: str, inputs: list[Path], split_files: 
             parse_split(cfg.split)
         except UserError as exc:
             problems.append(exc.one_line())
+    return problems
+
+
+# The languages --langs can keep: those detect_lang (the segmenter's test under --lang auto) tells apart.
+FILTER_LANGS = ("zh", "en")
+
+
+def parse_langs(text: str) -> list[str]:
+    """--langs as a list ([] keeps every document)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _filter_problems(cfg: PreprocessConfig) -> list[str]:
+    problems = []
+    if cfg.near_dupes:
+        from bigmodel_cli.data.near_dupes import THRESHOLDS, require_datasketch
+
+        low, high = THRESHOLDS
+        if not low <= cfg.near_dupes <= high:
+            problems.append(f"--near-dupes must be 0 (off) or a similarity from {low} to {high}, got {cfg.near_dupes:g} "
+                            "(exact copies are --dedupe's)")
+        else:
+            try:
+                require_datasketch()
+            except UserError as exc:
+                problems.append(exc.one_line())
+    unknown = [lang for lang in parse_langs(cfg.langs) if lang not in FILTER_LANGS]
+    if unknown:
+        problems.append(f"--langs takes {' and '.join(FILTER_LANGS)} (the languages the detector tells apart), "
+                        f"comma-separated; got '{', '.join(unknown)}'")
     return problems
 
 
@@ -273,6 +304,9 @@ class Stats:
     duplicates: int = 0
     conflicts: int = 0
     conflict_examples: list = field(default_factory=list)
+    near_duplicates: int = 0
+    near_examples: list = field(default_factory=list)
+    language_dropped: Counter = field(default_factory=Counter)  # detected language -> documents dropped by --langs
     overlap: Counter = field(default_factory=Counter)  # dev/test docs also in train
     missing_labels: int = 0
     unlabelled: int = 0  # kept documents without a label (from files that have none)
@@ -520,6 +554,12 @@ class _DocumentPass:
         self.rejects, self.bar, self.total_bytes, self.started = rejects, bar, total_bytes, started
         self.stats = Stats()
         self.seen = SeenIndex(DEDUPE_FLUSH)  # every kept document: hash of its clean text -> (id, label, split)
+        self.near = None  # every kept document's MinHash, with --near-dupes
+        if cfg.near_dupes:
+            from bigmodel_cli.data.near_dupes import NearDuplicates
+
+            self.near = NearDuplicates(cfg.near_dupes)
+        self.langs = frozenset(parse_langs(cfg.langs))
         self.label_ids: dict[str | None, int] = {None: 0}
         self.labels_by_id: list[str | None] = [None]
         self.read_bytes = 0
@@ -546,6 +586,11 @@ class _DocumentPass:
         the per-record loop uses is bound to local names first: it runs for every record."""
         stats, seen, reject, splitter = self.stats, self.seen, self.reject, self.splitter
         label_ids, labels_by_id, given_splits, dedupe = self.label_ids, self.labels_by_id, self.given_splits, self.cfg.dedupe
+        near, langs = self.near, self.langs
+        if near is not None:
+            # In this process, a batch at a time: numpy makes a signature cheap beside the
+            # index lookup that follows, which has to run here, in input order.
+            from bigmodel_cli.data.near_dupes import signatures
         metas, docs, next_id, shipped = [], [], 0, False
         for batch in _batches(records, CHUNK_DOCS):
             if not shipped and self.read_bytes >= SHIP_COUNTS_AT * self.total_bytes:
@@ -561,10 +606,16 @@ class _DocumentPass:
                 if clean is None:
                     stats.dropped[reason] += 1
                     continue
+                if langs and (doc_lang := detect_lang(clean)) not in langs:
+                    stats.dropped["language"] += 1
+                    stats.language_dropped[doc_lang] += 1
+                    continue
                 cleaned.append((split, item, clean))
             if dedupe:
                 keys = [hash(clean) for _, _, clean in cleaned]
                 older = seen.find_flushed(keys)  # one search for the batch
+            if near is not None:
+                sketches = signatures([clean for _, _, clean in cleaned])
             for k, (split, item, clean) in enumerate(cleaned):
                 if dedupe:
                     first = older[k]
@@ -577,15 +628,22 @@ class _DocumentPass:
                             continue
                         if first_split == "train":
                             stats.overlap[split] += 1
-                    else:
-                        label_id = label_ids.get(item.label)
-                        if label_id is None:
-                            if len(labels_by_id) >= 1 << LABEL_BITS:
-                                raise UserError(f"{item.source}: more than {1 << LABEL_BITS:,} distinct labels",
-                                                hint="check --label-field: it names a column of labels, not of text")
-                            label_id = label_ids[item.label] = len(labels_by_id)
-                            labels_by_id.append(item.label)
-                        seen.add(keys[k], SeenIndex.pack(next_id + len(docs), label_id, split))
+                if near is not None:
+                    # Given splits are each de-duplicated apart, as exact copies are.
+                    match = near.find(sketches[k], split)
+                    if match is not None:
+                        _near_duplicate(stats, match, item)
+                        continue
+                    near.add(next_id + len(docs), sketches[k], item.label, split)
+                if dedupe and first is None:
+                    label_id = label_ids.get(item.label)
+                    if label_id is None:
+                        if len(labels_by_id) >= 1 << LABEL_BITS:
+                            raise UserError(f"{item.source}: more than {1 << LABEL_BITS:,} distinct labels",
+                                            hint="check --label-field: it names a column of labels, not of text")
+                        label_id = label_ids[item.label] = len(labels_by_id)
+                        labels_by_id.append(item.label)
+                    seen.add(keys[k], SeenIndex.pack(next_id + len(docs), label_id, split))
                 if split is None:
                     split = splitter.assign(item.label)
                 metas.append((split, item, len(clean)))
@@ -623,9 +681,10 @@ def _finish_workers(runner: OrderedWorkers, stats: Stats, staging: Path) -> Stat
     shutil.rmtree(staging / "shards", ignore_errors=True)
     stats.train_counts = runner.counts.get("train", Counter())
     stats.dev_counts = runner.counts.get("dev", Counter())
-    if stats.conflict_examples:
-        sources = kept_sources([staging / f"{s}.jsonl" for s in SPLITS], {e["kept"] for e in stats.conflict_examples})
-        for example in stats.conflict_examples:
+    examples = stats.conflict_examples + stats.near_examples
+    if examples:
+        sources = kept_sources([staging / f"{s}.jsonl" for s in SPLITS], {e["kept"] for e in examples})
+        for example in examples:
             example["kept"] = sources.get(example["kept"])
     return stats
 
@@ -650,9 +709,19 @@ def _write_vocab_and_meta(stats: Stats, cfg: PreprocessConfig, lang: str, clean_
         "labels": labels,
         "vocab": {"min_count": cfg.min_count, "max_vocab": cfg.max_vocab, "pieces": cfg.pieces, "size": len(vocab)},
         "splits": {s: stats.split_docs[s] for s in SPLITS},
+        "near_dupes": _near_dupes_options(cfg.near_dupes),
+        "langs": parse_langs(cfg.langs),
     }
     write_json(staging / "meta.json", meta)
     return vocab, meta
+
+
+def _near_dupes_options(threshold: float) -> dict[str, Any]:
+    if not threshold:
+        return {"threshold": 0.0}
+    from bigmodel_cli.data.near_dupes import NUM_PERM, SEED, SHINGLE
+
+    return {"threshold": threshold, "shingle_chars": SHINGLE, "num_perm": NUM_PERM, "seed": SEED}
 
 
 def _train_tokenizer(cfg: PreprocessConfig, staging: Path) -> dict[str, Any]:
@@ -746,6 +815,21 @@ def _duplicate(stats: Stats, first_id: int, first_label: str | None, doc: Doc) -
                                             "dropped_label": doc.label})
 
 
+def _near_duplicate(stats: Stats, match: tuple[int, float, str | None], doc: Doc) -> None:
+    kept_id, similarity, kept_label = match
+    stats.near_duplicates += 1
+    stats.dropped["near duplicate"] += 1
+    if len(stats.near_examples) < 5:
+        # "kept" holds the kept document's id until the run ends, then its source (as for conflicts).
+        stats.near_examples.append({"kept_id": kept_id, "kept": kept_id, "dropped": doc.source,
+                                    "similarity": round(similarity, 3)})
+    if kept_label != doc.label:
+        stats.conflicts += 1
+        if len(stats.conflict_examples) < 5:
+            stats.conflict_examples.append({"kept": kept_id, "kept_label": kept_label, "dropped": doc.source,
+                                            "dropped_label": doc.label, "near_duplicate": True})
+
+
 def worker_count(requested: int, chunks_at_most: int | None) -> tuple[int, str | None]:
     """Worker processes to start (0 asked: one per core), and a warning when fewer than
     asked. More than twice the cores this process may use only compete for them (each
@@ -825,6 +909,9 @@ def _report(stats: Stats, vocab: Vocab, meta: dict, elapsed: float, workers: int
         "documents": {"read": stats.read + stats.rejected, "kept": stats.kept, "rejected": stats.rejected,
                       "dropped": dict(stats.dropped)},
         "duplicates": stats.duplicates,
+        "near_duplicates": {"threshold": meta["near_dupes"]["threshold"], "count": stats.near_duplicates,
+                            "examples": stats.near_examples},
+        "language_filter": {"langs": meta["langs"], "dropped": dict(sorted(stats.language_dropped.items()))},
         "label_conflicts": {"count": stats.conflicts, "examples": stats.conflict_examples},
         "splits": {s: stats.split_docs[s] for s in SPLITS},
         "splits_given": given_splits,
