@@ -150,7 +150,8 @@ def _min_permuted(hashes: np.ndarray) -> np.ndarray:
 class NearDuplicates:
     """The kept documents' signatures, and the earliest kept one that a new document matches.
 
-    Memory: the LSH index's band keys and the signature (512 bytes), about 2 KB a kept document.
+    Memory: about 5 KB a kept document, nearly all of it the LSH index's buckets (datasketch
+    keeps a set and a bytes key per band, nine bands at 0.8), held until the run ends.
     """
 
     def __init__(self, threshold: float):
