@@ -11,10 +11,10 @@ Signatures are computed with numpy, a batch of documents at a time, by the formu
 datasketch's MinHash in its default scheme ("affine32": each shingle's 32-bit hash
 mixed by MurmurHash3's finaliser, then a * h + b modulo 2^32 with a odd, the a and b
 drawn from numpy's RandomState(SEED) as datasketch draws them). Its older "legacy"
-formula, modulo 2^61 - 1, costs five times as much here. The shingle hash is the same in
-every process and every run (Python's hash() of a string is not), so a text has the same
-signature in a worker or in the main process, and the decisions, taken in the main
-process in input order, do not depend on the workers.
+formula takes a 64-bit modulo per value, far slower in numpy. The shingle hash is the
+same in every run (Python's hash() of a string is salted per interpreter), so a corpus
+gives the same signatures every time; preprocess computes them and takes the decisions
+in its main process, in input order, so the number of workers changes nothing.
 """
 
 from __future__ import annotations

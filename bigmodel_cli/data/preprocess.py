@@ -2,9 +2,10 @@
 
 The pipeline streams: files are read line by line, documents go to worker processes in
 chunks of a bounded number at a time, results come back in order and are written at
-once. Memory holds only the vocabulary counters and the de-duplication map.
+once. Memory holds only the vocabulary counters and the de-duplication map (with
+--near-dupes, also the MinHash index of every kept document: near_dupes.py).
 
-    read, clean, de-duplicate, split (main)
+    read, clean, filter languages (--langs), de-duplicate (exact; near with --near-dupes), split (main)
       -> segment, count, make JSON lines (workers; main too when they have enough queued)
       -> write in input order (main)
 
