@@ -30,6 +30,7 @@ def preprocess_cli(
     test: Optional[Path] = typer.Option(None, help="Test file, kept as given."),
     lang: Optional[str] = typer.Option(None, "--lang", "-l", help="zh, en or auto (per document).  \\[default: from bigmodel.toml]", show_default=False),
     fmt: Optional[str] = typer.Option(None, "--format", help="Read every input as txt, jsonl, csv or tsv whatever its extension."),
+    dataset: Optional[str] = typer.Option(None, "--as", help="Write the dataset data/NAME/ (e.g. an unlabelled pretraining corpus beside a labelled task) instead of data/processed/; other commands take it with --data NAME.", show_default=False),
     options: dict = CONFIG_OPTIONS,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record (same as --on-error fail)."),
     seed: Optional[int] = typer.Option(None, help="Seed for the split.  \\[default: from bigmodel.toml]", show_default=False),
@@ -38,14 +39,16 @@ def preprocess_cli(
 ) -> None:
     """Read, clean, de-duplicate, segment and split a corpus; build the vocabulary.
 
-    Writes data/processed/ in the workspace: train/dev/test.jsonl (text, tokens, label),
-    vocab.txt, stopwords.txt, report.json, and rejects.jsonl for bad records.
+    Writes data/processed/ in the workspace (data/NAME/ with --as NAME):
+    train/dev/test.jsonl (text, tokens, label), vocab.txt, stopwords.txt, report.json, and
+    rejects.jsonl for bad records.
 
     [b]Examples[/b]:
       bigmodel preprocess reviews.txt                       # one document per line
       bigmodel preprocess reviews.csv --text-field review --label-field stars
       bigmodel preprocess --train train.jsonl --dev dev.jsonl --test test.jsonl
       bigmodel preprocess news/ --lang zh --user-dict terms.txt --workers 4
+      bigmodel preprocess wiki/ --as corpus --tokenizer char   # then: pretrain --data corpus
     """
     from bigmodel_cli.data.preprocess import preprocess, resolve_config
     from bigmodel_cli.workspace.config import ProjectConfig, resolve
@@ -58,9 +61,9 @@ def preprocess_cli(
     cfg = resolve_config(config.get("preprocess"), options, project.lang, inputs or [], {"train": train, "dev": dev, "test": test})
     result = preprocess(ws, inputs or [], train=train, dev=dev, test=test, config=cfg, lang=project.lang,
                         seed=project.seed, fmt=fmt, label_required=options["label_field"] is not None, force=force,
-                        show_progress=True, console=err_console)
+                        show_progress=True, console=err_console, dataset=dataset)
     if result.skipped:
-        console.print(f"[green]✓[/] preprocess is up to date (inputs and options unchanged since run "
+        console.print(f"[green]✓[/] preprocess{' --as ' + dataset if dataset else ''} is up to date (inputs and options unchanged since run "
                       f"{result.record['run_id']}); skipped. Use --force to run again.", soft_wrap=True)
         return
     print_report(result.report, ws.relative(result.out_dir))

@@ -31,12 +31,17 @@ def status_cli(workspace: Optional[Path] = WorkspaceOption) -> None:
 
     ws = open_workspace(workspace)
     table = Table(title=f"workspace {ws.root}", title_justify="left")
-    for column in ("stage", "last run", "status", "key figures", "state"):
+    rows = stage_status(ws)
+    lineage = any(row.get("lineage") for row in rows)  # the column only where there is something to show
+    table.add_column("stage", no_wrap=True)
+    for column in ("last run", "status", *(["data / base"] if lineage else []), "key figures", "state"):
         table.add_column(column, overflow="fold")
-    for row in stage_status(ws):
+    for row in rows:
         state = row["state"]
         style = {"up to date": "green", "stale": "yellow", "never run": "dim", "failed": "red",
                  "running": "cyan", "interrupted": "red"}[state]
         detail = f"[{style}]{state}[/]" + (": " + term_safe("; ".join(row["reasons"])) if row["reasons"] else "")
-        table.add_row(row["stage"], row["when"] or "-", row["status"] or "-", row["metrics"] or "-", detail)
+        cells = [row["stage"], row["when"] or "-", row["status"] or "-"]
+        cells += [term_safe(row.get("lineage") or "-")] if lineage else []
+        table.add_row(*cells, row["metrics"] or "-", detail)
     console.print(table)

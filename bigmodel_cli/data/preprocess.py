@@ -348,9 +348,15 @@ def preprocess(
     force: bool = False,
     show_progress: bool = False,
     console=None,
+    dataset: str | None = None,
 ) -> PreprocessResult:
-    """Run the preprocess stage in workspace `ws` (a `Workspace`). See the module docstring."""
+    """Run the preprocess stage in workspace `ws` (a `Workspace`). See the module docstring.
+    `dataset`: write data/NAME/ (`--as NAME`) instead of data/processed/, the default dataset."""
+    from bigmodel_cli.workspace.layout import dataset_stage
+
     cfg = config or PreprocessConfig()
+    target = ws.dataset(dataset)
+    stage = dataset_stage(dataset)
     inputs = [Path(p) for p in (inputs or [])]
     split_files = {"train": train, "dev": dev, "test": test}
     if not inputs and not any(split_files.values()):
@@ -395,20 +401,21 @@ def preprocess(
     from bigmodel_cli.workspace.records import Done, run_stage
 
     def work() -> Done:
-        with staged_dir(ws.processed.with_name(f".processed.staging-{os.getpid()}"), ws.processed) as staging:
+        with staged_dir(target.with_name(f".{target.name}.staging-{os.getpid()}"), target) as staging:
             report, output_hashes = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress,
                                          console, lines_at_most)
-        outputs = sorted(p for p in ws.processed.iterdir() if p.is_file())
-        known = {ws.processed / path.name: sha for path, sha in output_hashes().items()}
+        outputs = sorted(p for p in target.iterdir() if p.is_file())
+        known = {target / path.name: sha for path, sha in output_hashes().items()}
         return Done(report, outputs, _headline(report), known_hashes=known)
 
-    outcome = run_stage(ws, "preprocess", params, input_hashes, work, lock="preprocess",
+    lock = "preprocess" if stage == "preprocess" else f"preprocess --as {target.name}"
+    outcome = run_stage(ws, stage, params, input_hashes, work, lock=lock,
                         sections=("project", "preprocess"), may_skip=not force)
     if outcome.skipped:
-        report_path = ws.processed / "report.json"
+        report_path = target / "report.json"
         report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
-        return PreprocessResult(True, report, outcome.record, ws.processed)
-    return PreprocessResult(False, outcome.value, outcome.record, ws.processed)
+        return PreprocessResult(True, report, outcome.record, target)
+    return PreprocessResult(False, outcome.value, outcome.record, target)
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,8 @@ def settings(cfg: EmbedConfig, seed: int) -> dict[str, Any]:
         "epochs": cfg.glove_epochs if glove else cfg.epochs,
         "min_count": cfg.min_count, "stopwords": cfg.stopwords, "seed": seed, "workers": cfg.workers,
     }
+    if cfg.data:  # absent for the default dataset, so that earlier records still match
+        params["data"] = cfg.data
     if glove:
         params.update(x_max=cfg.x_max, lr=cfg.glove_lr, alpha=0.75)
     else:
@@ -167,16 +169,17 @@ class Corpus:
                 "types": len(self.counts), "seconds": round(self.seconds, 3)}
 
 
-def processed_train(ws) -> Path:
-    path = ws.processed / "train.jsonl"
+def processed_train(ws, data: str = "") -> Path:
+    folder = ws.find_dataset(data or None)
+    path = folder / "train.jsonl"
     if not path.is_file():
-        raise UserError(f"no processed data in {ws.relative(ws.processed)}/ (train.jsonl is missing)",
+        raise UserError(f"no processed data in {ws.relative(folder)}/ (train.jsonl is missing)",
                         hint="run `bigmodel preprocess` first")
     return path
 
 
-def load_stopword_file(ws) -> set[str]:
-    path = ws.processed / "stopwords.txt"
+def load_stopword_file(ws, data: str = "") -> set[str]:
+    path = ws.dataset(data or None) / "stopwords.txt"
     if not path.is_file():
         raise UserError(f"{ws.relative(path)} is missing", hint="run `bigmodel preprocess` again, or pass --no-stopwords")
     return {w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()}
@@ -538,17 +541,17 @@ def embed(ws, config: EmbedConfig | None = None, *, name: str | None = None, see
     name = check_name(name or cfg.method)
     if cfg.method == "fasttext":
         check_ngram_memory(cfg)
-    train = processed_train(ws)
+    train = processed_train(ws, cfg.data)
     eval_files = {key: ws.absolute(getattr(cfg, key)) if getattr(cfg, key) else None for key in ("analogies", "pairs")}
     files = EvalFiles.read(eval_files["analogies"], eval_files["pairs"])  # a bad file fails before training
     workers = cfg.workers or os.cpu_count() or 1
     params = {**settings(cfg, seed), "name": name, "binary": cfg.binary, "probes": list(cfg.probes),
               "analogies": ws.relative(eval_files["analogies"]) if eval_files["analogies"] else None,
               "pairs": ws.relative(eval_files["pairs"]) if eval_files["pairs"] else None}
-    input_paths = [train] + ([ws.processed / "stopwords.txt"] if cfg.stopwords else [])
+    input_paths = [train] + ([train.parent / "stopwords.txt"] if cfg.stopwords else [])
     input_paths += [p for p in eval_files.values() if p is not None]
     if cfg.stopwords:
-        load_stopword_file(ws)  # a clear error before hashing a missing file
+        load_stopword_file(ws, cfg.data)  # a clear error before hashing a missing file
     inputs = ws.hash_paths(input_paths)
     stage = f"embed:{name}"
     folder = ws.root / "embeddings" / name
@@ -586,7 +589,7 @@ def remove_stale_staging(root: Path) -> list[Path]:
 def _run(ws, cfg: EmbedConfig, name: str, seed: int, workers: int, train: Path, files: EvalFiles,
          staging: Path, show_progress: bool, console) -> tuple[dict, dict, dict]:
     started = time.perf_counter()
-    stop = load_stopword_file(ws) if cfg.stopwords else set()
+    stop = load_stopword_file(ws, cfg.data) if cfg.stopwords else set()
     token_file = staging / "corpus.txt"  # removed below: the export holds the vectors, not the corpus
     with _Bars(cfg.method, show_progress, console) as bars:
         corpus = read_corpus(train, stop, token_file, seed, bars.reading(train.stat().st_size))

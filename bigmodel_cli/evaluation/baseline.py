@@ -174,34 +174,36 @@ def train(train_docs: list[Doc], train_y: list[str], dev_docs: list[Doc], dev_y:
                     model.intercept_.astype(np.float64), char_n, sorted(stop), info)
 
 
-def cache_key(ws, cfg: EvaluateConfig) -> str:
-    paths = [ws.processed / f"{s}.jsonl" for s in ("train", "dev")]
+def cache_key(ws, cfg: EvaluateConfig, data: Path) -> str:
+    paths = [data / f"{s}.jsonl" for s in ("train", "dev")]
     hashes = [h["sha256"] for h in ws.hash_paths([p for p in paths if p.exists()])]
     options = [cfg.baseline_c, cfg.baseline_char_ngrams, cfg.baseline_stopwords]
     return hashlib.sha256(json.dumps([hashes, options]).encode()).hexdigest()
 
 
-def load_or_train(ws, cfg: EvaluateConfig) -> tuple[Baseline, bool]:
-    """The workspace's baseline: from the cache when its key matches, else trained and saved.
-    Returns (baseline, whether it came from the cache)."""
+def load_or_train(ws, cfg: EvaluateConfig, data: Path | None = None) -> tuple[Baseline, bool]:
+    """The baseline of a dataset (`data`, default data/processed/): from the cache when its
+    key matches, else trained on its train split and saved. Returns (baseline, whether it
+    came from the cache)."""
     from bigmodel_cli.training.classify_data import read_split
 
     folder = ws.root / FOLDER
-    key = cache_key(ws, cfg)
+    data = data or ws.processed
+    key = cache_key(ws, cfg, data)
     if (folder / "baseline.json").exists():
         try:
             if read_json(folder / "baseline.json").get("key") == key:
                 return Baseline.load(folder), True
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
-    train_path, dev_path = ws.processed / "train.jsonl", ws.processed / "dev.jsonl"
+    train_path, dev_path = data / "train.jsonl", data / "dev.jsonl"
     records = read_split(train_path)
     if not any(r["label"] is not None for r in records):
         raise UserError(f"{ws.relative(train_path)} has no labels, so no baseline can be trained",
                         hint="preprocess a labelled corpus: bigmodel preprocess FILE --label-field NAME --force")
     records = [r for r in records if r["label"] is not None]
     dev = [r for r in read_split(dev_path) if r["label"] is not None] if dev_path.exists() else []
-    stopwords = _stopwords(ws) if cfg.baseline_stopwords else []
+    stopwords = _stopwords(data) if cfg.baseline_stopwords else []
     baseline = train(docs(records), [r["label"] for r in records], docs(dev), [r["label"] for r in dev], cfg, stopwords)
     baseline.save(folder, key)
     return baseline, False
@@ -211,8 +213,8 @@ def docs(records: list[dict[str, Any]]) -> list[Doc]:
     return [Doc(r["tokens"], r.get("text", ""), r.get("lang", "")) for r in records]
 
 
-def _stopwords(ws) -> list[str]:
-    path = ws.processed / "stopwords.txt"
+def _stopwords(data: Path) -> list[str]:
+    path = data / "stopwords.txt"
     if not path.exists():
         return []
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

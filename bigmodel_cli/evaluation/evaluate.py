@@ -178,7 +178,7 @@ def pick_run(ws, run: str | None) -> Path:
 
 def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateConfig | None = None, force: bool = False,
              show_progress: bool = False, console=None) -> EvaluateResult:
-    from bigmodel_cli.model.runs import model_checkpoint, run_kind
+    from bigmodel_cli.model.runs import model_checkpoint, run_kind, train_options
     from bigmodel_cli.workspace.records import Done, run_stage
 
     cfg = cfg or EvaluateConfig()
@@ -187,9 +187,10 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
         raise UserError("; ".join(problems))
     folder = pick_run(ws, run)
     kind = run_kind(folder)
-    split_path = ws.processed / f"{split}.jsonl"
+    data = ws.find_dataset(cfg.data or train_options(folder).get("data") or None)
+    split_path = data / f"{split}.jsonl"
     if not split_path.is_file() or not split_path.stat().st_size:
-        raise UserError(f"no {split} split in {ws.relative(ws.processed)}/ ({split}.jsonl is missing or empty)",
+        raise UserError(f"no {split} split in {ws.relative(data)}/ ({split}.jsonl is missing or empty)",
                         hint="preprocess with a share for it (--split 0.8,0.1,0.1) or give --test FILE, "
                              + ("or evaluate on --split dev" if split == "test" else "or evaluate on --split test"))
     checkpoint = model_checkpoint(folder)
@@ -198,7 +199,7 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
     params = {"run": folder.name, "split": split, "checkpoint": checkpoint.name, **dataclasses.asdict(cfg)}
     input_paths = [split_path, checkpoint / "model.safetensors", folder / "vocab.txt"]
     if kind == "finetune":
-        input_paths += [p for p in (ws.processed / "train.jsonl", ws.processed / "dev.jsonl") if p.exists()]
+        input_paths += [p for p in (data / "train.jsonl", data / "dev.jsonl") if p.exists()]
     inputs = ws.hash_paths(list(dict.fromkeys(input_paths)))
     last = next((r for r in reversed(ws.records(stage)) if r.get("status") == "ok" and r["params"].get("split") == split), None)
 
@@ -256,7 +257,7 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
     ours = {**classification_metrics(y, probs, labels, cfg.bins), "seconds": round(seconds, 3),
             "examples_per_s": round(len(scored) / max(seconds, 1e-9), 1)}
 
-    base, cached = bl.load_or_train(ws, cfg)
+    base, cached = bl.load_or_train(ws, cfg, split_path.parent)
     started = time.perf_counter()
     base_probs = base.predict_proba(bl.docs(scored))
     seconds = time.perf_counter() - started

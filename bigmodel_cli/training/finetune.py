@@ -328,7 +328,6 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     problems = validate(cfg)
     if problems:
         raise UserError("; ".join(problems))
-    train_path, dev_path, vocab_path = find_processed(ws)
     cfg = dataclasses.replace(cfg, from_run=hf_from(ws, cfg.from_run))
     name = check_name(name or ("classifier-scratch" if cfg.from_run == "scratch" else "classifier"))
     folder = ws.root / "runs" / name
@@ -336,12 +335,13 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     # The base is found after a resume took the run's own options: --resume auto alone
     # continues a run from a Hugging Face folder even where no pretrain run exists.
     cfg, seed = inherit_options(cfg, seed, start, given)
+    train_path, dev_path, vocab_path = find_processed(ws, cfg.data)
     base = resumed_base(ws, folder) if start is not None and cfg.from_run == "latest" else base_run(ws, cfg.from_run)
     if base is not None and base.resolve() == folder.resolve():
         raise UserError(f"--name {name} is the pretrain run it would start from", hint="pick another --name")
     stage = f"finetune:{name}"
     params = {**dataclasses.asdict(cfg), "name": name, "seed": seed, "base": base_label(base)}
-    input_paths = [p for p in (train_path, dev_path, vocab_path, ws.processed / "meta.json") if p is not None and p.exists()]
+    input_paths = [p for p in (train_path, dev_path, vocab_path, vocab_path.parent / "meta.json") if p is not None and p.exists()]
     if base is not None:
         input_paths += base_files(base)
     inputs = ws.hash_paths(input_paths)
@@ -407,7 +407,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "config.json", mcfg.to_dict())
         if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
-            copy_tokenizer_files(ws.processed, folder, base=base)
+            copy_tokenizer_files(vocab_path.parent, folder, base=base)
         write_train_options(folder, options, start=start, changed=changed, complete=False)
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
                  show_progress=show_progress, console=console, log_lines=log_lines,
@@ -435,7 +435,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         "resumed_from": ws.relative(start) if start else None, "changed_on_resume": changed or None,
         "checkpoint": ws.relative(result.checkpoint) if result.checkpoint else None,
         "world_size": dist.world, "precision": cfg.precision, "device": str(next(model.parameters()).device),
-        "warnings": _warnings(ws, dev_path, dev, base),
+        "warnings": _warnings(ws, vocab_path.parent, dev, base),
     }
     if dist.main:
         write_json(folder / "report.json", report)
@@ -452,7 +452,7 @@ def _best(folder: Path, result) -> dict[str, Any]:
     return {"step": result.best_step, "macro_f1": result.best, "accuracy": entry.get("accuracy"), "loss": entry.get("loss")}
 
 
-def _warnings(ws, dev_path: Path | None, dev: Encoded | None, base: Path | None) -> list[str]:
+def _warnings(ws, data: Path, dev: Encoded | None, base: Path | None) -> list[str]:
     from bigmodel_cli.model import hf_import
 
     warnings = []
@@ -463,9 +463,10 @@ def _warnings(ws, dev_path: Path | None, dev: Encoded | None, base: Path | None)
         warnings.append(f"{int((dev.labels < 0).sum())} dev document(s) carry labels unseen in training; "
                         "they are left out of the dev metrics")
     if base is not None and (base / "meta.json").exists() and not hf_import.is_hf_base(base):
-        ours, theirs = read_json(ws.processed / "meta.json"), read_json(base / "meta.json")
-        if (ours.get("clean"), ours.get("segment")) != (theirs.get("clean"), theirs.get("segment")):
-            warnings.append(f"data/processed/ was cleaned or segmented differently from run '{base.name}'; "
+        ours, theirs = read_json(data / "meta.json"), read_json(base / "meta.json")
+        word_base = not (base / "tokenizer.json").is_file()  # a tokenizer.json reads any text the same way
+        if word_base and (ours.get("clean"), ours.get("segment")) != (theirs.get("clean"), theirs.get("segment")):
+            warnings.append(f"{ws.relative(data)}/ was cleaned or segmented differently from run '{base.name}'; "
                             "pretrain again on this data for matching words")
     return warnings
 

@@ -123,10 +123,10 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     if problems:
         raise UserError("; ".join(problems))
     name = check_name(name or cfg.objective)
-    train_path, dev_path, vocab_path = find_processed(ws)
     folder = ws.root / "runs" / name
     start = resume_point(folder, resume)
     cfg, seed = inherit_options(cfg, seed, start, given)
+    train_path, dev_path, vocab_path = find_processed(ws, cfg.data)
     stage = f"pretrain:{name}"
     params = {**dataclasses.asdict(cfg), "name": name, "seed": seed}
     tokenizer_path = vocab_path.parent / "tokenizer.json"
@@ -203,7 +203,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     if dist.main:
         write_json(folder / "config.json", mcfg.to_dict())
         if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
-            copy_tokenizer_files(ws.processed, folder)
+            copy_tokenizer_files(vocab_path.parent, folder)
         write_train_options(folder, options, start=start, changed=changed, complete=False)
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
                  show_progress=show_progress, console=console, log_lines=log_lines,

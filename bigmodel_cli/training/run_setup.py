@@ -14,10 +14,12 @@ from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json, write_json
 
 
-def find_processed(ws) -> tuple[Path, Path | None, Path]:
-    train, dev, vocab = ws.processed / "train.jsonl", ws.processed / "dev.jsonl", ws.processed / "vocab.txt"
+def find_processed(ws, dataset: str | None = None) -> tuple[Path, Path | None, Path]:
+    """train.jsonl, dev.jsonl (None when empty) and vocab.txt of a dataset (`--data`)."""
+    folder = ws.find_dataset(dataset)
+    train, dev, vocab = folder / "train.jsonl", folder / "dev.jsonl", folder / "vocab.txt"
     if not train.is_file() or not vocab.is_file():
-        raise UserError(f"no processed data in {ws.relative(ws.processed)}/ (train.jsonl and vocab.txt)",
+        raise UserError(f"no processed data in {ws.relative(folder)}/ (train.jsonl and vocab.txt)",
                         hint="run `bigmodel preprocess FILE` first")
     return train, (dev if dev.is_file() and dev.stat().st_size else None), vocab
 

@@ -101,6 +101,7 @@ class PreprocessConfig:
 
 @dataclass
 class EmbedConfig:
+    data: str = doc("Dataset whose training split is read: NAME for data/NAME/; empty for data/processed/.", "")
     method: str = doc("word2vec or fasttext (gensim), or glove (bigmodel's PyTorch GloVe).", "word2vec", short="-m")
     dim: int = doc("Vector size.", 100)
     window: int = doc("word2vec/fasttext: context words on each side (each position draws a window of 1 to this, as word2vec does). On the command line, with --method glove, it sets glove_window.", 5)
@@ -127,6 +128,7 @@ class EmbedConfig:
 class TrainConfig:
     """The options of the training loop that pretrain and finetune share."""
 
+    data: str = doc("Dataset to train on: NAME for data/NAME/ (preprocess --as NAME); empty for data/processed/.", "")
     batch_size: int = doc("Sequences per optimizer step, over all processes and accumulation steps.", 32, short="-b")
     accumulate: int = doc("Gradient accumulation: each step's batch is run in this many parts (same result, less memory).", 1)
     lr: float = doc("Peak learning rate (AdamW).", 5e-4)
@@ -189,11 +191,12 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass
 class EvaluateConfig:
+    data: str = doc("Dataset whose split is scored: NAME for data/NAME/; empty for the one the run was trained on.", "")
     batch_size: int = doc("Documents per forward pass.", 64, short="-b")
     bins: int = doc("Confidence bins of the expected calibration error and the reliability plot.", 15)
     baseline_c: list = doc("Inverse regularisation strengths tried for the TF-IDF + LogisticRegression baseline; the best on dev macro-F1 is kept.", [0.3, 1.0, 3.0, 10.0, 30.0])
     baseline_char_ngrams: int = doc("Baseline: longest character n-gram added for Chinese documents (0: words only).", 3)
-    baseline_stopwords: bool = doc("Baseline: drop data/processed/stopwords.txt from the words (off by default: negations such as 没有 carry sentiment).", False)
+    baseline_stopwords: bool = doc("Baseline: drop the dataset's stopwords.txt from the words (off by default: negations such as 没有 carry sentiment).", False)
 
 
 SECTIONS: dict[str, type] = {

@@ -38,6 +38,8 @@ from bigmodel_cli.workspace.config import CONFIG_NAME, LANGS, load_config, rende
 
 LAYOUT = ("data/raw", "data/processed", "embeddings", "runs", "reports", "explanations", ".bigmodel/records")
 STAGES = ("preprocess", "embed", "pretrain", "finetune", "evaluate", "explain")
+DEFAULT_DATASET = "processed"  # data/processed/: what preprocess writes without --as
+RESERVED_DATASETS = {"raw"}  # data/raw/ holds inputs (quickstart's sample)
 
 
 class Workspace:
@@ -52,6 +54,33 @@ class Workspace:
     @property
     def processed(self) -> Path:
         return self.root / "data" / "processed"
+
+    def dataset(self, name: str | None = None) -> Path:
+        """The folder of a processed dataset: data/NAME/ (`preprocess --as NAME`), or
+        data/processed/ for the default one (no name, or "processed")."""
+        if not name or name == DEFAULT_DATASET:
+            return self.processed
+        return self.root / "data" / check_dataset_name(name)
+
+    def datasets(self) -> list[str]:
+        """The names of the processed datasets (folders of data/ with a meta.json), the default first."""
+        data = self.root / "data"
+        found = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")
+                       and p.name not in RESERVED_DATASETS and (p / "meta.json").is_file()) if data.is_dir() else []
+        return sorted(found, key=lambda n: n != DEFAULT_DATASET)
+
+    def find_dataset(self, name: str | None = None) -> Path:
+        """An existing dataset's folder, or a one-line error that lists the datasets there are."""
+        folder = self.dataset(name)
+        if (folder / "meta.json").is_file() or (folder / "train.jsonl").is_file():
+            return folder
+        there = self.datasets()
+        listed = ", ".join(there) if there else "none yet"
+        if name and name != DEFAULT_DATASET:
+            raise UserError(f"no dataset '{name}' in {self.relative(self.root / 'data')}/ (datasets: {listed})",
+                            hint=f"run `bigmodel preprocess FILE --as {name}` first, or pass one of those")
+        raise UserError(f"no processed data in {self.relative(folder)}/ (datasets: {listed})",
+                        hint="run `bigmodel preprocess FILE` first" + (", or pass --data NAME" if there else ""))
 
     @property
     def raw(self) -> Path:
@@ -144,8 +173,9 @@ class Workspace:
         try:
             write_json(self.running_path, {"pid": os.getpid(), "command": command,
                                            "since": dt.datetime.now().isoformat(timespec="seconds")})
-            recover_dir(self.processed)
-            remove_stale(self.processed.parent, ".processed.staging-*", r"\.processed\.staging-(\d+)")
+            for name in {DEFAULT_DATASET, *self.datasets()}:
+                recover_dir(self.dataset(name))
+            remove_stale(self.processed.parent, ".*.staging-*", r"\.[A-Za-z0-9][A-Za-z0-9_.-]*\.staging-(\d+)")
             yield
         finally:
             holder = self.holder()
@@ -291,6 +321,18 @@ def _printable(text: object) -> str:
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_dataset_name(name: str) -> str:
+    if name in RESERVED_DATASETS or not NAME_RE.match(name):
+        raise UserError(f"a dataset name must be letters, digits, '_', '.' or '-' (at most 64, not starting with "
+                        f"'.' '_' '-') and not {', '.join(sorted(RESERVED_DATASETS))}, got '{_printable(name)}'")
+    return name
+
+
+def dataset_stage(name: str | None) -> str:
+    """The record key of preprocess into a dataset: `preprocess`, or `preprocess:NAME`."""
+    return "preprocess" if not name or name == DEFAULT_DATASET else f"preprocess:{name}"
 
 
 def check_name(name: str) -> str:

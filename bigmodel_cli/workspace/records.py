@@ -231,7 +231,8 @@ def stage_status(ws: Workspace) -> list[dict[str, Any]]:
         for key in own or [stage]:
             latest = ws.last_record(key, status=None)
             ok = ws.last_record(key)
-            row = {"stage": key, "when": None, "status": None, "metrics": "", "state": "never run", "reasons": []}
+            row = {"stage": key, "when": None, "status": None, "metrics": "", "state": "never run", "reasons": [],
+                   "lineage": _lineage(ok or latest)}
             if latest is not None:
                 row.update(when=latest["started"].replace("T", " "), status=latest["status"])
             if latest is not None and latest["status"] != "ok":
@@ -245,14 +246,30 @@ def stage_status(ws: Workspace) -> list[dict[str, Any]]:
     return rows
 
 
+def _lineage(record: dict[str, Any] | None) -> str:
+    """Which dataset a run read and which run it started from: `data corpus`, `from mlm`."""
+    if record is None:
+        return ""
+    params = record.get("params", {})
+    parts = []
+    if params.get("data"):
+        parts.append(f"data {params['data']}")
+    if params.get("base"):
+        parts.append(f"from {params['base']}")
+    elif params.get("run") and record.get("stage", "").split(":")[0] in ("evaluate", "explain"):
+        parts.append(f"run {params['run']}")
+    return ", ".join(parts)
+
+
 def _stage_key(command: str) -> str:
     """The record key of a locked command: `pretrain --name mlm` -> pretrain:mlm,
     `evaluate classifier --split test` -> evaluate:classifier, `preprocess` -> preprocess."""
     words = command.split()
     if not words:
         return "?"
-    if "--name" in words[:-1]:
-        return f"{words[0]}:{words[words.index('--name') + 1]}"
+    for flag in ("--name", "--as"):
+        if flag in words[:-1]:
+            return f"{words[0]}:{words[words.index(flag) + 1]}"
     if len(words) > 1 and not words[1].startswith("-"):
         return f"{words[0]}:{words[1]}"
     return words[0]
