@@ -73,11 +73,12 @@ def test_packing_blocks_start_with_cls_and_separate_documents(tmp_path):
     vocab = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"], [0] * 8)
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps({"tokens": t}) for t in (["a", "b"], ["c", "x", "a"], ["b"], ["c"])) + "\n")
-    blocks, starts = encode_blocks(path, WordEncoder(vocab=vocab), 4)
+    blocks = encode_blocks(path, WordEncoder(vocab=vocab), 4)
     # stream: a b SEP c UNK a SEP b SEP c SEP -> bodies of 3 after [CLS], the last one padded
-    assert blocks.tolist() == [[2, 5, 6, 3], [2, 7, 1, 5], [2, 3, 6, 3], [2, 7, 3, 0]]
-    assert blocks.dtype == np.int32
-    assert starts.tolist() == [[1] * 4] * 4  # one token per word: every token starts one
+    assert len(blocks) == 4 and blocks.tokens == 11 and blocks.ids.dtype == np.uint16
+    assert blocks[:].tolist() == [[2, 5, 6, 3], [2, 7, 1, 5], [2, 3, 6, 3], [2, 7, 3, 0]]
+    assert blocks[np.array([3, 0])].tolist() == [[2, 7, 3, 0], [2, 5, 6, 3]] and blocks[:].dtype == np.int32
+    assert blocks.starts[:].tolist() == [[1] * 4] * 4  # one token per word: every token starts one
 
 
 def test_bert_masking_proportions_and_specials():

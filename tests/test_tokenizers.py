@@ -95,11 +95,12 @@ def test_word_starts_follow_the_segmenters_words():
 
 def test_whole_word_masking_masks_every_token_of_a_word_together(char_ws):
     encoder = Encoder.from_folder(char_ws.processed)
-    blocks, starts = encode_blocks(char_ws.processed / "train.jsonl", encoder, 64)
+    stream = encode_blocks(char_ws.processed / "train.jsonl", encoder, 64)
+    blocks, starts = stream[:], stream.starts[:]
     assert blocks.shape == starts.shape and starts[:, 0].all()
     multi = (starts[:, 1:] == 0).mean()
     assert multi > 0.2  # Chinese words span several characters
-    task = MLMTask(np.asarray(blocks), None, batch_size=len(blocks), seed=1, vocab=encoder.vocab, starts=(starts, None))
+    task = MLMTask(stream, None, batch_size=len(blocks), seed=1, vocab=encoder.vocab, starts=(stream.starts, None))
     batch = task.batch(0, 0, slice(None))
     chosen = (batch["labels"] != -100).numpy()
     order = task.order(0)
@@ -115,7 +116,7 @@ def test_whole_word_masking_masks_every_token_of_a_word_together(char_ws):
     share = chosen[maskable].mean()
     assert 0.12 < share < 0.18
     # token-level masking cuts words apart
-    token_task = MLMTask(np.asarray(blocks), None, batch_size=len(blocks), seed=1, vocab=encoder.vocab)
+    token_task = MLMTask(stream, None, batch_size=len(blocks), seed=1, vocab=encoder.vocab)
     token_chosen = (token_task.batch(0, 0, slice(None))["labels"] != -100).numpy()
     split = (token_chosen != np.take_along_axis(token_chosen, word, axis=1)) & maskable & np.take_along_axis(maskable, word, axis=1)
     assert split.any()

@@ -319,21 +319,21 @@ def _language_model(ws, folder: Path, checkpoint: Path, split: str, split_path: 
     seq_len = int(train_cfg.get("seq_len", 128))
     encoder = Encoder.from_folder(folder)
     vocab = encoder.vocab
-    blocks, starts = encode_blocks(split_path, encoder, seq_len)
+    blocks = encode_blocks(split_path, encoder, seq_len)
     if not len(blocks):
         raise UserError(f"{ws.relative(split_path)} holds no tokens to evaluate on", hint="preprocess a corpus with text in it")
     objective = "clm" if model.cfg.causal else "mlm"
     task_cls = CLMTask if model.cfg.causal else MLMTask
     whole_word = not model.cfg.causal and bool(train_cfg.get("whole_word", False))  # as the run was trained
     task = task_cls(blocks, blocks, cfg.batch_size, int(train_cfg.get("seed", 42)), vocab,
-                    float(train_cfg.get("mask_prob", 0.15)), eval_batches=0, starts=(starts, starts) if whole_word else None)
+                    float(train_cfg.get("mask_prob", 0.15)), eval_batches=0, starts=(blocks.starts, blocks.starts) if whole_word else None)
     started = time.perf_counter()
     import torch
 
     with torch.no_grad():
         metrics = task.evaluate(model, contextlib.nullcontext)
     seconds = time.perf_counter() - started
-    tokens = int((blocks != vocab.id("[PAD]")).sum())
+    tokens = blocks.tokens + len(blocks)  # the stream and each block's [CLS]: every position but padding
     return {
         "run": folder.name, "kind": "language model", "objective": objective, "split": split,
         "checkpoint": ws.relative(checkpoint), "blocks": int(len(blocks)), "seq_len": seq_len, "tokens": tokens,

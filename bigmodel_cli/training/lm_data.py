@@ -20,34 +20,86 @@ from bigmodel_cli.fileio import atomic_write
 ENCODE_CHUNK = 2048  # records encoded at a time (tokenizers encodes a batch on all cores)
 
 
-def encode_blocks(path: Path, encoder, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(blocks, starts), both (n, seq_len): documents + [SEP], concatenated, cut into
-    [CLS] + seq_len-1 ids; `starts` is 1 where a token begins a word (see
-    Encoder.record_pieces), for whole-word masking."""
-    from array import array
+class TokenBlocks:
+    """The corpus as one flat stream of token ids (each document followed by [SEP]), cut on
+    the fly into blocks of [CLS] + seq_len-1 ids, the last one padded. `blocks[rows]` gives
+    (len(rows), seq_len) int32 ids; `blocks.starts[rows]` the matching word starts (1 where a
+    token begins a word, see Encoder.record_pieces), for whole-word masking.
 
-    body = seq_len - 1
-    vocab = encoder.vocab
-    sep = vocab.id(SEP)
-    stream, starts = array("i"), array("b")
+    The stream is stored flat (uint16 where the vocabulary fits, else uint32) and memory-
+    mapped, so that a corpus of any size costs the pages a batch touches, and one file
+    serves every --seq-len."""
+
+    def __init__(self, ids: np.ndarray, starts: np.ndarray, seq_len: int, cls_id: int, pad_id: int):
+        self.ids, self.word_starts, self.seq_len, self.cls_id, self.pad_id = ids, starts, seq_len, cls_id, pad_id
+        self.body = seq_len - 1
+        self.starts = _StartsView(self)
+
+    def __len__(self) -> int:
+        return -(-len(self.ids) // self.body) if len(self.ids) else 0
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+    def _gather(self, flat: np.ndarray, rows, fill: int, first: int, dtype) -> np.ndarray:
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        positions = rows[:, None] * self.body + np.arange(self.body)
+        inside = positions < len(flat)
+        out = np.empty((len(rows), self.seq_len), dtype=dtype)
+        out[:, 0] = first
+        body = np.asarray(flat[np.minimum(positions, max(len(flat) - 1, 0))], dtype=dtype) if len(flat) else \
+            np.full(positions.shape, fill, dtype=dtype)
+        out[:, 1:] = np.where(inside, body, fill)
+        return out
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self._gather(self.ids, rows, self.pad_id, self.cls_id, np.int32)
+
+
+class _StartsView:
+    def __init__(self, blocks: TokenBlocks):
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.blocks._gather(self.blocks.word_starts, rows, 1, 1, np.uint8)
+
+
+def id_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+def write_stream(path: Path, encoder, ids_out, starts_out) -> int:
+    """Encode a processed split record by record (ENCODE_CHUNK at a time) into two binary
+    files: the ids (id_dtype) and the word starts (uint8). Returns the number of tokens."""
+    dtype = id_dtype(len(encoder.vocab))
+    sep = encoder.vocab.id(SEP)
+    count = 0
     for chunk in _record_chunks(path):
-        for ids, word_starts in encoder.record_pieces(chunk):
-            stream.extend(ids)
-            starts.extend(word_starts)
-            stream.append(sep)
+        ids, starts = [], []
+        for piece_ids, word_starts in encoder.record_pieces(chunk):
+            ids += piece_ids
+            ids.append(sep)
+            starts += word_starts
             starts.append(1)
-    n = math.ceil(len(stream) / body) if stream else 0
-    out = np.full((n, seq_len), vocab.id(PAD), dtype=np.int32)
-    out_starts = np.ones((n, seq_len), dtype=np.uint8)
-    out[:, 0] = vocab.id(CLS)
-    if n:
-        padded = np.full(n * body, vocab.id(PAD), dtype=np.int32)
-        padded[: len(stream)] = np.frombuffer(stream, dtype=np.int32)
-        out[:, 1:] = padded.reshape(n, body)
-        padded_starts = np.ones(n * body, dtype=np.uint8)
-        padded_starts[: len(starts)] = np.frombuffer(starts, dtype=np.int8)
-        out_starts[:, 1:] = padded_starts.reshape(n, body)
-    return out, out_starts
+        ids_out.write(np.asarray(ids, dtype=dtype).tobytes())
+        starts_out.write(np.asarray(starts, dtype=np.uint8).tobytes())
+        count += len(ids)
+    return count
+
+
+def encode_blocks(path: Path, encoder, seq_len: int) -> TokenBlocks:
+    """The blocks of a split, encoded in memory (a dev or test split for evaluate)."""
+    import io
+
+    ids, starts = io.BytesIO(), io.BytesIO()
+    write_stream(path, encoder, ids, starts)
+    vocab = encoder.vocab
+    return TokenBlocks(np.frombuffer(ids.getvalue(), dtype=id_dtype(len(vocab))),
+                       np.frombuffer(starts.getvalue(), dtype=np.uint8), seq_len, vocab.id(CLS), vocab.id(PAD))
 
 
 def _record_chunks(path: Path):
@@ -71,22 +123,27 @@ def _record_chunks(path: Path):
         yield chunk
 
 
-def cached_blocks(path: Path, encoder, seq_len: int, cache_dir: Path, writer: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded blocks and their word starts, computed once per (file, encoder, seq_len) and memory-mapped."""
+def cached_blocks(path: Path, encoder, seq_len: int, cache_dir: Path, writer: bool) -> TokenBlocks:
+    """The blocks of a processed split, encoded once per (file, encoder) into runs/NAME/data/
+    (written streaming: memory stays flat whatever the corpus size) and memory-mapped.
+    `writer`: this process may encode (rank 0); the others map what it wrote."""
     stat = path.stat()
-    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{encoder.fingerprint}:{seq_len}".encode()).hexdigest()[:16]
-    cache = cache_dir / f"{path.stem}-{seq_len}-{key}.npy"
-    starts_cache = cache_dir / f"{path.stem}-{seq_len}-{key}.starts.npy"
-    if writer and not (cache.exists() and starts_cache.exists()):
-        blocks, starts = encode_blocks(path, encoder, seq_len)
+    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{encoder.fingerprint}".encode()).hexdigest()[:16]
+    stem = cache_dir / f"{path.stem}-{key}"
+    ids_path, starts_path, done_path = (stem.with_name(stem.name + suffix) for suffix in (".ids.bin", ".starts.bin", ".json"))
+    dtype = id_dtype(len(encoder.vocab))
+    if writer and not done_path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for old in cache_dir.glob(f"{path.stem}-*.npy"):
+        for old in cache_dir.glob(f"{path.stem}-*"):
             old.unlink()
-        with atomic_write(starts_cache, "wb") as handle:
-            np.save(handle, starts)
-        with atomic_write(cache, "wb") as handle:
-            np.save(handle, blocks)
-    return np.load(cache, mmap_mode="r", allow_pickle=False), np.load(starts_cache, mmap_mode="r", allow_pickle=False)
+        with atomic_write(ids_path, "wb") as ids_out, atomic_write(starts_path, "wb") as starts_out:
+            count = write_stream(path, encoder, ids_out, starts_out)
+        with atomic_write(done_path) as handle:  # written last: the files before it are complete
+            json.dump({"tokens": count, "dtype": np.dtype(dtype).name, "source": path.name}, handle)
+    vocab = encoder.vocab
+    ids = np.memmap(ids_path, dtype=dtype, mode="r") if ids_path.stat().st_size else np.zeros(0, dtype=dtype)
+    starts = np.memmap(starts_path, dtype=np.uint8, mode="r") if starts_path.stat().st_size else np.zeros(0, np.uint8)
+    return TokenBlocks(ids, starts, seq_len, vocab.id(CLS), vocab.id(PAD))
 
 
 class LMTask:

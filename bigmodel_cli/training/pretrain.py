@@ -1,10 +1,12 @@
 """`bigmodel pretrain`: a Transformer from scratch on the workspace's corpus, masked (BERT)
 or causal language modelling, through the shared training loop.
 
-Data: the `tokens` of data/processed/{train,dev}.jsonl, mapped through vocab.txt (the ids
-every later stage uses), each document followed by [SEP], concatenated and cut into blocks
-of seq_len that start with [CLS]. The last block is padded. Blocks are cached as .npy in the
-run folder and memory-mapped, so processes of a torchrun launch share one copy.
+Data: the records of data/processed/{train,dev}.jsonl (or data/NAME/ with --data NAME),
+encoded by the dataset's Encoder (jieba words through vocab.txt, or tokenizer.json), each
+document followed by [SEP], concatenated and cut into blocks of seq_len that start with
+[CLS]. The last block is padded. The flat stream of ids is written once into the run folder
+(data/, streaming) and memory-mapped, so the processes of a launch share one copy and a
+corpus of any size starts without being held in memory (lm_data.TokenBlocks).
 
 Writes runs/NAME/: config.json (the model), train.json, vocab.txt, meta.json (how text was
 cleaned and segmented), metrics.jsonl, loss.png, checkpoints/{step-N,last,best}/, report.json.
@@ -153,10 +155,11 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     return PretrainResult(False, name, folder, outcome.record, outcome.value)
 
 
-def _tokens_per_word(blocks: np.ndarray, starts: np.ndarray, pad: int) -> float:
-    """How many tokens a word of the corpus takes, on average (1 for a word vocabulary)."""
-    real = np.asarray(blocks) != pad
-    return round(float(real.sum()) / max(1, int((np.asarray(starts, dtype=bool) & real).sum())), 3)
+def _tokens_per_word(blocks) -> float:
+    """How many tokens a word of the corpus takes, on average (1 for a word vocabulary); the
+    [SEP] after each document counts as a word of one token."""
+    words = sum(int(np.count_nonzero(blocks.word_starts[i:i + (1 << 24)])) for i in range(0, blocks.tokens, 1 << 24))
+    return round(blocks.tokens / max(1, words), 3)
 
 
 def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path: Path, dev_path: Path | None,
@@ -189,12 +192,12 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
                 cached_blocks(dev_path, encoder, cfg.seq_len, cache, True)
         torch.distributed.barrier()
         train = cached_blocks(train_path, encoder, cfg.seq_len, cache, False)
-    dev = cached_blocks(dev_path, encoder, cfg.seq_len, cache, dist.main) if dev_path else (None, None)
-    (train, train_starts), (dev, dev_starts) = train, dev
+    dev = cached_blocks(dev_path, encoder, cfg.seq_len, cache, dist.main) if dev_path else None
     _check_sizes(ws, train, train_path, cfg, dist.world)
     whole_word = cfg.objective == "mlm" and cfg.whole_word
+    starts = (train.starts, dev.starts if dev is not None else None) if whole_word else None
     task = (MLMTask if cfg.objective == "mlm" else CLMTask)(train, dev, cfg.batch_size, seed, vocab, cfg.mask_prob, cfg.eval_batches,
-                                                            starts=(train_starts, dev_starts) if whole_word else None)
+                                                            starts=starts)
 
     seed_everything(seed)
     model = Transformer(mcfg)
@@ -215,7 +218,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         "data": {"train_blocks": int(len(train)), "dev_blocks": int(len(dev)) if dev is not None else 0,
                  "seq_len": cfg.seq_len, "steps_per_epoch": task.steps_per_epoch,
                  "tokenizer": encoder.kind, "masking": ("whole-word" if whole_word else "token") if cfg.objective == "mlm" else None,
-                 "tokens_per_word": _tokens_per_word(train, train_starts, vocab.id(PAD))},
+                 "tokens": train.tokens, "tokens_per_word": _tokens_per_word(train)},
         "steps": result.steps, "epochs": result.epochs_done, "stop_reason": result.stop_reason,
         "train_loss": result.train_loss, "dev": result.dev,
         "best": {"loss": result.best, "step": result.best_step} if result.best is not None else None,
@@ -232,7 +235,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     return report
 
 
-def _check_sizes(ws, train: np.ndarray, path: Path, cfg: PretrainConfig, world: int) -> None:
+def _check_sizes(ws, train, path: Path, cfg: PretrainConfig, world: int) -> None:
     """A corpus too small for one batch fails here, with what to change, not as an empty loop."""
     if len(train) == 0:
         raise UserError(f"{ws.relative(path)} holds no tokens to train on", hint="preprocess a corpus with text in it")
