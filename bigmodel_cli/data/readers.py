@@ -1,9 +1,10 @@
-"""Reading corpora: file discovery, compression, encoding detection, and the four formats.
+"""Reading corpora: file discovery, compression, encoding detection, and the formats.
 
 Every record carries its file and line so that a bad one can be reported exactly.
 Files are read line by line in binary and decoded per line (all supported encodings but
 UTF-16 are ASCII-compatible, so b"\\n" always ends a line): memory stays flat and a bad
-byte is reported with its offset.
+byte is reported with its offset. Parquet and Arrow files, and folders saved by Hugging
+Face `datasets`, are read with pyarrow (tables.py); their rows stand for lines.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from typing import BinaryIO, Iterator
 
 from bigmodel_cli.errors import InputError, UserError
 
-FORMATS = ("txt", "jsonl", "csv", "tsv")
+FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet", "arrow")
+TABLE_FORMATS = ("parquet", "arrow")  # columnar: read by tables.py, row by row, neither decoded nor compressed here
 _EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-               ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
+               ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow"}
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 SAMPLE_BYTES = 1 << 20
 FASTTEXT_LABEL = "__label__"
@@ -72,12 +74,16 @@ def file_format(path: Path, override: str | None = None) -> str:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{override}'")
         return override
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSED:
+    compressed = bool(suffixes) and suffixes[-1] in _COMPRESSED
+    if compressed:
         suffixes = suffixes[:-1]
     fmt = _EXTENSIONS.get(suffixes[-1]) if suffixes else None
     if fmt is None:
         raise InputError(path, f"unsupported file type '{''.join(path.suffixes) or '(none)'}'",
-                         hint="bigmodel reads .txt, .jsonl, .csv and .tsv (also .gz/.bz2/.xz); rename the file or pass --format")
+                         hint="bigmodel reads .txt, .jsonl, .csv and .tsv (also .gz/.bz2/.xz), .parquet and .arrow; "
+                              "rename the file or pass --format")
+    if compressed and fmt in TABLE_FORMATS:
+        raise InputError(path, f"a compressed {fmt} file", hint="decompress it: Parquet and Arrow compress their columns themselves")
     return fmt
 
 
@@ -90,12 +96,13 @@ def discover(paths: list[Path], fmt: str | None = None) -> list[Path]:
         if not path.exists():
             raise InputError(path, "no such file or folder", hint="check the path")
         if path.is_dir():
-            found = sorted(p for p in _walk(path) if _readable(p, fmt))
+            found = _folder_files(path, fmt)
             for p in found:
                 check_regular_file(p)
             if not found:
                 raise InputError(path, "folder has no readable files",
-                                 hint="put .txt, .jsonl, .csv or .tsv files in it (optionally .gz/.bz2/.xz)")
+                                 hint="put .txt, .jsonl, .csv or .tsv files in it (optionally .gz/.bz2/.xz), "
+                                      ".parquet or .arrow files, or a folder saved by datasets")
             files.extend(found)
         else:
             file_format(path, fmt)
@@ -104,19 +111,46 @@ def discover(paths: list[Path], fmt: str | None = None) -> list[Path]:
     return files
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """Every entry under `folder` but folders, hidden ones (and hidden folders' contents)
-    left out, symbolic links to folders not followed. A folder that cannot be listed is
-    an error: pathlib's rglob would pass over it, and its files would be lost unsaid."""
+def _folder_files(folder: Path, fmt: str | None) -> list[Path]:
+    """The readable files under `folder` in sorted order, a folder saved by `datasets`
+    (there, or as `folder` itself) standing for its Arrow files in its own order."""
+    from bigmodel_cli.data.tables import saved_dataset_files
+
+    dataset = saved_dataset_files(folder)
+    if dataset is not None:
+        return dataset
+    entries = sorted(_walk(folder), key=lambda entry: entry[0])
+    return [p for key, group in entries for p in group if p != key or _readable(p, fmt)]
+
+
+def _walk(folder: Path) -> Iterator[tuple[Path, list[Path]]]:
+    """(path, [path]) for every entry under `folder` but folders, hidden ones (and hidden
+    folders' contents) left out, symbolic links to folders not followed; (folder, its
+    Arrow files) for a folder saved by `datasets`, whose files keep its order. A folder
+    that cannot be listed is an error: pathlib's rglob would pass over it, and its files
+    would be lost unsaid. So is a saved DatasetDict below `folder`: its splits would be
+    read as one corpus."""
+    from bigmodel_cli.data.tables import is_dataset_dict, saved_dataset_files
 
     def refuse(exc: OSError) -> None:
         raise read_error(exc.filename, exc)
 
     for top, dirs, names in os.walk(folder, onerror=refuse):
+        here = Path(top)
+        if is_dataset_dict(here):
+            raise InputError(here, "a saved DatasetDict inside a folder of inputs",
+                             hint="give it as the only input (its train, validation and test splits become train, dev "
+                                  "and test), or give its split folders with --train/--dev/--test")
+        dataset = saved_dataset_files(here) if here != folder else None
+        if dataset is not None:
+            dirs[:] = []
+            yield here, dataset
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in names:
             if not name.startswith("."):
-                yield Path(top, name)
+                path = Path(top, name)
+                yield path, [path]
 
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -289,6 +323,10 @@ class Reader:
     it is counted (preprocess drops it as blank); otherwise it is passed over.
     `surrogates`: a JSON text or label holding a lone surrogate is a Reject ("reject") or
     has it replaced by U+FFFD ("replace").
+
+    Parquet and Arrow files (TABLE_FORMATS) are read by tables.TableRows: a row stands for
+    a line (`skip_lines` rows are skipped, `resume_line` is a row), `encoding` is not used
+    (their strings are UTF-8), and the file is labelled when it has the label column.
     """
 
     def __init__(self, path: Path, fmt: str, encoding: str, text_field: str, label_field: str,
@@ -301,15 +339,27 @@ class Reader:
         self.labelled = False
         self.resume_line: int | None = None
         self._skip, self._known_labelled = skip_lines, labelled
+        self._table_rows = None
+        if fmt in TABLE_FORMATS:
+            from bigmodel_cli.data.tables import TableRows
+
+            self._table_rows = TableRows(path, fmt, text_field, label_field, label_required, self.name, skip_lines)
+            self.labelled = self._table_rows.labelled
+            return
         self._stream, self._raw = open_binary(path)
 
     def position(self) -> int:
+        if self._table_rows is not None:
+            return self._table_rows.position()
         try:
             return self._raw.tell()
         except (OSError, ValueError):
             return 0
 
     def close(self) -> None:
+        if self._table_rows is not None:
+            self._table_rows.close()
+            return
         self._stream.close()
         self._raw.close()
 
@@ -350,11 +400,19 @@ class Reader:
 
     # -- records ------------------------------------------------------------------
     def __iter__(self) -> Iterator[Doc | Reject]:
+        if self._table_rows is not None:
+            return self._rows()
         if self.fmt == "txt":
             return self._txt()
         if self.fmt == "jsonl":
             return self._jsonl()
         return self._table()
+
+    def _rows(self) -> Iterator[Doc | Reject]:
+        table = self._table_rows
+        for item in table:
+            self.resume_line = table.resume_line
+            yield item
 
     def _txt(self) -> Iterator[Doc | Reject]:
         blank = self.blank_lines
@@ -638,7 +696,7 @@ def read_texts(path: Path, limit: int | None = None, text_field: str = "text", e
     detected), for predict and explain. A bad record is a one-line error naming its line."""
     fmt = file_format(path)
     check_regular_file(path)
-    enc = detect_encoding(path, read_sample(path)) if encoding == "auto" else check_encoding(path, encoding)
+    enc = input_encoding(path, fmt, encoding)
     reader = Reader(path, fmt, enc, text_field, "label", surrogates="replace")
     texts: list[str] = []
     try:
@@ -655,9 +713,23 @@ def read_texts(path: Path, limit: int | None = None, text_field: str = "text", e
     return texts
 
 
+def input_encoding(path: Path, fmt: str, encoding: str = "auto") -> str:
+    """The encoding to read `path` in: detected ("auto") or checked; Parquet and Arrow hold
+    UTF-8 strings, so there is nothing to detect."""
+    if fmt in TABLE_FORMATS:
+        return "utf-8"
+    return detect_encoding(path, read_sample(path)) if encoding == "auto" else check_encoding(path, encoding)
+
+
 def read_lines(path: Path, encoding: str = "auto") -> list[str]:
     """The non-blank lines of a plain text file, stripped, read as preprocess reads files
-    (compressed or not, encoding detected); a line that does not decode is an error."""
+    (compressed or not, encoding detected); a line that does not decode is an error. A
+    Parquet or Arrow file gives the texts of its `text` column instead."""
+    if _readable(path, None) and file_format(path) in TABLE_FORMATS:
+        lines = [text.strip() for text in read_texts(path) if text.strip()]
+        if not lines:
+            raise InputError(path, "holds no text", hint="give a file whose 'text' column holds the sentences")
+        return lines
     check_regular_file(path)
     enc = detect_encoding(path, read_sample(path)) if encoding == "auto" else check_encoding(path, encoding)
     reader = Reader(path, "txt", enc, "text", "label")

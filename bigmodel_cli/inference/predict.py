@@ -93,6 +93,7 @@ def read_items(path: Path, fmt: str | None, text_field: str, label_field: str, e
                on_progress=None, name: str | None = None) -> Iterator[Item]:
     """The documents of one file as preprocess reads it; a bad record is a one-line error."""
     from bigmodel_cli.data.readers import (
+        TABLE_FORMATS,
         Reader,
         Reject,
         check_encoding,
@@ -104,10 +105,13 @@ def read_items(path: Path, fmt: str | None, text_field: str, label_field: str, e
 
     fmt = file_format(path, fmt)
     check_regular_file(path)
-    sample = read_sample(path)
-    if not sample:
-        raise InputError(path, "file is empty", hint="give a file with one text per line (txt) or records with a text field")
-    enc = detect_encoding(path, sample) if encoding == "auto" else check_encoding(path, encoding)
+    if fmt in TABLE_FORMATS:
+        enc = "utf-8"  # Parquet and Arrow strings are UTF-8: nothing to detect
+    else:
+        sample = read_sample(path)
+        if not sample:
+            raise InputError(path, "file is empty", hint="give a file with one text per line (txt) or records with a text field")
+        enc = detect_encoding(path, sample) if encoding == "auto" else check_encoding(path, encoding)
     # A lone surrogate (a JSON escape with no partner) becomes U+FFFD: one odd character
     # need not stop a prediction run.
     reader = Reader(path, fmt, enc, text_field, label_field, name=name, surrogates="replace")
