@@ -26,7 +26,7 @@ def predict_cli(
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="A file (txt, jsonl, csv, tsv, also compressed) read as preprocess reads it; - for standard input.", show_default=False),
     run: Optional[str] = typer.Option(None, help="A finetune run (runs/NAME/).  \\[default: the newest finetune run]", show_default=False),
     options: dict = CONFIG_OPTIONS,
-    fmt: Optional[str] = typer.Option(None, "--format", help="Read the input as txt, jsonl, csv or tsv whatever its name (standard input: txt).", show_default=False),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Read the input as txt, jsonl, csv, tsv, parquet or arrow whatever its name (standard input: txt).", show_default=False),
     text_field: Optional[str] = typer.Option(None, help="JSONL field / CSV column with the text.  \\[default: preprocess's text_field]", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSONL here instead of standard output.", show_default=False),
     workspace: Optional[Path] = WorkspaceOption,

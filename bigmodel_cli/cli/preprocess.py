@@ -24,12 +24,12 @@ from bigmodel_cli.workspace.config import PreprocessConfig
 @handle_errors
 @config_options(PreprocessConfig)
 def preprocess_cli(
-    inputs: Optional[List[Path]] = typer.Argument(None, help="Files or folders (.txt .jsonl .csv .tsv, also .gz/.bz2/.xz). Default: the workspace's data/raw/.", show_default=False),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Files or folders (.txt .jsonl .csv .tsv, also .gz/.bz2/.xz; .parquet .arrow; a folder saved by Hugging Face datasets, a DatasetDict giving train/dev/test). Default: the workspace's data/raw/.", show_default=False),
     train: Optional[Path] = typer.Option(None, help="Training file, kept as given (instead of splitting INPUTS)."),
     dev: Optional[Path] = typer.Option(None, help="Development file, kept as given."),
     test: Optional[Path] = typer.Option(None, help="Test file, kept as given."),
     lang: Optional[str] = typer.Option(None, "--lang", "-l", help="zh, en or auto (per document).  \\[default: from bigmodel.toml]", show_default=False),
-    fmt: Optional[str] = typer.Option(None, "--format", help="Read every input as txt, jsonl, csv or tsv whatever its extension."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Read every input as txt, jsonl, csv, tsv, parquet or arrow whatever its extension."),
     dataset: Optional[str] = typer.Option(None, "--as", help="Write the dataset data/NAME/ (e.g. an unlabelled pretraining corpus beside a labelled task) instead of data/processed/; other commands take it with --data NAME.", show_default=False),
     options: dict = CONFIG_OPTIONS,
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record (same as --on-error fail)."),

@@ -41,6 +41,7 @@ from bigmodel_cli.data.plain import plain_path
 from bigmodel_cli.data.read_ahead import CleanDoc, ReadAhead
 from bigmodel_cli.data.readers import (
     SAMPLE_BYTES,
+    TABLE_FORMATS,
     Doc,
     Reader,
     Reject,
@@ -359,6 +360,11 @@ def preprocess(
     stage = dataset_stage(dataset)
     inputs = [Path(p) for p in (inputs or [])]
     split_files = {"train": train, "dev": dev, "test": test}
+    if len(inputs) == 1 and not any(split_files.values()) and inputs[0].is_dir():
+        from bigmodel_cli.data.tables import dataset_dict_splits, is_dataset_dict
+
+        if is_dataset_dict(inputs[0]):  # a saved DatasetDict: its splits are given, as --train/--dev/--test give them
+            split_files, inputs = {"train": None, "dev": None, "test": None, **dataset_dict_splits(inputs[0])}, []
     if not inputs and not any(split_files.values()):
         if ws.raw.is_dir() and any(p for p in ws.raw.iterdir() if not p.name.startswith(".")):
             inputs = [ws.raw]
@@ -378,6 +384,10 @@ def preprocess(
     lines_at_most: int | None = 0  # None: some file is longer than its sample
     for split, files in sources:
         for path in files:
+            if file_format(path, fmt) in TABLE_FORMATS:
+                lines_at_most = _check_table(path, fmt, cfg, label_required, lines_at_most)
+                plan.append((split, path, file_format(path, fmt), "utf-8"))  # Arrow strings are UTF-8
+                continue
             sample = read_sample(path)
             if lines_at_most is not None:
                 lines_at_most = None if len(sample) >= SAMPLE_BYTES else lines_at_most + sample.count(b"\n") + 1
@@ -395,6 +405,7 @@ def preprocess(
               "sources": [{"split": s, "path": printable_name(ws.relative(p)), "format": f, "encoding": e}
                           for s, p, f, e in plan]}
     extra_inputs = [Path(p) for p in (cfg.user_dict, cfg.stopwords if cfg.stopwords not in ("builtin", "none") else "") if p]
+    extra_inputs += _dataset_infos(plan)
     # File names that are not UTF-8 are recorded with those bytes as \xNN: JSON cannot hold them.
     input_hashes = [{**h, "path": printable_name(h["path"])} for h in ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)]
 
@@ -416,6 +427,26 @@ def preprocess(
         report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
         return PreprocessResult(True, report, outcome.record, target)
     return PreprocessResult(False, outcome.value, outcome.record, target)
+
+
+def _check_table(path: Path, fmt: str | None, cfg: PreprocessConfig, label_required: bool,
+                 lines_at_most: int | None) -> int | None:
+    """Check a Parquet or Arrow file's columns before anything is written; `lines_at_most`
+    with its rows added (None once a file's number of rows is not known)."""
+    from bigmodel_cli.data.tables import check_table
+
+    rows = check_table(path, file_format(path, fmt), cfg.text_field, cfg.label_field, label_required)
+    return None if rows is None or lines_at_most is None else lines_at_most + rows
+
+
+def _dataset_infos(plan) -> list[Path]:
+    """dataset_info.json of the saved `datasets` folders read: their ClassLabel names make the labels."""
+    tables = [path for _, path, f, _ in plan if f in TABLE_FORMATS]
+    if not tables:
+        return []
+    from bigmodel_cli.data.tables import dataset_info_files
+
+    return dataset_info_files(tables)
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
@@ -538,7 +569,11 @@ def _start_workers(ws, plan, cfg: PreprocessConfig, label_required: bool, proces
     # own load. Meanwhile a helper reads and cleans the first documents on
     # another core.
     (staging / "shards").mkdir()
-    ahead = ReadAhead(lambda index: _reader(ws, plan, cfg, label_required, index) if index < len(plan) else None,
+    # The helper stops at the first Parquet or Arrow file, which the main process reads
+    # itself: pyarrow is not used in a forked process, whose copy of pyarrow's threads and
+    # allocator state may not be sound. Its records are the same either way.
+    ahead = ReadAhead(lambda index: _reader(ws, plan, cfg, label_required, index)
+                      if index < len(plan) and plan[index][2] not in TABLE_FORMATS else None,
                       processor.clean_doc, staging / "shards" / "read-ahead")
     try:
         processor.load()
