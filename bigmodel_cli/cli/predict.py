@@ -23,7 +23,7 @@ from bigmodel_cli.workspace.config import PredictConfig, resolve_checked
 @config_options(PredictConfig)
 def predict_cli(
     texts: Optional[List[str]] = typer.Argument(None, help="Raw texts to classify; - alone reads standard input.", show_default=False),
-    input: Optional[Path] = typer.Option(None, "--input", "-i", help="A file (txt, jsonl, csv, tsv, also compressed) read as preprocess reads it; - for standard input.", show_default=False),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="A file (txt, jsonl, csv, tsv, also compressed; parquet, arrow) read as preprocess reads it; - for standard input.", show_default=False),
     run: Optional[str] = typer.Option(None, help="A finetune run (runs/NAME/).  \\[default: the newest finetune run]", show_default=False),
     options: dict = CONFIG_OPTIONS,
     fmt: Optional[str] = typer.Option(None, "--format", help="Read the input as txt, jsonl, csv, tsv, parquet or arrow whatever its name (standard input: txt).", show_default=False),
