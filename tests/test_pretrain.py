@@ -282,3 +282,22 @@ def test_compiled_run_saves_plain_names_and_resumes_uncompiled(lm_ws):
     assert weights and not any("_orig_mod" in k for k in weights)
     resumed = pretrain(lm_ws, tiny(max_steps=4, eval_every=0), name="compiled", seed=1, resume="auto")
     assert resumed.report["steps"] == 4 and resumed.report["resumed_from"].endswith("step-00000002")
+
+
+def test_encoded_corpus_is_shared_by_runs_and_rebuilt_when_the_split_changes(lm_ws):
+    cache = lm_ws.meta / "cache" / "ids"
+    pretrain(lm_ws, tiny(max_steps=2), seed=1)
+    files = sorted(cache.iterdir())
+    assert [p.name.split("-")[:2] for p in files if p.suffix == ".json"] == [["processed", "dev"], ["processed", "train"]]
+    times = {p: p.stat().st_mtime_ns for p in files}
+    # another run on the same data and vocabulary maps the same files: nothing is encoded again
+    pretrain(lm_ws, tiny(max_steps=2, seq_len=16), name="other", seed=1)
+    assert {p: p.stat().st_mtime_ns for p in sorted(cache.iterdir())} == times
+    meta = json.loads(next(p for p in files if p.name.startswith("processed-train") and p.suffix == ".json").read_text())
+    assert meta["dtype"] == "uint16" and meta["tokens"] > 0
+    # a changed split is encoded afresh, and its old encoding goes
+    train = lm_ws.processed / "train.jsonl"
+    train.write_text(train.read_text(encoding="utf-8") + train.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    pretrain(lm_ws, tiny(max_steps=2), name="third", seed=1)
+    trains = [p for p in cache.iterdir() if p.name.startswith("processed-train") and p.suffix == ".json"]
+    assert len(trains) == 1 and json.loads(trains[0].read_text())["tokens"] > meta["tokens"]

@@ -102,6 +102,18 @@ def encode_blocks(path: Path, encoder, seq_len: int) -> TokenBlocks:
                        np.frombuffer(starts.getvalue(), dtype=np.uint8), seq_len, vocab.id(CLS), vocab.id(PAD))
 
 
+def _remove_outdated(cache_dir: Path, stem: str, source: str) -> None:
+    """Drop the encodings of an earlier version of the split (other encoders' of this one stay)."""
+    for done in cache_dir.glob(f"{stem}-*.json"):
+        try:
+            current = json.loads(done.read_text(encoding="utf-8")).get("source_stat") == source
+        except (OSError, ValueError, AttributeError):
+            current = False
+        if not current:
+            for suffix in (".ids.bin", ".starts.bin", ".json"):
+                done.with_name(done.name[: -len(".json")] + suffix).unlink(missing_ok=True)
+
+
 def _record_chunks(path: Path):
     chunk: list[dict] = []
     with open(path, encoding="utf-8") as handle:
@@ -124,22 +136,25 @@ def _record_chunks(path: Path):
 
 
 def cached_blocks(path: Path, encoder, seq_len: int, cache_dir: Path, writer: bool) -> TokenBlocks:
-    """The blocks of a processed split, encoded once per (file, encoder) into runs/NAME/data/
-    (written streaming: memory stays flat whatever the corpus size) and memory-mapped.
-    `writer`: this process may encode (rank 0); the others map what it wrote."""
+    """The blocks of a processed split, encoded once per (file, encoder) into `cache_dir`
+    (the workspace's .bigmodel/cache/ids/; written streaming, so memory stays flat whatever
+    the corpus size) and memory-mapped: every run on that dataset with that tokenizer starts
+    from the same file. `writer`: this process may encode (rank 0); the others map it."""
     stat = path.stat()
-    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{encoder.fingerprint}".encode()).hexdigest()[:16]
-    stem = cache_dir / f"{path.stem}-{key}"
+    source = f"{stat.st_size}:{stat.st_mtime_ns}"
+    key = hashlib.sha256(f"{source}:{encoder.fingerprint}".encode()).hexdigest()[:16]
+    split = f"{path.parent.name}-{path.stem}"  # dataset and split: processed-train, corpus-dev
+    stem = cache_dir / f"{split}-{key}"
     ids_path, starts_path, done_path = (stem.with_name(stem.name + suffix) for suffix in (".ids.bin", ".starts.bin", ".json"))
     dtype = id_dtype(len(encoder.vocab))
     if writer and not done_path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for old in cache_dir.glob(f"{path.stem}-*"):
-            old.unlink()
+        _remove_outdated(cache_dir, split, source)
         with atomic_write(ids_path, "wb") as ids_out, atomic_write(starts_path, "wb") as starts_out:
             count = write_stream(path, encoder, ids_out, starts_out)
         with atomic_write(done_path) as handle:  # written last: the files before it are complete
-            json.dump({"tokens": count, "dtype": np.dtype(dtype).name, "source": path.name}, handle)
+            json.dump({"tokens": count, "dtype": np.dtype(dtype).name, "source": path.name, "source_stat": source,
+                       "encoder": encoder.fingerprint}, handle)
     vocab = encoder.vocab
     ids = np.memmap(ids_path, dtype=dtype, mode="r") if ids_path.stat().st_size else np.zeros(0, dtype=dtype)
     starts = np.memmap(starts_path, dtype=np.uint8, mode="r") if starts_path.stat().st_size else np.zeros(0, np.uint8)

@@ -4,9 +4,9 @@ or causal language modelling, through the shared training loop.
 Data: the records of data/processed/{train,dev}.jsonl (or data/NAME/ with --data NAME),
 encoded by the dataset's Encoder (jieba words through vocab.txt, or tokenizer.json), each
 document followed by [SEP], concatenated and cut into blocks of seq_len that start with
-[CLS]. The last block is padded. The flat stream of ids is written once into the run folder
-(data/, streaming) and memory-mapped, so the processes of a launch share one copy and a
-corpus of any size starts without being held in memory (lm_data.TokenBlocks).
+[CLS]. The last block is padded. The flat stream of ids is written once into the workspace's
+.bigmodel/cache/ids/ (streaming) and memory-mapped, so runs and the processes of a launch share one
+copy and a corpus of any size starts without being held in memory (lm_data.TokenBlocks).
 
 Writes runs/NAME/: config.json (the model), train.json, vocab.txt, meta.json (how text was
 cleaned and segmented), metrics.jsonl, loss.png, checkpoints/{step-N,last,best}/, report.json.
@@ -183,7 +183,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     if dist.world > 1 and not torch.distributed.is_initialized():
         cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    cache = folder / "data"
+    cache = ws.meta / "cache" / "ids"
     train = cached_blocks(train_path, encoder, cfg.seq_len, cache, dist.main) if dist.world == 1 else None
     if dist.world > 1:  # rank 0 encodes, the others map the same file
         if dist.main:

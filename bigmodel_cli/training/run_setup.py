@@ -74,7 +74,7 @@ def stage_options(ws, folder: Path, resume: str | None, force: bool, dist) -> di
             "main": dist.main, "record_errors": BaseException, "interrupted": INTERRUPTED}
 
 
-# What a run folder holds once a run has started (data/ is the block cache written first).
+# What a run folder holds once a run has started (data/ held the block cache of earlier versions).
 RUN_FILES = ("config.json", "train.json", "checkpoints", "data", "metrics.jsonl")
 
 
