@@ -174,6 +174,7 @@ class _Batches:
                 for batch in reader:
                     self.read = source.tell() / max(source.size(), 1)
                     yield batch
+                self.read = 1.0  # the end-of-stream marker is not read
 
             return reader.schema, streamed()
         count = reader.num_record_batches
