@@ -206,6 +206,30 @@ def test_integer_labels_and_a_null_label(make_ws, tmp_path):
     assert (reject["source"], reject["reason"]) == (f"{path}:8", "no label in column 'stars'")
 
 
+def test_nan_label_is_no_label(tmp_path):
+    """pandas writes a missing number as NaN in a float column."""
+    pairs = reviews(2)
+    path = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"text": [t for t, _ in pairs], "label": [1.0, float("nan"), 0.0, 1.0]}), path)
+    reader = Reader(path, "parquet", "utf-8", "text", "label", name="floats")
+    items = list(reader)
+    reader.close()
+    assert [getattr(i, "label", None) for i in items] == ["1.0", None, "0.0", "1.0"]
+    assert (items[1].source, items[1].reason, items[1].missing_label) == ("floats:2", "no label in column 'label'", True)
+
+
+def test_a_one_batch_arrow_file_is_turned_into_python_a_slice_at_a_time(tmp_path, monkeypatch):
+    from bigmodel_cli.data import tables
+
+    monkeypatch.setattr(tables, "BATCH_ROWS", 4)
+    pairs = reviews(5)
+    path = write_arrow(tmp_path / "one.arrow", table(pairs), stream=False, batch_rows=10)
+    assert [b.num_rows for b in tables._pieces(iter(table(pairs).to_batches()))] == [4, 4, 2]
+    reader = Reader(path, "arrow", "utf-8", "text", "label")
+    assert [(d.text, d.label, d.source) for d in reader] == [(t, lab, f"{path}:{i}") for i, (t, lab) in enumerate(pairs, 1)]
+    reader.close()
+
+
 def test_class_label_column_gives_its_names(make_ws, tmp_path, jsonl_outputs):
     pairs = reviews()
     folder = save_to_disk(tmp_path / "classes", class_table(pairs), features=CLASS_FEATURES)

@@ -255,7 +255,7 @@ class TableRows:
 
     def __iter__(self) -> Iterator[Doc | Reject]:
         text_field, label_field, labelled, name = self.text_field, self.label_field, self.labelled, self.name
-        for batch in self._batches:
+        for batch in _pieces(self._batches):
             texts = batch.column(batch.schema.get_field_index(text_field)).to_pylist()
             labels = (batch.column(batch.schema.get_field_index(label_field)).to_pylist() if labelled
                       else itertools.repeat(None))
@@ -279,6 +279,8 @@ class TableRows:
     def _label(self, value: object) -> tuple[str | None, str]:
         """(label, "") or (None, why not)."""
         missing = f"no label in column '{self.label_field}'"
+        if isinstance(value, float) and value != value:  # NaN: how pandas writes a missing number
+            return None, missing
         if self._classes is None or type(value) is not int:
             label = _label(value)
             return (label, "") if label is not None else (None, missing)
@@ -288,6 +290,17 @@ class TableRows:
             return None, (f"label {value} in column '{self.label_field}' is not one of its {len(self._classes)} "
                           "ClassLabel classes")
         return self._classes[value], ""
+
+
+def _pieces(batches: Iterator) -> Iterator:
+    """Batches of at most BATCH_ROWS rows: an Arrow file may hold its whole table in one
+    batch, and only a slice (a view of the memory-mapped file) is turned into Python objects."""
+    for batch in batches:
+        if batch.num_rows <= BATCH_ROWS:
+            yield batch
+            continue
+        for start in range(0, batch.num_rows, BATCH_ROWS):
+            yield batch.slice(start, BATCH_ROWS)
 
 
 def _raw(text_field: str, text: object, label_field: str, label: object) -> str:
