@@ -373,7 +373,7 @@ def test_damaged_files_are_one_line(make_ws, tmp_path, run_cli):
     before = snapshot(ws.root)
     assert "cannot read as Parquet" in assert_fails(run_cli(["preprocess", cut], ws.root), "cut.parquet")
     assert "cannot read as Arrow IPC (file or stream)" in assert_fails(run_cli(["preprocess", notarrow], ws.root), "text.arrow")
-    assert "cannot read as Parquet" in assert_fails(run_cli(["preprocess", empty], ws.root), "empty.parquet")
+    assert_fails(run_cli(["preprocess", empty], ws.root), "empty.parquet: file is empty")
     gz = tmp_path / "r.parquet.gz"
     gz.write_bytes(b"x")
     assert_fails(run_cli(["preprocess", gz], ws.root), "r.parquet.gz", "a compressed parquet file", "decompress it")

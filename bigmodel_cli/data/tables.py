@@ -123,12 +123,9 @@ class _Batches:
                 self._source = pa.memory_map(str(path))
                 self.schema, batches = self._arrow()
                 batches = _skip_rows(batches, skip)
-        except OSError as exc:
+        except (OSError, pa.ArrowException) as exc:
             self.close()
-            raise (read_error(path, exc) if getattr(exc, "errno", None) else _not_a_table(path, fmt, exc)) from None
-        except pa.ArrowException as exc:
-            self.close()
-            raise _not_a_table(path, fmt, exc) from None
+            raise self._failure(exc) from None
         self._batches = batches
 
     def _parquet(self, wanted: tuple[str, ...], skip: int):
@@ -191,10 +188,14 @@ class _Batches:
 
         try:
             yield from self._batches
-        except OSError as exc:
-            raise (read_error(self.path, exc) if getattr(exc, "errno", None) else _not_a_table(self.path, self.fmt, exc)) from None
-        except pa.ArrowException as exc:
-            raise _not_a_table(self.path, self.fmt, exc) from None
+        except (OSError, pa.ArrowException) as exc:
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: BaseException) -> InputError:
+        """A read error from the system (it carries an errno), or a file pyarrow cannot parse."""
+        if isinstance(exc, OSError) and exc.errno:
+            return read_error(self.path, exc)
+        return _not_a_table(self.path, self.fmt, exc)
 
     def close(self) -> None:
         if self._source is not None:
@@ -234,6 +235,8 @@ class TableRows:
         self.resume_line: int | None = None
         self._row = skip_rows
         self._size = path.stat().st_size
+        if not self._size:
+            raise InputError(path, "file is empty", hint=f"give a {fmt} file with a '{text_field}' column")
         self._batches = _Batches(path, fmt, (text_field, label_field), skip_rows)
         try:
             names = list(self._batches.schema.names)
