@@ -395,6 +395,14 @@ def test_read_texts_and_read_lines_take_the_text_column(tmp_path):
         read_texts(nulls)
 
 
+def test_segment_input_parquet(tmp_path, run_cli):
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"text": ["我爱自然语言处理", "房间很干净"]}), path)
+    result = run_cli(["segment", "--input", path], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["我 / 爱 / 自然语言 / 处理", "房间 / 很 / 干净"]
+
+
 @pytest.mark.slow
 def test_predict_input_parquet(tmp_path, run_cli):
     from classify_fixtures import FINETUNE_ARGS, labelled_ws
