@@ -336,6 +336,8 @@ def test_dataset_dict_among_other_inputs_is_one_line(make_ws, tmp_path, run_cli,
     ws = make_ws("zh", name="ws-dd-mixed")
     assert_fails(run_cli(["preprocess", corpus], ws.root), "dd", "a saved DatasetDict inside a folder of inputs",
                  "give it as the only input")
+    assert_fails(run_cli(["preprocess", "--train", corpus / "dd"], ws.root), "dd",
+                 "a saved DatasetDict given with other inputs or as a split", "give it as the only input")
 
 
 # -- bad input: one line, exit 2, nothing written ------------------------------------------

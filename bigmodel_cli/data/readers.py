@@ -138,7 +138,8 @@ def _walk(folder: Path) -> Iterator[tuple[Path, list[Path]]]:
     for top, dirs, names in os.walk(folder, onerror=refuse):
         here = Path(top)
         if is_dataset_dict(here):
-            raise InputError(here, "a saved DatasetDict inside a folder of inputs",
+            where = "given with other inputs or as a split" if here == folder else "inside a folder of inputs"
+            raise InputError(here, f"a saved DatasetDict {where}",
                              hint="give it as the only input (its train, validation and test splits become train, dev "
                                   "and test), or give its split folders with --train/--dev/--test")
         dataset = saved_dataset_files(here) if here != folder else None
