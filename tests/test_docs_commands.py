@@ -177,6 +177,7 @@ def write_files(folder: Path, home: Path, helpers) -> None:
     for target in (home / "reviews.csv", folder / "reviews.csv"):
         helpers.write_table(target, ["id", "review", "stars"], rows)
     helpers.write_lines(folder / "reviews.txt", [t for t, _ in picked])
+    helpers.write_lines(folder / "wiki" / "part-1.txt", [t for t, _ in reviews[100:160]])  # an unlabelled corpus
     for name, part in (("train", picked[5:-5]), ("dev", picked[:3] + picked[-3:]), ("test", picked[3:5] + picked[-5:-3])):
         helpers.write_jsonl(folder / f"{name}.jsonl", [{"text": t, "label": label} for t, label in part])
     helpers.write_lines(folder / "data" / "raw" / "reviews.txt", [t for t, _ in picked])
