@@ -301,3 +301,14 @@ def test_encoded_corpus_is_shared_by_runs_and_rebuilt_when_the_split_changes(lm_
     pretrain(lm_ws, tiny(max_steps=2), name="third", seed=1)
     trains = [p for p in cache.iterdir() if p.name.startswith("processed-train") and p.suffix == ".json"]
     assert len(trains) == 1 and json.loads(trains[0].read_text())["tokens"] > meta["tokens"]
+
+
+def test_a_damaged_encoding_in_the_cache_is_encoded_again(lm_ws):
+    cache = lm_ws.meta / "cache" / "ids"
+    first = pretrain(lm_ws, tiny(max_steps=2), seed=1)
+    ids = next(cache.glob("processed-train-*.ids.bin"))
+    whole = ids.read_bytes()
+    ids.write_bytes(whole[: len(whole) // 2])  # cut short, as by a full disk or a hand
+    again = pretrain(lm_ws, tiny(max_steps=2), name="again", seed=1)
+    assert ids.read_bytes() == whole
+    assert again.report["train_loss"] == first.report["train_loss"]

@@ -102,6 +102,17 @@ def encode_blocks(path: Path, encoder, seq_len: int) -> TokenBlocks:
                        np.frombuffer(starts.getvalue(), dtype=np.uint8), seq_len, vocab.id(CLS), vocab.id(PAD))
 
 
+def _intact(done_path: Path, ids_path: Path, starts_path: Path, dtype) -> bool:
+    """Whether an encoding is complete and its files have the sizes its record says (a file
+    cut short or edited by hand is encoded again rather than read as garbage)."""
+    try:
+        tokens = int(json.loads(done_path.read_text(encoding="utf-8"))["tokens"])
+        return (ids_path.stat().st_size == tokens * np.dtype(dtype).itemsize
+                and starts_path.stat().st_size == tokens)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _remove_outdated(cache_dir: Path, stem: str, source: str) -> None:
     """Drop the encodings of an earlier version of the split (other encoders' of this one stay)."""
     for done in cache_dir.glob(f"{stem}-*.json"):
@@ -147,7 +158,7 @@ def cached_blocks(path: Path, encoder, seq_len: int, cache_dir: Path, writer: bo
     stem = cache_dir / f"{split}-{key}"
     ids_path, starts_path, done_path = (stem.with_name(stem.name + suffix) for suffix in (".ids.bin", ".starts.bin", ".json"))
     dtype = id_dtype(len(encoder.vocab))
-    if writer and not done_path.exists():
+    if writer and not _intact(done_path, ids_path, starts_path, dtype):
         cache_dir.mkdir(parents=True, exist_ok=True)
         _remove_outdated(cache_dir, split, source)
         with atomic_write(ids_path, "wb") as ids_out, atomic_write(starts_path, "wb") as starts_out:
