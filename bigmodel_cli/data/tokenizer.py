@@ -11,6 +11,7 @@ segmenter's words and `vocab.txt`.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import re
 import shutil
@@ -95,11 +96,11 @@ class TextPipeline:
         return ids
 
 
-class Encoder:
+class Encoder(abc.ABC):
     """How a run folder (or data/processed/) turns text into ids: `[CLS] text [SEP]`, cut to
     `max_len` keeping the [SEP]. One for training, prediction, evaluation and explanation."""
 
-    kind = "word"
+    kind: str  # word, char, wordpiece, bpe, unigram, or hf (a folder from elsewhere)
     vocab: Vocab
     fingerprint: str  # changes whenever the ids of some text would
 
@@ -109,34 +110,34 @@ class Encoder:
             return SubwordEncoder(folder)
         return WordEncoder(folder)
 
+    @abc.abstractmethod
     def encode_texts(self, texts: list[str], max_len: int | None = None) -> list[list[int]]:
         """Raw text, as a user gives it to predict or explain."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def encode_records(self, records: list[dict], max_len: int | None = None) -> list[list[int]]:
         """Processed records (data/processed/*.jsonl), as training and evaluation read them."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def record_pieces(self, records: list[dict]) -> list[tuple[list[int], list[int]]]:
         """(ids, word starts) per record, no [CLS]/[SEP]: starts[i] is 1 where token i begins
         a word (jieba's or the English tokenizer's), so that masking can take whole words."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def units(self, text: str) -> list[str]:
         """The tokens the model reads for a raw text (one id each), as explain scores them."""
-        raise NotImplementedError
 
     def encode_units(self, units: list[str], max_len: int | None = None) -> list[int]:
         return _wrap([self.vocab.id(u) for u in units], self.vocab, max_len)
 
+    @abc.abstractmethod
     def word_groups(self, text: str) -> list[tuple[str, list[int]]] | None:
         """The words a reader sees in `text`, each with the indices of its units (see units);
         None where words cannot be told (a model from elsewhere, with no segmenter settings)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decode(self, units: list[str]) -> str:
         """Units (tokens of the vocabulary, or words a user typed) joined back into text."""
-        raise NotImplementedError
 
 
 def model_units(vocab: Vocab, words: list[str]) -> list[str]:
