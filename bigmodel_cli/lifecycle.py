@@ -11,12 +11,14 @@ Ctrl-C reaches the whole foreground process group. Children ignore it
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Iterator
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WATCH_SECONDS = 0.2  # how often the portable fallback looks at the parent
@@ -33,6 +35,33 @@ def die_with_parent(parent: int) -> None:
 
 def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def forking() -> Iterator[None]:
+    """Around the start of child processes: a Ctrl-C is not lost.
+
+    CPython runs fork hooks (logging's lock release among them) whose exceptions it prints
+    and drops. A KeyboardInterrupt raised inside one is gone, and the command would run on
+    to the end. Here the interrupt is noted as it is raised, and raised again after the
+    block if it was swallowed."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # someone else decides what Ctrl-C does here
+        return
+    noted: list[int] = []
+
+    def note(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if noted:
+        raise KeyboardInterrupt
 
 
 def _kernel_death_signal() -> bool:

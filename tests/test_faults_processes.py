@@ -422,3 +422,22 @@ def test_ctrl_c_caught_inside_string_built_code_still_exits_130_under_python_m(t
                           timeout=60)
     assert done.returncode == 130, done.stderr
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_swallowed_while_children_start_still_interrupts():
+    # CPython prints and drops an exception raised in a fork hook (logging's _releaseLock):
+    # a Ctrl-C that landed there let `preprocess --workers 2` run on to the end (seen in CI).
+    from bigmodel_cli.lifecycle import forking
+
+    def hook_that_swallows() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the Python-level handler runs here
+        except KeyboardInterrupt:
+            pass  # as CPython does with an exception in a fork hook
+
+    hook_that_swallows()  # outside the block nothing is left of the interrupt
+    with pytest.raises(KeyboardInterrupt):
+        with forking():
+            hook_that_swallows()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -30,7 +30,7 @@ from operator import add
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from bigmodel_cli.lifecycle import die_with_parent, ignore_interrupts
+from bigmodel_cli.lifecycle import die_with_parent, forking, ignore_interrupts
 
 SHIP = "ship counts"  # a task: send the counts so far (see OrderedWorkers.ship_counts)
 Work = Callable[[Any], tuple[dict[str, bytes], Any, dict[str, list[str]]]]
@@ -98,17 +98,18 @@ class OrderedWorkers:
             self.results = ctx.Queue()
             shard_dir.mkdir(parents=True, exist_ok=True)
             gc.freeze()  # children's collector would otherwise touch, and so copy, every inherited page
-            for index in range(workers - 1):
-                tasks = ctx.Queue()
-                # At exit Python joins the thread that feeds a queue's pipe. After an
-                # interrupt the child may be gone with that pipe full, and the join would
-                # never return. Nothing is lost by not joining: a child reports "done"
-                # only after it has read every task, up to its end mark.
-                tasks.cancel_join_thread()
-                process = ctx.Process(target=_child, args=(index, tasks, self.results, str(shard_dir), os.getpid()),
-                                      daemon=True)
-                process.start()
-                self.children.append((process, tasks))
+            with forking():
+                for index in range(workers - 1):
+                    tasks = ctx.Queue()
+                    # At exit Python joins the thread that feeds a queue's pipe. After an
+                    # interrupt the child may be gone with that pipe full, and the join would
+                    # never return. Nothing is lost by not joining: a child reports "done"
+                    # only after it has read every task, up to its end mark.
+                    tasks.cancel_join_thread()
+                    process = ctx.Process(target=_child, args=(index, tasks, self.results, str(shard_dir), os.getpid()),
+                                          daemon=True)
+                    process.start()
+                    self.children.append((process, tasks))
             gc.unfreeze()
 
     # -- the map ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bigmodel_cli.data.readers import Reader, Reject
-from bigmodel_cli.lifecycle import die_with_parent, ignore_interrupts
+from bigmodel_cli.lifecycle import die_with_parent, forking, ignore_interrupts
 
 Clean = Callable[[str], tuple]
 OpenReader = Callable[[int], "Reader | None"]  # the reader of the plan's file `index`; None past the end
@@ -117,7 +117,8 @@ class ReadAhead:
             self._stop = ctx.Event()
             self._process = ctx.Process(target=_helper_process, daemon=True,
                                         args=(os.getpid(), open_reader, clean, str(spool), self._stop))
-            self._process.start()
+            with forking():
+                self._process.start()
 
     def stop(self) -> None:
         """Tell the helper to finish its batch, wait for it, and open what it spooled."""
