@@ -164,6 +164,7 @@ class PretrainConfig(TrainConfig):
     mask_prob: float = doc("mlm: share of tokens to predict (of them 80% become [MASK], 10% a random word, 10% stay).", 0.15)
     whole_word: bool = doc("mlm: mask whole words (jieba's, or the English tokenizer's) where a word spans several tokens (char and subword tokenizers, --pieces), as Chinese BERT-wwm.", True, flag="--whole-word/--token-masking")
     init_embeddings: str = doc("Initialise the token embeddings from this embed run (embeddings/NAME/); empty for random.", "")
+    from_run: str = doc("Continue masked-LM training (domain-adaptive pretraining) from this pretrain run (runs/NAME/, or latest) or a local Hugging Face BERT folder (a path: config.json, model.safetensors, vocab.txt or tokenizer.json); empty: a new model. The model's shape and tokenizer are the source's; the optimizer and the learning-rate schedule start fresh.", "", flag="--from")
 
 
 @dataclass
