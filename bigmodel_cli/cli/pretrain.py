@@ -44,10 +44,13 @@ def pretrain_cli(
     force: bool = typer.Option(False, "--force", "-f", help="Start over even if the run exists or is up to date."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Pretrain a Transformer from scratch on the processed corpus (masked or causal LM).
+    """Pretrain a Transformer from scratch on the processed corpus (masked or causal LM),
+    or continue pretraining a run or a local Hugging Face BERT folder on it (--from).
 
     Writes runs/NAME/: checkpoints/step-N, last and best (safetensors), metrics.jsonl,
     loss.png, config.json, report.json. A killed run continues exactly with --resume auto.
+    With --from the model's shape and tokenizer are the source's (the text is encoded with
+    its vocabulary), while the optimizer and the learning-rate schedule start fresh.
 
     [b]Examples[/b]:
       bigmodel pretrain                                  # small BERT, masked LM
@@ -55,6 +58,8 @@ def pretrain_cli(
       bigmodel pretrain --objective clm --name gpt       # then: bigmodel generate 这家店 --run gpt
       bigmodel pretrain --dim 100 --heads 4 --init-embeddings word2vec
       bigmodel pretrain --resume auto                    # continue after a crash or --max-time
+      bigmodel pretrain --from mlm --name mlm-reviews    # continue run mlm on this workspace's text
+      bigmodel pretrain --from ~/models/bert-base-chinese --seq-len 128   # domain-adaptive pretraining
       bigmodel pretrain --nproc 2                        # two processes (DDP) on this machine
       bigmodel pretrain --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc 8
     """
@@ -89,6 +94,11 @@ def print_report(report: dict, folder: str) -> None:
                            f"vocab {m['vocab_size']:,}; {report['parameters']:,} parameters")
     table.add_row("data", f"{report['data']['train_blocks']:,} train blocks of {report['data']['seq_len']}, "
                           f"{report['data']['dev_blocks']:,} dev blocks")
+    if report.get("from"):
+        f = report["from"]
+        head = "its masked-LM head" if f.get("lm_head") != "new" else "a new masked-LM head"
+        table.add_row("from", f"{escape(f['source'])} ({'run' if f['kind'] == 'run' else 'Hugging Face folder'}), "
+                              f"with {head}; optimizer and schedule new")
     if report.get("init_embeddings"):
         e = report["init_embeddings"]
         table.add_row("embeddings", f"from {escape(e['name'])}: {e['covered']:,} of {e['words']:,} words ({e['coverage']:.1%})")

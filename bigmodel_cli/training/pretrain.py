@@ -124,29 +124,34 @@ def pretrain(ws, cfg: PretrainConfig | None = None, *, name: str | None = None, 
     problems = validate(cfg)
     if problems:
         raise UserError("; ".join(problems))
-    name = check_name(name or cfg.objective)
+    name = check_name(name or ("continued" if cfg.from_run else cfg.objective))
     folder = ws.root / "runs" / name
     start = resume_point(folder, resume)
     cfg, seed = inherit_options(cfg, seed, start, given)
+    cfg, source = continued_from(ws, cfg, name, given)
     train_path, dev_path, vocab_path = find_processed(ws, cfg.data)
     stage = f"pretrain:{name}"
-    params = {**dataclasses.asdict(cfg), "name": name, "seed": seed}
+    params = {**dataclasses.asdict(cfg), "name": name, "seed": seed, **({"base": source.label} if source else {})}
     tokenizer_path = vocab_path.parent / "tokenizer.json"
     input_paths = [p for p in (train_path, dev_path, vocab_path, tokenizer_path) if p is not None and p.exists()]
+    if source is not None:
+        input_paths = [train_path, *([dev_path] if dev_path else []), *source_inputs(source)]
     if cfg.init_embeddings:
         from bigmodel_cli.embeddings.vectors import find_run
 
         input_paths.append(find_run(ws, cfg.init_embeddings)[1])
     inputs = ws.hash_paths(input_paths)
     dist = Dist.from_env()
+    start_from = {"source": source, "lineage": lineage(ws, source, inputs)} if source is not None else None
 
     from bigmodel_cli.workspace.records import Done, run_stage
 
     def work() -> Done:
         start_over(folder, force, start, dist)
         report = _run(ws, cfg, name, seed, folder, train_path, dev_path, vocab_path, start, dist, show_progress,
-                      console, log_lines)
-        return Done(report, run_outputs(ws, folder, report, dist), _headline(report))
+                      console, log_lines, start_from=start_from)
+        return Done(report, run_outputs(ws, folder, report, dist), _headline(report),
+                    extra={"from": start_from["lineage"]} if start_from else None)
 
     outcome = run_stage(ws, stage, params, inputs, work, lock=f"pretrain --name {name}", sections=("project", "pretrain"),
                         **stage_options(ws, folder, resume, force, dist))
@@ -163,7 +168,9 @@ def _tokens_per_word(blocks) -> float:
 
 
 def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path: Path, dev_path: Path | None,
-         vocab_path: Path, start: Path | None, dist, show_progress: bool, console, log_lines: bool) -> dict[str, Any]:
+         vocab_path: Path, start: Path | None, dist, show_progress: bool, console, log_lines: bool,
+         start_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`start_from`: {source, lineage} of continued pretraining (--from), else None."""
     import torch
 
     from bigmodel_cli.data.tokenizer import Encoder, copy_tokenizer_files
@@ -171,13 +178,16 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     from bigmodel_cli.model.transformer import Transformer, training_flops
     from bigmodel_cli.training.loop import fit, pick_device, seed_everything
 
-    encoder = Encoder.from_folder(vocab_path.parent)
+    source = start_from["source"] if start_from else None
+    # --from: the text is read through the source's own tokenizer, never the workspace's
+    ids_from = source.tokenizer / "vocab.txt" if source is not None else vocab_path
+    encoder = Encoder.from_folder(ids_from.parent)
     vocab = encoder.vocab
-    mcfg = model_config(cfg, vocab)
+    mcfg = continued_model_config(cfg, source, len(vocab)) if source is not None else model_config(cfg, vocab)
     # Everything that can refuse the run is checked before the run folder is touched.
     pick_device(cfg.device, dist)
-    vocab_hash = sha256_file(vocab_path)
-    changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(vocab_path), vocab_hash) if start is not None else {}
+    vocab_hash = sha256_file(ids_from)
+    changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
     if dist.main:
         folder.mkdir(parents=True, exist_ok=True)
     if dist.world > 1 and not torch.distributed.is_initialized():
@@ -202,11 +212,14 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     seed_everything(seed)
     model = Transformer(mcfg)
     coverage = init_embeddings(ws, model, vocab, cfg.init_embeddings) if cfg.init_embeddings and start is None else None
+    init = continued_init(ws, model, folder, start_from, start)
     options = {**dataclasses.asdict(cfg), "seed": seed, "world_size": dist.world, "vocab_sha256": vocab_hash}
+    if init is not None:
+        options["from"] = init
     if dist.main:
         write_json(folder / "config.json", mcfg.to_dict())
         if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
-            copy_tokenizer_files(vocab_path.parent, folder)
+            copy_tokenizer_files(vocab_path.parent, folder, base=source.tokenizer if source else None)
         write_train_options(folder, options, start=start, changed=changed, complete=False)
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
                  show_progress=show_progress, console=console, log_lines=log_lines,
@@ -224,7 +237,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         "best": {"loss": result.best, "step": result.best_step} if result.best is not None else None,
         "tokens": result.tokens, "seconds": round(result.seconds, 3), "tokens_per_s": round(result.tokens_per_s, 1),
         "flops_per_step": training_flops(mcfg, cfg.batch_size, cfg.seq_len, int(predicted)),
-        "init_embeddings": coverage, "resumed_from": ws.relative(start) if start else None,
+        "init_embeddings": coverage, "from": init, "resumed_from": ws.relative(start) if start else None,
         "changed_on_resume": changed or None,
         "checkpoint": ws.relative(result.checkpoint) if result.checkpoint else None,
         "world_size": dist.world, "precision": cfg.precision, "device": str(next(model.parameters()).device),
@@ -263,3 +276,54 @@ def _read(path: Path) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
 
+# -- continued pretraining (--from) -----------------------------------------------------------------
+def continued_from(ws, cfg: PretrainConfig, name: str, given: set[str] | None):
+    """(cfg, source) for `--from`: the source resolved and checked against the options (see
+    training.continued), or (cfg, None) for a new model."""
+    from bigmodel_cli.training.continued import check_options, resolve_source, source_label
+
+    if not cfg.from_run:
+        return cfg, None
+    cfg = dataclasses.replace(cfg, from_run=source_label(ws, cfg.from_run))
+    source = resolve_source(ws, cfg.from_run)
+    if source.kind == "run" and source.label == name:
+        raise UserError(f"--name {name} is the run it would continue from (--from {cfg.from_run})",
+                        hint="pick another --name for the continued run")
+    return check_options(cfg, source, given), source
+
+
+def source_inputs(source) -> list[Path]:
+    """The files whose hashes decide whether a continued run is up to date: the source's
+    tokenizer and config, and its weights (new weights make the run stale)."""
+    tokenizer = [source.tokenizer / n for n in ("vocab.txt", "tokenizer.json", "meta.json") if (source.tokenizer / n).is_file()]
+    config = [source.folder / "config.json"] if source.kind == "hf" else []
+    return [*tokenizer, *config, *source.weights]
+
+
+def lineage(ws, source, inputs: list[dict[str, str]]) -> dict[str, Any]:
+    from bigmodel_cli.training.continued import lineage as source_lineage
+
+    return source_lineage(ws, source, inputs)
+
+
+def continued_model_config(cfg: PretrainConfig, source, vocab_size: int):
+    from bigmodel_cli.training.continued import model_config as source_model_config
+
+    return source_model_config(cfg, source, vocab_size)
+
+
+def continued_init(ws, model, folder: Path, start_from: dict[str, Any] | None, start: Path | None) -> dict[str, Any] | None:
+    """The source's weights in the new model (a fresh start), or what the run's first start
+    recorded (a resume, whose checkpoint holds the weights); None without --from."""
+    from bigmodel_cli.model.runs import warn
+    from bigmodel_cli.training.continued import head_line, load_source_weights
+
+    if start_from is None:
+        return None
+    if start is not None:  # what the first start loaded, as its train.json keeps it
+        return _read(folder / "train.json").get("from") or start_from["lineage"]
+    init = {**start_from["lineage"], **load_source_weights(model, start_from["source"])}
+    line = head_line(init)
+    if line:
+        warn(line)
+    return init
