@@ -152,15 +152,24 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig(TrainConfig):
+    """Pretraining spends a compute budget: the clock, not a count of epochs, ends the run and
+    anneals the learning rate, and the `auto` values are chosen from the budget, this
+    machine's measured speed and the corpus size (training/budget.py says how)."""
+
+    budget: str = doc("Training time to spend, e.g. 90s, 10m, 2h: the learning rate warms up, then decays to --min-lr at the deadline (none: --epochs or --max-steps alone decide).", "10m")
+    epochs: int = doc("Passes over the training data (0: as many as the budget allows; --max-steps, when set, wins).", 0)
+    lr: float = doc("Peak learning rate (AdamW).", 1e-3)
+    min_lr: float = doc("Learning rate at the end of the schedule, as a fraction of --lr.", 0.0)
+    precision: str = doc("auto (bf16-mixed where this machine has bf16 units and a timed step shows it faster, else 32), 32 (float32) or bf16-mixed (bfloat16 autocast).", "auto")
     objective: str = doc("mlm (masked language model, BERT) or clm (causal, next word).", "mlm")
-    size: str = doc("Model size preset: tiny (2 layers x 128), small (4 x 256), base (12 x 768).", "small")
+    size: str = doc("Model size preset: auto (the largest of tiny and small that the budget trains on at least 20 tokens per parameter, at this machine's measured speed), tiny (2 layers x 128), small (4 x 256), base (12 x 768).", "auto")
     layers: int = doc("Transformer layers (0: from --size).", 0)
     dim: int = doc("Hidden width (0: from --size).", 0)
     heads: int = doc("Attention heads; must divide --dim (0: from --size).", 0)
     ffn: int = doc("Feed-forward width (0: from --size, 4 x dim).", 0)
     seq_len: int = doc("Tokens per training block, [CLS] and [SEP] included.", 128)
     max_positions: int = doc("Size of the position table (at least --seq-len; finetuning can use up to this).", 512)
-    dropout: float = doc("Dropout on embeddings, attention weights and block outputs.", 0.1)
+    dropout: float = doc("Dropout on embeddings, attention weights and block outputs (-1: auto, 0 when the budget sees the corpus fewer than 3 times, else 0.1).", -1.0)
     mask_prob: float = doc("mlm: share of tokens to predict (of them 80% become [MASK], 10% a random word, 10% stay).", 0.15)
     whole_word: bool = doc("mlm: mask whole words (jieba's, or the English tokenizer's) where a word spans several tokens (char and subword tokenizers, --pieces), as Chinese BERT-wwm.", True, flag="--whole-word/--token-masking")
     init_embeddings: str = doc("Initialise the token embeddings from this embed run (embeddings/NAME/); empty for random.", "")
@@ -171,8 +180,10 @@ class PretrainConfig(TrainConfig):
 class FinetuneConfig(TrainConfig):
     """Finetuning a classifier: the loop's options with finetuning defaults, then the head's."""
 
-    lr: float = doc("Peak learning rate (AdamW).", 1e-4)
-    epochs: int = doc("Passes over the training data (--max-steps, when set, wins).", 3)
+    lr: float = doc("Peak learning rate (AdamW); 0: chosen on dev from --lr-grid (with a dev split of fewer than 50 labelled documents, or one without every class, 1e-4).", 0.0)
+    lr_grid: str = doc("Learning rates tried when --lr is 0, comma-separated: each trains --grid-steps from the same start, the best by dev macro-F1 then trains the run (the grid Turc et al. finetuned small BERTs with).", "3e-4,1e-4,5e-5")
+    grid_steps: int = doc("Steps each rate of --lr-grid trains before they are compared (0: one epoch, enough for the ranking to settle and a fraction of the run's cost).", 0)
+    epochs: int = doc("Passes over the training data at most: early stopping on dev macro-F1 usually ends the run sooner (--max-steps, when set, wins).", 3)
     eval_every: int = doc("Evaluate on dev every this many steps (0: at the end of each epoch only).", 0)
     eval_batches: int = doc("Dev batches per evaluation (0: the whole dev split, so that best and early stopping see all of it).", 0)
     early_stopping: int = doc("Stop when dev macro-F1 has not improved for this many evaluations (0: never).", 2)
