@@ -22,7 +22,8 @@ from bigmodel_cli.workspace.config import EvaluateConfig
 
 @app.command("evaluate")
 @handle_errors
-@config_options(EvaluateConfig, config_only=("bins", "baseline_c", "baseline_char_ngrams", "baseline_stopwords"))
+@config_options(EvaluateConfig, config_only=("bins", "baseline_c", "baseline_char_ngrams", "baseline_char_wb", "baseline_stopwords",
+                                               "bootstrap_resamples", "bootstrap_seed"))
 def evaluate_cli(
     run: Optional[str] = typer.Argument(None, help="A run in runs/.  \\[default: the newest finetune run, else the newest pretrain run]", show_default=False),
     split: str = typer.Option("test", help="test or dev."),
@@ -34,7 +35,9 @@ def evaluate_cli(
 
     Classifiers: accuracy, macro/micro/weighted precision, recall and F1, a per-class table,
     the confusion matrix, expected calibration error and examples per second, each next to
-    the baseline's (trained on the same split, C chosen on dev, cached in reports/_baseline/).
+    the baseline's (trained on the same split, C chosen on dev, cached in reports/_baseline/);
+    95% paired-bootstrap intervals of macro-F1 and accuracy for both and for the difference,
+    McNemar's test, and a verdict: better, worse or no measurable difference.
     Pretrain runs: loss, perplexity and masked-token accuracy. Writes reports/RUN/SPLIT/:
     report.json, report.md, confusion.png, calibration.png.
 
@@ -77,6 +80,8 @@ def print_report(report: dict) -> None:
         table.add_row(key.replace("_", " "), f"{m[key]:.4f}", f"{b[key]:.4f}", f"[{style}]{d[key]:+.4f}[/]" if style else f"{d[key]:+.4f}")
     table.add_row("examples/s", f"{m['examples_per_s']:,.1f}", f"{b['examples_per_s']:,.1f}", f"baseline {report['speed_ratio']:.2f}x")
     console.print(table)
+    if report.get("significance"):
+        print_significance(report["significance"])
 
     classes = Table(title="per class")
     for column in ("label", "precision", "recall", "F1", "baseline F1", "support"):
@@ -95,5 +100,21 @@ def print_report(report: dict) -> None:
     console.print(confusion)
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {term_safe(warning)}")
-    won = d["macro_f1"] > 0
-    console.print(f"[bold {'green' if won else 'yellow'}]verdict:[/] {term_safe(report['verdict'])}")
+    outcome = report.get("significance", {}).get("outcome")
+    colour = {"better": "green", "worse": "red"}.get(outcome, "yellow")
+    console.print(f"[bold {colour}]verdict:[/] {term_safe(report['verdict'])}")
+
+
+def print_significance(sig: dict) -> None:
+    from bigmodel_cli.evaluation.evaluate import interval, p_value
+
+    ci, test = sig["ci"], sig["mcnemar"]
+    table = Table(title=f"{sig['level']:.0%} confidence intervals (paired bootstrap, {sig['resamples']:,} resamples, seed {sig['seed']})")
+    for column in ("metric", "model", "TF-IDF + LR", "difference"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key in ("macro_f1", "accuracy"):
+        table.add_row(key.replace("_", " "), interval(ci["model"][key], False), interval(ci["baseline"][key], False),
+                      interval(ci["difference"][key]))
+    table.caption = (f"McNemar ({test['method']}): {test['only_model_right']:,} only the model right, "
+                     f"{test['only_baseline_right']:,} only the baseline; {p_value(test['p_value'])}")
+    console.print(table)

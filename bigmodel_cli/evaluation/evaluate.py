@@ -5,7 +5,11 @@ table; the confusion matrix; the expected calibration error (ECE) with a reliabi
 plot; and examples per second. Beside every figure stands the TF-IDF + LogisticRegression
 baseline (bigmodel_cli.evaluation.baseline), trained on the same training split and scored on the same
 documents, with the difference, so that the report says at a glance whether the
-Transformer earns its cost. Documents whose label the model never saw in training are
+Transformer earns its cost. Whether a difference is more than noise is settled by paired
+statistics on the same documents (bigmodel_cli.evaluation.significance): 95% bootstrap
+intervals of macro-F1 and accuracy for both models and for their difference, and McNemar's
+test; the verdict is "better", "worse" or "no measurable difference" by the interval of the
+macro-F1 difference. Documents whose label the model never saw in training are
 counted and reported, and left out of the metrics of both.
 
 Pretrain runs get the loss, perplexity and masked (or next) token accuracy on the split.
@@ -26,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bigmodel_cli.errors import UserError
+from bigmodel_cli.evaluation import significance
 from bigmodel_cli.evaluation.plots import CJK_HINT, plot_text, text_font
 from bigmodel_cli.fileio import atomic_write, read_json, write_json
 from bigmodel_cli.training.classify_data import classifier_max_len
@@ -53,6 +58,10 @@ def validate(cfg: EvaluateConfig) -> list[str]:
         problems.append(f"baseline_c must be a list of positive numbers, got {cfg.baseline_c!r}")
     if cfg.baseline_char_ngrams < 0:
         problems.append(f"baseline_char_ngrams must be 0 or more, got {cfg.baseline_char_ngrams}")
+    if cfg.baseline_char_wb < 0 or cfg.baseline_char_wb == 1:
+        problems.append(f"baseline_char_wb must be 0 (off) or 2 or more, got {cfg.baseline_char_wb}")
+    if cfg.bootstrap_resamples < 100:
+        problems.append(f"bootstrap_resamples must be at least 100 for a 95% interval, got {cfg.bootstrap_resamples}")
     return problems
 
 
@@ -275,11 +284,13 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
     drawable = plot_confusion({f"{folder.name}": ours["confusion"], "TF-IDF + LR": theirs["confusion"]}, labels, out / "confusion.png")
     plot_reliability({folder.name: ours["reliability"], "TF-IDF + LR": theirs["reliability"]}, out / "calibration.png")
     difference = {k: round(ours[k] - theirs[k], 6) for k in SCALARS}
+    paired = significance.compare(y, probs.argmax(-1), aligned.argmax(-1), len(labels),
+                                  resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
     report = {
         "run": folder.name, "kind": "classifier", "split": split, "checkpoint": ws.relative(checkpoint),
         "labels": labels, "documents": len(records), "scored": len(scored),
         "unseen_labels": dict(sorted(unseen.items())), "unlabelled": unlabelled,
-        "model": ours, "baseline": theirs, "difference": difference,
+        "model": ours, "baseline": theirs, "difference": difference, "significance": paired,
         "speed_ratio": round(theirs["examples_per_s"] / max(ours["examples_per_s"], 1e-9), 2),
         "files": {"markdown": "report.md", "confusion": "confusion.png", "calibration": "calibration.png"},
         "warnings": [],
@@ -296,15 +307,28 @@ def _classifier(ws, folder: Path, checkpoint: Path, split: str, split_path: Path
     return report
 
 
+def p_value(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def interval(ci: list[float], signed: bool = True) -> str:
+    return f"{ci[0]:+.4f} to {ci[1]:+.4f}" if signed else f"{ci[0]:.4f} to {ci[1]:.4f}"
+
+
 def verdict(report: dict[str, Any]) -> str:
+    """One line, three ways: better / worse / no measurable difference, by whether the 95%
+    interval of the macro-F1 difference lies above 0, below 0 or across it."""
     d = report["difference"]["macro_f1"]
+    sig = report["significance"]
+    evidence = (f"model - baseline {d:+.4f} macro-F1, 95% CI {interval(sig['ci']['difference']['macro_f1'])}, "
+                f"McNemar {p_value(sig['mcnemar']['p_value'])}")
     ratio = report["speed_ratio"]
     speed = f"{ratio:.1f}x as fast" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
-    if d > 0:
-        return f"the Transformer beats the TF-IDF + LR baseline by {d:+.4f} macro-F1 (the baseline is {speed})"
-    if d == 0:
-        return f"the Transformer ties the TF-IDF + LR baseline on macro-F1 (the baseline is {speed})"
-    return f"the Transformer does not earn its cost: the TF-IDF + LR baseline is {-d:.4f} macro-F1 better (and {speed})"
+    if sig["outcome"] == "better":
+        return f"better: the Transformer beats the TF-IDF + LR baseline ({evidence}); the baseline is {speed}"
+    if sig["outcome"] == "worse":
+        return f"worse: the Transformer does not earn its cost, the TF-IDF + LR baseline is better ({evidence}) and {speed}"
+    return f"no measurable difference between the Transformer and the TF-IDF + LR baseline ({evidence}); the baseline is {speed}"
 
 
 def _language_model(ws, folder: Path, checkpoint: Path, split: str, split_path: Path, cfg: EvaluateConfig) -> dict[str, Any]:
@@ -358,6 +382,22 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the readable page ---------------------------------------------------------------------
+def significance_markdown(sig: dict[str, Any]) -> list[str]:
+    ci, test = sig["ci"], sig["mcnemar"]
+    lines = ["", f"## Is the difference real? ({sig['level']:.0%} confidence intervals)", "",
+             f"Paired bootstrap over the {sig['documents']:,} documents ({sig['resamples']:,} resamples, seed {sig['seed']}): "
+             "the same documents are drawn for the model and the baseline.", "",
+             "| figure | model | baseline | difference |", "| --- | ---: | ---: | ---: |"]
+    for key, name in (("macro_f1", "macro f1"), ("accuracy", "accuracy")):
+        lines.append(f"| {name} | {interval(ci['model'][key], False)} | {interval(ci['baseline'][key], False)} | "
+                     f"{interval(ci['difference'][key])} |")
+    lines += ["", f"McNemar's test ({test['method']}): {test['only_model_right']:,} documents only the model gets right, "
+                  f"{test['only_baseline_right']:,} only the baseline; {p_value(test['p_value'])}. "
+                  f"Outcome: **{sig['outcome']}**."]
+    return lines
+
+
+
 def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -385,8 +425,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     m, b, d = report["model"], report["baseline"], report["difference"]
     lines = [title, "", f"**Verdict:** {report['verdict']}.", "",
              f"Checkpoint `{report['checkpoint']}`; {report['scored']:,} of {report['documents']:,} documents scored. "
-             f"The baseline is TF-IDF (word 1-2 grams, plus character n-grams for Chinese) + LogisticRegression "
-             f"with C = {b['C']} chosen on dev, trained on the same training split.", ""]
+             f"The baseline is TF-IDF (word 1-2 grams, plus character n-grams: 1-n for Chinese, char_wb 2-n inside words "
+             f"elsewhere) + LogisticRegression with C = {b['C']} chosen on dev, trained on the same training split.", ""]
     for warning in report["warnings"]:
         lines += [f"> **Warning:** {md(warning)}", ""]
     lines += ["| metric | model | baseline | difference |", "| --- | ---: | ---: | ---: |"]
@@ -394,6 +434,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         better = "lower is better" if key in LOWER_IS_BETTER else ""
         lines.append(f"| {key.replace('_', ' ')}{' (' + better + ')' if better else ''} | {_f(m[key])} | {_f(b[key])} | {d[key]:+.4f} |")
     lines.append(f"| examples per second | {m['examples_per_s']:,.1f} | {b['examples_per_s']:,.1f} | baseline {report['speed_ratio']:.2f}x |")
+    if report.get("significance"):
+        lines += significance_markdown(report["significance"])
     lines += ["", "## Per class", "", "| label | precision | recall | F1 | baseline F1 | support |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for ours, theirs in zip(m["per_class"], b["per_class"]):
         lines.append(f"| {md(ours['label'])} | {_f(ours['precision'])} | {_f(ours['recall'])} | {_f(ours['f1'])} | {_f(theirs['f1'])} | {ours['support']:,} |")
