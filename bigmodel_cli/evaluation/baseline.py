@@ -1,9 +1,12 @@
 """The baseline every classification report stands beside: TF-IDF + LogisticRegression.
 
-Features: word 1-2 grams over the same tokens the Transformer reads, plus character 1-n
-grams of the text for Chinese documents (segmentation errors cost the words, not the
-characters); sublinear tf, l2-normalised rows, words and characters as two blocks. The
-regularisation C is chosen on dev macro-F1. scikit-learn fits the vocabulary, idf and the
+Features: word 1-2 grams over the same tokens the Transformer reads, plus character n-grams
+for every language: 1-n grams of the text for Chinese documents (segmentation errors cost the
+words, not the characters), and scikit-learn's `char_wb` 2-n grams (inside word boundaries,
+padded with spaces, lowercased) for documents whose words are space-separated, so that
+inflections, typos and words seen only inside longer words still match. Sublinear tf,
+l2-normalised rows, words and characters as two blocks. The regularisation C is chosen on
+dev macro-F1 from a grid that reaches 100 (a weak baseline flatters the model). scikit-learn fits the vocabulary, idf and the
 model; the transform is this file's own few lines, so that a saved baseline is plain data:
 
     reports/_baseline/baseline.json   key (hashes of the splits + options), C grid, classes
@@ -32,6 +35,8 @@ from bigmodel_cli.workspace.config import EvaluateConfig
 
 FOLDER = "reports/_baseline"
 SEP = " "  # joins the words of a bigram
+WB_LOW = 2  # shortest char_wb n-gram
+CACHE_VERSION = 2  # part of the cache key: raise it whenever the features change, so an older cache is retrained
 _SPACES = re.compile(r"\s+")
 
 
@@ -53,14 +58,36 @@ def char_ngrams(text: str, n: int) -> list[str]:
     return [text[i:i + k] for k in range(1, n + 1) for i in range(len(text) - k + 1)]
 
 
+def char_wb_ngrams(text: str, low: int, high: int) -> list[str]:
+    """scikit-learn's 'char_wb' analyzer (lowercase, its default): the low..high grams of each
+    word padded with one space either side; a word shorter than n counts once, whole."""
+    grams = []
+    for word in text.lower().split():
+        padded = f" {word} "
+        for n in range(low, high + 1):
+            grams.extend(padded[i:i + n] for i in range(max(len(padded) - n + 1, 1)))
+            if len(padded) <= n:
+                break
+    return grams
+
+
+def char_terms(doc: Doc, char_n: int, char_wb: int) -> list[str]:
+    """A document's character features: plain n-grams for Chinese (no spaces between words),
+    char_wb n-grams for every other language."""
+    if doc.lang == "zh":
+        return char_ngrams(doc.text, char_n) if char_n else []
+    return char_wb_ngrams(doc.text, WB_LOW, char_wb) if char_wb >= WB_LOW else []
+
+
 class Baseline:
     """Fitted vocabularies, idf and the linear model; `predict_proba` on `Doc`s."""
 
     def __init__(self, classes: list[str], words: list[str], word_idf: np.ndarray, chars: list[str], char_idf: np.ndarray,
-                 coef: np.ndarray, intercept: np.ndarray, char_n: int, stopwords: list[str], info: dict[str, Any]):
+                 coef: np.ndarray, intercept: np.ndarray, char_n: int, stopwords: list[str], info: dict[str, Any],
+                 char_wb: int = 0):
         self.classes, self.words, self.chars = classes, words, chars
         self.word_idf, self.char_idf = word_idf, char_idf
-        self.coef, self.intercept, self.char_n = coef, intercept, char_n
+        self.coef, self.intercept, self.char_n, self.char_wb = coef, intercept, char_n, char_wb
         self.stopwords = frozenset(stopwords)
         self.info = info
         self._word_index = {t: i for i, t in enumerate(words)}
@@ -71,9 +98,8 @@ class Baseline:
         import scipy.sparse as sp
 
         blocks = [_tfidf([word_ngrams(d.tokens, self.stopwords) for d in docs], self._word_index, self.word_idf)]
-        if self.char_n:
-            blocks.append(_tfidf([char_ngrams(d.text, self.char_n) if d.lang == "zh" else [] for d in docs],
-                                 self._char_index, self.char_idf))
+        if self.chars:
+            blocks.append(_tfidf([char_terms(d, self.char_n, self.char_wb) for d in docs], self._char_index, self.char_idf))
         return sp.hstack(blocks, format="csr")
 
     def predict_proba(self, docs: list[Doc]) -> np.ndarray:
@@ -92,7 +118,8 @@ class Baseline:
             np.savez(handle, word_idf=self.word_idf, char_idf=self.char_idf, coef=self.coef, intercept=self.intercept)
         with atomic_write(folder / "terms.json") as handle:
             json.dump({"words": self.words, "chars": self.chars, "stopwords": sorted(self.stopwords)}, handle, ensure_ascii=False)
-        write_json(folder / "baseline.json", {"key": key, "classes": self.classes, "char_n": self.char_n, **self.info})
+        write_json(folder / "baseline.json", {"key": key, "classes": self.classes, "char_n": self.char_n, "char_wb": self.char_wb,
+                                              **self.info})
 
     @classmethod
     def load(cls, folder: Path) -> "Baseline":
@@ -100,9 +127,9 @@ class Baseline:
         terms = read_json(folder / "terms.json")
         with np.load(folder / "weights.npz", allow_pickle=False) as w:
             arrays = {k: w[k] for k in ("word_idf", "char_idf", "coef", "intercept")}
-        info = {k: v for k, v in meta.items() if k not in ("key", "classes", "char_n")}
+        info = {k: v for k, v in meta.items() if k not in ("key", "classes", "char_n", "char_wb")}
         return cls(meta["classes"], terms["words"], arrays["word_idf"], terms["chars"], arrays["char_idf"],
-                   arrays["coef"], arrays["intercept"], meta["char_n"], terms["stopwords"], info)
+                   arrays["coef"], arrays["intercept"], meta["char_n"], terms["stopwords"], info, meta.get("char_wb", 0))
 
 
 def _tfidf(docs: list[list[str]], index: dict[str, int], idf: np.ndarray):
@@ -149,9 +176,9 @@ def train(train_docs: list[Doc], train_y: list[str], dev_docs: list[Doc], dev_y:
     classes = sorted(set(train_y))
     stop = frozenset(stopwords) if cfg.baseline_stopwords else frozenset()
     words, word_idf = _fit_vocab([word_ngrams(d.tokens, stop) for d in train_docs])
-    char_n = cfg.baseline_char_ngrams if any(d.lang == "zh" for d in train_docs) else 0
-    chars, char_idf = _fit_vocab([char_ngrams(d.text, char_n) if d.lang == "zh" else [] for d in train_docs]) if char_n else ([], np.zeros(0))
-    shell = Baseline(classes, words, word_idf, chars, char_idf, np.zeros((1, 0)), np.zeros(1), char_n, sorted(stop), {})
+    char_n, char_wb = cfg.baseline_char_ngrams, cfg.baseline_char_wb
+    chars, char_idf = _fit_vocab([char_terms(d, char_n, char_wb) for d in train_docs])
+    shell = Baseline(classes, words, word_idf, chars, char_idf, np.zeros((1, 0)), np.zeros(1), char_n, sorted(stop), {}, char_wb)
     x_train = shell.features(train_docs)
     index = {c: i for i, c in enumerate(classes)}
     y_train = np.array([index[y] for y in train_y])
@@ -171,13 +198,13 @@ def train(train_docs: list[Doc], train_y: list[str], dev_docs: list[Doc], dev_y:
             "features": {"words": len(words), "chars": len(chars)}, "train_docs": len(train_docs),
             "seconds": round(time.perf_counter() - started, 3)}
     return Baseline(classes, words, word_idf, chars, char_idf, model.coef_.astype(np.float64),
-                    model.intercept_.astype(np.float64), char_n, sorted(stop), info)
+                    model.intercept_.astype(np.float64), char_n, sorted(stop), info, char_wb)
 
 
 def cache_key(ws, cfg: EvaluateConfig, data: Path) -> str:
     paths = [data / f"{s}.jsonl" for s in ("train", "dev")]
     hashes = [h["sha256"] for h in ws.hash_paths([p for p in paths if p.exists()])]
-    options = [cfg.baseline_c, cfg.baseline_char_ngrams, cfg.baseline_stopwords]
+    options = [CACHE_VERSION, cfg.baseline_c, cfg.baseline_char_ngrams, cfg.baseline_char_wb, cfg.baseline_stopwords]
     return hashlib.sha256(json.dumps([hashes, options]).encode()).hexdigest()
 
 
