@@ -85,6 +85,17 @@ def read_hf_folder(path: Path | str):
     return model_cfg, state, tokenizer, meta
 
 
+def read_hf_shape(path: Path | str) -> tuple[Path, dict[str, Any], list[Path]]:
+    """(folder, our ModelConfig fields, weight files) of a Hugging Face BERT folder, with every
+    check of read_hf_folder but the weights' shapes, and without loading the weights: what a
+    caller needs to check its own options before anything is read in full or written."""
+    folder = check_folder(path)
+    config = read_config(folder)
+    weight_files = find_weights(folder)
+    tokenizer, _ = read_tokenizer(folder)
+    return folder, model_config(folder, config, tokenizer, embedding_rows(folder, weight_files)), weight_files
+
+
 # -- the folder and its config -------------------------------------------------------------
 def check_folder(path: Path | str) -> Path:
     folder = Path(os.path.abspath(Path(path).expanduser()))

@@ -25,23 +25,30 @@ SHAPE = ("layers", "dim", "heads", "ffn")
 class Source:
     kind: str  # "run" (runs/NAME/) or "hf" (a Hugging Face folder)
     label: str  # the run's name, or the folder's absolute path: what train.json and status show
-    tokenizer: Path  # the folder whose tokenizer files encode the text (the run, or the prepared base)
     weights: tuple[Path, ...]  # the files whose hashes are the run's lineage and decide staleness
     config: dict[str, Any]  # the source's model config, under our field names
     objective: str  # what the source was trained for: mlm or clm
+    tokenizer: Path | None = None  # the folder whose tokenizer files encode the text (the run, or the prepared base)
 
     @property
-    def folder(self) -> Path:
+    def weights_folder(self) -> Path:
         return self.weights[0].parent
 
 
-def resolve_source(ws, value: str) -> Source:
-    """The pretrain run (a name, or latest) or Hugging Face folder (a path) that `--from` names."""
+def resolve_source(ws, cfg, given: set[str] | None):
+    """(cfg, source): the pretrain run (a name, or latest) or Hugging Face folder (a path)
+    that `--from` names, with the options checked against it (check_options) before a
+    folder's tokenizer is prepared in the workspace: a refusal writes nothing."""
     from bigmodel_cli.model import hf_import
 
-    if hf_import.is_hf_folder(value, ws.root / "runs"):
-        return _hf_source(ws, value)
-    return _run_source(ws, value)
+    if not hf_import.is_hf_folder(cfg.from_run, ws.root / "runs"):
+        source = _run_source(ws, cfg.from_run)
+        return check_options(cfg, source, given), source
+    folder, config, weights = hf_import.read_hf_shape(cfg.from_run)
+    source = Source("hf", str(folder), tuple(weights), config, "mlm")
+    cfg = check_options(cfg, source, given)
+    base = hf_import.prepare_base(folder, ws.meta / "hf")
+    return cfg, dataclasses.replace(source, tokenizer=base)
 
 
 def _run_source(ws, value: str) -> Source:
@@ -52,16 +59,7 @@ def _run_source(ws, value: str) -> Source:
     checkpoint = model_checkpoint(folder)
     ckpt.verify(checkpoint)
     config = ckpt.read_config(checkpoint)
-    return Source("run", folder.name, folder, (checkpoint / ckpt.MODEL,), config, "clm" if config.get("causal") else "mlm")
-
-
-def _hf_source(ws, value: str) -> Source:
-    from bigmodel_cli.model import hf_import
-
-    base = hf_import.prepare_base(value, ws.meta / "hf")  # checks the whole folder before writing
-    saved = hf_import.base_source(base)
-    folder = Path(saved["source"])
-    return Source("hf", str(folder), base, tuple(hf_import.find_weights(folder)), saved["config"], "mlm")
+    return Source("run", folder.name, (checkpoint / ckpt.MODEL,), config, "clm" if config.get("causal") else "mlm", folder)
 
 
 def source_label(ws, value: str) -> str:
@@ -134,7 +132,7 @@ def load_source_weights(model, source: Source) -> dict[str, Any]:
         _, weights, _, meta = hf_import.read_hf_folder(source.label)
         unused = list(meta["unused_weights"])
     else:
-        weights, unused = ckpt.load_model_weights(source.folder), []
+        weights, unused = ckpt.load_model_weights(source.weights_folder), []
     result = ckpt.load_weights(model, weights, source.weights[0], strict=False)
     new = sorted(result.missing_keys)
     encoder_new = [k for k in new if not k.startswith("lm_head.")]

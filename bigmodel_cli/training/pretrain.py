@@ -54,7 +54,8 @@ def validate(cfg: PretrainConfig) -> list[str]:
     problems = validate_loop(cfg)
     if cfg.objective not in OBJECTIVES:
         problems.append(f"--objective must be mlm or clm, got '{cfg.objective}'")
-    problems += validate_shape(cfg)
+    if not cfg.from_run:  # with --from the shape is the source's (training.continued checks the options against it)
+        problems += validate_shape(cfg)
     if cfg.seq_len < 8:
         problems.append(f"--seq-len must be at least 8, got {cfg.seq_len}")
     if cfg.max_positions < 1:
@@ -280,23 +281,22 @@ def _read(path: Path) -> dict[str, Any]:
 def continued_from(ws, cfg: PretrainConfig, name: str, given: set[str] | None):
     """(cfg, source) for `--from`: the source resolved and checked against the options (see
     training.continued), or (cfg, None) for a new model."""
-    from bigmodel_cli.training.continued import check_options, resolve_source, source_label
+    from bigmodel_cli.training.continued import resolve_source, source_label
 
     if not cfg.from_run:
         return cfg, None
     cfg = dataclasses.replace(cfg, from_run=source_label(ws, cfg.from_run))
-    source = resolve_source(ws, cfg.from_run)
-    if source.kind == "run" and source.label == name:
+    if cfg.from_run == name:
         raise UserError(f"--name {name} is the run it would continue from (--from {cfg.from_run})",
                         hint="pick another --name for the continued run")
-    return check_options(cfg, source, given), source
+    return resolve_source(ws, cfg, given)
 
 
 def source_inputs(source) -> list[Path]:
     """The files whose hashes decide whether a continued run is up to date: the source's
     tokenizer and config, and its weights (new weights make the run stale)."""
     tokenizer = [source.tokenizer / n for n in ("vocab.txt", "tokenizer.json", "meta.json") if (source.tokenizer / n).is_file()]
-    config = [source.folder / "config.json"] if source.kind == "hf" else []
+    config = [source.weights_folder / "config.json"] if source.kind == "hf" else []
     return [*tokenizer, *config, *source.weights]
 
 
