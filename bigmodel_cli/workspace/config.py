@@ -207,7 +207,7 @@ class EvaluateConfig:
     batch_size: int = doc("Documents per forward pass.", 64, short="-b")
     bins: int = doc("Confidence bins of the expected calibration error and the reliability plot.", 15)
     baseline_c: list = doc("Inverse regularisation strengths tried for the TF-IDF + LogisticRegression baseline; the best on dev macro-F1 is kept.", [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
-    baseline_char_ngrams: int = doc("Baseline: longest character n-gram added for Chinese documents (0: words only).", 3)
+    baseline_char_ngrams: int = doc("Baseline: longest character n-gram added for Chinese documents (0: words only).", 4)
     baseline_char_wb: int = doc("Baseline: longest char_wb n-gram (2 up to this, inside word boundaries) added for documents whose words are space-separated (0: words only).", 5)
     bootstrap_resamples: int = doc("Paired bootstrap resamples of the test documents behind the 95% confidence intervals.", 1000)
     bootstrap_seed: int = doc("Seed of the paired bootstrap (the same seed gives the same intervals).", 0)
