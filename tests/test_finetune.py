@@ -243,7 +243,7 @@ def test_no_pretrain_run_suggests_scratch(tmp_path, run_cli):
 
 def test_option_problems_at_once(tmp_path, run_cli):
     ws = labelled_ws(tmp_path / "ws", [{"text": t, "label": label} for t, label in reviews(20)])
-    result = run_cli(["finetune", "--pooling", "max", "--dropout", "1.5", "--lr", "0", "--epochs", "x", "--max-len", "2",
+    result = run_cli(["finetune", "--pooling", "max", "--dropout", "1.5", "--lr", "-1", "--epochs", "x", "--max-len", "2",
                       "--rdrop", "-1"], ws.root)
     assert result.exit_code == 2
     out = " ".join(result.output.split())

@@ -46,15 +46,18 @@ def finetune_cli(
 ) -> None:
     """Train a text classifier on the labelled splits, from a pretrain run, a local Hugging Face BERT folder or from scratch.
 
-    Labels are the ones preprocess recorded (binary or multi-class). The best checkpoint
-    and early stopping follow dev macro-F1. Writes runs/NAME/ like pretrain: checkpoints/,
-    metrics.jsonl, loss.png, config.json (with the labels), report.json.
+    Labels are the ones preprocess recorded (binary or multi-class). Unless --lr is given,
+    each rate of --lr-grid trains --grid-steps (one epoch) and the best on dev macro-F1
+    trains the run. The best checkpoint and early stopping follow dev macro-F1. Writes
+    runs/NAME/ like pretrain: checkpoints/, metrics.jsonl, loss.png, config.json (with the
+    labels), report.json, and grid.json (the rates tried and the one chosen).
 
     [b]Examples[/b]:
       bigmodel finetune                                   # from the latest pretrain run
       bigmodel finetune --from mlm --pooling mean --epochs 4
       bigmodel finetune --from scratch --size tiny        # the no-pretraining comparison
       bigmodel finetune --from ~/models/bert-base-chinese # a local Hugging Face BERT folder
+      bigmodel finetune --lr-grid 1e-3,3e-4,1e-4         # the rates tried on dev (--lr 0, the default)
       bigmodel finetune --balance --lr 5e-5 --max-time 10m
       bigmodel finetune --resume auto                     # continue after a crash or --max-time
       bigmodel finetune --nproc 2                         # two processes (DDP), same global batch
@@ -94,6 +97,9 @@ def print_report(report: dict, folder: str) -> None:
         table.add_row("class weights", ", ".join(f"{escape(k)} {v:g}" for k, v in report["class_weights"].items()))
     table.add_row("trained", f"{report['steps']:,} steps ({report['epochs']:.2f} epochs), {report['seconds']:.1f} s, "
                              f"{report['tokens_per_s']:,.0f} tokens/s; stopped: {report['stop_reason']}")
+    search = report.get("lr_search") or {}
+    if search:
+        table.add_row("learning rate", escape(lr_line(report["lr"], search)))
     if report.get("best"):
         b = report["best"]
         acc = f", accuracy {b['accuracy']:.1%}" if b.get("accuracy") is not None else ""
@@ -103,3 +109,13 @@ def print_report(report: dict, folder: str) -> None:
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(f"  written to {escape(folder)}/; next: bigmodel evaluate {escape(report['name'])}")
+
+
+def lr_line(lr: float, search: dict) -> str:
+    """The rate and how it was chosen: given, on dev (each candidate's score) or the fallback."""
+    if search.get("chosen") == "dev":
+        tried = ", ".join(f"{t['lr']:g} {t['dev_macro_f1']:.4f}" for t in search["trials"])
+        return f"{lr:g}, chosen on dev (macro-F1 after {search['steps']:,} steps: {tried})"
+    if search.get("chosen") == "given":
+        return f"{lr:g} (--lr)"
+    return f"{lr:g}, {search.get('chosen')}"

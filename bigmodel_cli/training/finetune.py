@@ -9,6 +9,12 @@ Batches are a pure function of (seed, epoch, index), as the loop's exact resume 
 seeded permutation per epoch, sorted by length within windows of 50 batches (so a batch
 pads little), cut into batches whose order is then shuffled with the same generator.
 
+The learning rate, unless --lr gives one, is chosen on dev: each rate of --lr-grid trains
+--grid-steps (one epoch) from the same start in runs/NAME/grid/, the best by dev macro-F1
+is recorded in runs/NAME/grid.json, the grid folder is removed, and the run trains from that
+start with the chosen rate (the same run as `--lr RATE` would give). A dev split too small to
+rank rates on falls back to FALLBACK_LR, with a notice.
+
 Best checkpoint and early stopping follow dev macro-F1. Writes runs/NAME/ with the layout
 of a pretrain run (config.json with num_labels and labels, vocab.txt, meta.json, train.json,
 metrics.jsonl, loss.png, report.json, checkpoints/{step-N,last,best}).
@@ -38,6 +44,12 @@ from bigmodel_cli.workspace.config import FinetuneConfig
 
 POOLINGS = ("cls", "mean")
 SORT_WINDOW = 50  # batches whose documents are sorted by length together
+GRID_DIR = "grid"  # runs/NAME/grid/: the candidate rates' runs while the search lasts
+GRID_FILE = "grid.json"  # runs/NAME/grid.json: each candidate's dev score and the rate chosen
+FALLBACK_LR = 1e-4  # the rate when dev cannot rank the grid
+# Below this many labelled dev documents one document moves macro-F1 by a point or more,
+# more than the rates of the grid usually differ by.
+MIN_DEV_DOCS = 50
 
 
 # -- options ------------------------------------------------------------------------------
@@ -52,7 +64,14 @@ def validate(cfg: FinetuneConfig) -> list[str]:
     from bigmodel_cli.model.transformer import validate_shape
     from bigmodel_cli.training.loop import validate as validate_loop
 
-    problems = validate_loop(cfg)
+    problems = validate_loop(dataclasses.replace(cfg, lr=cfg.lr or FALLBACK_LR))  # --lr 0: chosen on dev
+    try:
+        parse_grid(cfg.lr_grid)
+    except ValueError:
+        problems.append(f"--lr-grid must be positive learning rates separated by commas (e.g. 3e-4,1e-4,5e-5), "
+                        f"got '{cfg.lr_grid}'")
+    if cfg.grid_steps < 0:
+        problems.append(f"--grid-steps must be 0 (one epoch) or more, got {cfg.grid_steps}")
     if cfg.pooling not in POOLINGS:
         problems.append(f"--pooling must be cls or mean, got '{cfg.pooling}'")
     if not 0 <= cfg.dropout < 1:
@@ -66,6 +85,21 @@ def validate(cfg: FinetuneConfig) -> list[str]:
     if not cfg.from_run:
         problems.append("--from must name a pretrain run, latest, scratch or a Hugging Face BERT folder")
     return problems + validate_shape(cfg)
+
+
+def parse_grid(text: str) -> list[float]:
+    """The rates of --lr-grid, in the order given, each once; ValueError when one is not a
+    positive number or there are none."""
+    import math
+
+    rates: list[float] = []
+    for part in str(text).split(","):
+        rate = float(part.strip())
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(part)
+        if rate not in rates:
+            rates.append(rate)
+    return rates
 
 
 def train_labels(ws, records: list[dict[str, Any]], path: Path) -> list[str]:
@@ -335,6 +369,7 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     # The base is found after a resume took the run's own options: --resume auto alone
     # continues a run from a Hugging Face folder even where no pretrain run exists.
     cfg, seed = inherit_options(cfg, seed, start, given)
+    cfg = _searched_again(cfg, folder, start, given)
     train_path, dev_path, vocab_path = find_processed(ws, cfg.data)
     base = resumed_base(ws, folder) if start is not None and cfg.from_run == "latest" else base_run(ws, cfg.from_run)
     if base is not None and base.resolve() == folder.resolve():
@@ -349,24 +384,60 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     # Under torchrun every process runs this; rank 0 alone holds the lock, clears the folder
     # and writes the record (as in pretrain).
     dist = Dist.from_env()
+    options = stage_options(ws, folder, resume, force, dist)
+    refuse_other_run = options["refuse"]
+
+    def refuse() -> None:
+        refuse_other_run()
+        if resume is None and not force and (folder / GRID_DIR).exists():
+            raise UserError(f"{ws.relative(folder)}/ holds an unfinished learning-rate search",
+                            hint="continue it with --resume auto, start over with --force, or pick another --name")
 
     def work() -> Done:
         start_over(folder, force, start, dist)
         report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, dist, show_progress,
-                      console, log_lines)
-        return Done(report, run_outputs(ws, folder, report, dist), _headline(report))
+                      console, log_lines, search_key=_search_key(params, inputs), resume=resume)
+        outputs = run_outputs(ws, folder, report, dist)
+        if dist.main and (folder / GRID_FILE).is_file():
+            outputs.append(folder / GRID_FILE)
+        return Done(report, outputs, _headline(report))
 
     outcome = run_stage(ws, stage, params, inputs, work, lock=f"finetune --name {name}", sections=("project", "finetune"),
-                        **stage_options(ws, folder, resume, force, dist))
+                        **{**options, "refuse": refuse})
     if outcome.skipped:
         report_path = folder / "report.json"
         return FinetuneResult(True, name, folder, outcome.record, read_json(report_path) if report_path.exists() else {})
     return FinetuneResult(False, name, folder, outcome.record, outcome.value)
 
 
+def read_search(folder: Path) -> dict[str, Any] | None:
+    """runs/NAME/grid.json (the learning-rate search), or None when the run has none."""
+    path = folder / GRID_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def _search_key(params: dict[str, Any], inputs: list[dict[str, str]]) -> dict[str, Any]:
+    """What a resumed search must share with the one it continues: the options that shape the
+    candidates (not those a resume may change) and the inputs' hashes."""
+    from bigmodel_cli.training.loop import RESUMABLE
+
+    return {"params": {k: v for k, v in params.items() if k not in RESUMABLE}, "inputs": inputs}
+
+
+def _searched_again(cfg: FinetuneConfig, folder: Path, start: Path | None, given: set[str] | None) -> FinetuneConfig:
+    """A resumed run whose rate was chosen on dev is --lr 0 again: its checkpoints hold the
+    chosen rate, which inherit_options took, and the run's parameters are those it started with."""
+    if start is None or given is None or "lr" in given:
+        return cfg
+    search = read_search(folder)
+    if search is not None and search.get("lr") == cfg.lr:
+        return dataclasses.replace(cfg, lr=0.0)
+    return cfg
+
+
 def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,
          dev_path: Path | None, vocab_path: Path, start: Path | None, dist, show_progress: bool, console,
-         log_lines: bool) -> dict[str, Any]:
+         log_lines: bool, search_key: dict[str, Any] | None = None, resume: str | None = None) -> dict[str, Any]:
     from bigmodel_cli.data.tokenizer import Encoder, copy_tokenizer_files
     from bigmodel_cli.fileio import sha256_file
     from bigmodel_cli.model.transformer import Transformer
@@ -383,7 +454,15 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     # Everything that can refuse the run is checked before the run folder is touched.
     pick_device(cfg.device, dist)
     vocab_hash = sha256_file(ids_from)
-    changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
+    search = {"lr": cfg.lr, "chosen": "given"} if cfg.lr else None
+    if start is not None and search is None:
+        search = read_search(folder)
+        if search is None or not search.get("lr"):
+            raise UserError(f"cannot resume run '{name}': it records no learning rate chosen on dev "
+                            f"({ws.relative(folder / GRID_FILE)} is missing)",
+                            hint="resume with the run's --lr, or start over with --force")
+    run_cfg = dataclasses.replace(cfg, lr=search["lr"]) if search else cfg
+    changed = check_resume(folder, start, mcfg, run_cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
     train = encode_records(train_records, encoder, labels, cfg.max_len)
     dev = encode_records(dev_records, encoder, labels, cfg.max_len) if dev_records else None
     if len(train) < cfg.batch_size:
@@ -395,23 +474,37 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     weights = class_weights(train.labels, len(labels)) if cfg.balance else None
     task = ClassifyTask(train, dev, cfg.batch_size, seed, vocab.id(PAD), len(labels), weights, cfg.eval_batches,
                         rdrop=cfg.rdrop)
+    extra_state = {"task": "classify", "labels": labels, "vocab_sha256": vocab_hash}
 
-    seed_everything(seed)
-    model = Transformer(mcfg)
-    init = init_from(model, base) if base is not None and start is None else None
-    if cfg.freeze_embeddings:
-        freeze_embeddings(model)
-    options = {**dataclasses.asdict(cfg), "seed": seed, "base": base_label(base),
-               "world_size": dist.world, "vocab_sha256": vocab_hash}
+    def new_model(load_base: bool):
+        """The model as the run starts: seeded, from the base's weights (every candidate
+        rate and the run itself start from the same point)."""
+        seed_everything(seed)
+        model = Transformer(mcfg)
+        init = init_from(model, base) if base is not None and load_base else None
+        if cfg.freeze_embeddings:
+            freeze_embeddings(model)
+        return model, init
+
+    def options() -> dict[str, Any]:
+        return {**dataclasses.asdict(run_cfg), "seed": seed, "base": base_label(base), "world_size": dist.world,
+                "vocab_sha256": vocab_hash, "lr_search": _search_summary(search)}
+
     if dist.main:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "config.json", mcfg.to_dict())
         if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
             copy_tokenizer_files(vocab_path.parent, folder, base=base)
-        write_train_options(folder, options, start=start, changed=changed, complete=False)
-    result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
-                 show_progress=show_progress, console=console, log_lines=log_lines,
-                 extra_state={"task": "classify", "labels": labels, "vocab_sha256": vocab_hash})
+        write_train_options(folder, options(), start=start, changed=changed, complete=False)
+    if search is None:
+        search = _search_lr(ws, cfg, seed, folder, task, labels, new_model, mcfg.to_dict(), dict(search_key or {}),
+                            resume, dist, Trainer(show_progress, console, log_lines, extra_state))
+        run_cfg = dataclasses.replace(cfg, lr=search["lr"])
+        if dist.main:
+            write_train_options(folder, options(), start=start, changed=changed, complete=False)
+    model, init = new_model(load_base=start is None)
+    result = fit(model, task, run_cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
+                 show_progress=show_progress, console=console, log_lines=log_lines, extra_state=extra_state)
     if init is None and start is not None:
         previous = read_json(folder / "report.json") if (folder / "report.json").exists() else {}
         init = previous.get("init")
@@ -428,6 +521,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
                  "dev_unseen_labels": int((dev.labels < 0).sum()) if dev is not None else 0,
                  "steps_per_epoch": task.steps_per_epoch},
         "class_weights": dict(zip(labels, [round(float(w), 4) for w in weights])) if weights is not None else None,
+        "lr": run_cfg.lr, "lr_search": _search_summary(search),
         "steps": result.steps, "epochs": result.epochs_done, "stop_reason": result.stop_reason,
         "train_loss": result.train_loss, "dev": result.dev,
         "best": _best(folder, result) if result.best is not None else None,
@@ -439,8 +533,114 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
     }
     if dist.main:
         write_json(folder / "report.json", report)
-        write_train_options(folder, options, start=start, changed=changed, complete=True)
+        write_train_options(folder, options(), start=start, changed=changed, complete=True)
     return report
+
+
+# -- the learning-rate search ---------------------------------------------------------------------
+@dataclass
+class Trainer:
+    """How the candidates' runs report: as the run itself does."""
+
+    show_progress: bool
+    console: Any
+    log_lines: bool
+    extra_state: dict[str, Any]
+
+
+def _search_summary(search: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The search as train.json and report.json record it (grid.json's key left out)."""
+    if search is None:
+        return None
+    return {k: v for k, v in search.items() if k != "key"}
+
+
+def dev_too_small(dev: Encoded | None, labels: list[str]) -> str | None:
+    """Why dev cannot rank learning rates (too few labelled documents, a class missing), or None."""
+    known = dev.labels[dev.labels >= 0] if dev is not None else np.zeros(0, dtype=np.int64)
+    if len(known) < MIN_DEV_DOCS:
+        return f"dev has {len(known)} documents"
+    missing = sorted(set(range(len(labels))) - set(known.tolist()))
+    if missing:
+        return f"dev has {len(known)} documents, none of class '{labels[missing[0]]}'"
+    return None
+
+
+def _search_lr(ws, cfg: FinetuneConfig, seed: int, folder: Path, task: ClassifyTask, labels: list[str], new_model,
+               model_config: dict[str, Any], key: dict[str, Any], resume: str | None, dist,
+               trainer: Trainer) -> dict[str, Any]:
+    """The learning rate chosen on dev, as grid.json records it: each rate of --lr-grid trains
+    the same number of steps from the same start, in runs/NAME/grid/lr-RATE/; the best dev
+    macro-F1 wins (the first of the grid on a tie). A resume keeps the candidates that
+    finished and continues the one that was cut off from its checkpoint; the search starts
+    over when its options or inputs changed. runs/NAME/grid/ is removed at the end."""
+    import shutil
+    import sys
+
+    too_small = dev_too_small(task.dev, labels)
+    if too_small:
+        if dist.main:
+            sys.stderr.write(f"notice: {too_small}, too few to choose the learning rate on (--lr-grid needs "
+                             f"{MIN_DEV_DOCS} or more, of every class); finetuning with --lr {FALLBACK_LR:g}\n")
+            sys.stderr.flush()
+        search = {"lr": FALLBACK_LR, "chosen": f"fallback ({too_small})", "trials": []}
+        if dist.main:
+            write_json(folder / GRID_FILE, search)
+        return search
+    grid = parse_grid(cfg.lr_grid)
+    steps = min(cfg.grid_steps or task.steps_per_epoch, cfg.max_steps or float("inf"))
+    key = {**key, "grid": grid, "steps": steps}
+    saved = read_search(folder) if resume is not None else None
+    same = saved is not None and saved.get("key") == key
+    trials = list(saved.get("trials", [])) if same else []
+    if not same and dist.main:
+        shutil.rmtree(folder / GRID_DIR, ignore_errors=True)  # the tool's own candidates, of another search
+    search = {"lr": None, "chosen": "searching", "grid": grid, "steps": steps, "trials": trials, "key": key}
+    done = {t["lr"] for t in trials}
+    for rate in grid:
+        if dist.main:
+            write_json(folder / GRID_FILE, search)
+        if rate in done:
+            continue
+        trials.append(_trial(cfg, rate, steps, folder / GRID_DIR / f"lr-{rate:g}", task, new_model, seed, model_config,
+                             dist, trainer))
+        if dist.main and trainer.console is not None:
+            t = trials[-1]
+            trainer.console.print(f"lr {rate:g}: dev macro-F1 {t['dev_macro_f1']:.4f} after {t['steps']:,} steps")
+    best = max(trials, key=lambda t: -1.0 if t["dev_macro_f1"] is None else t["dev_macro_f1"])
+    search.update(lr=best["lr"], chosen="dev")
+    if dist.main:
+        write_json(folder / GRID_FILE, search)
+        shutil.rmtree(folder / GRID_DIR, ignore_errors=True)
+    return search
+
+
+def _trial(cfg: FinetuneConfig, rate: float, steps: int, trial_dir: Path, task: ClassifyTask, new_model, seed: int,
+           model_config: dict[str, Any], dist, trainer: Trainer) -> dict[str, Any]:
+    """One candidate rate: `steps` steps on its own schedule (warm-up and decay within them),
+    evaluated on dev at the end; continued from its checkpoint when it has one."""
+    import shutil
+
+    from bigmodel_cli.training.loop import fit
+    from bigmodel_cli.training.run_setup import resume_point
+
+    start = None
+    if (trial_dir / "checkpoints").exists():
+        try:
+            start = resume_point(trial_dir, "auto")
+        except UserError:  # no intact checkpoint: the candidate trains again
+            start = None
+    if start is None and dist.main and trial_dir.exists():
+        shutil.rmtree(trial_dir)
+    if dist.main:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+    model, _ = new_model(load_base=start is None)
+    trial_cfg = dataclasses.replace(cfg, lr=rate, max_steps=steps, max_time="", early_stopping=0, eval_every=0, keep=1)
+    result = fit(model, task, trial_cfg, trial_dir, seed=seed, model_config=model_config, resume=start,
+                 show_progress=trainer.show_progress, console=trainer.console, log_lines=trainer.log_lines,
+                 extra_state=trainer.extra_state)
+    return {"lr": rate, "steps": result.steps,
+            "dev_macro_f1": None if result.best is None else round(result.best, 6), "seconds": round(result.seconds, 2)}
 
 
 def _best(folder: Path, result) -> dict[str, Any]:
@@ -480,4 +680,8 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
     if report.get("train_loss") is not None:
         metrics["train_loss"] = round(report["train_loss"], 4)
     metrics.update(base=report["base"], steps=report["steps"], tokens_per_s=report["tokens_per_s"])
+    search = report.get("lr_search") or {}
+    metrics.update(lr=report.get("lr"), lr_chosen=search.get("chosen"))
+    if search.get("trials"):
+        metrics["lr_trials"] = {f"{t['lr']:g}": t["dev_macro_f1"] for t in search["trials"]}
     return metrics
