@@ -183,7 +183,7 @@ class FinetuneConfig(TrainConfig):
     lr: float = doc("Peak learning rate (AdamW); 0: chosen on dev from --lr-grid (with a dev split of fewer than 50 labelled documents, or one without every class, 1e-4).", 0.0)
     lr_grid: str = doc("Learning rates tried when --lr is 0, comma-separated: each trains --grid-steps from the same start, the best by dev macro-F1 then trains the run (the grid Turc et al. finetuned small BERTs with).", "3e-4,1e-4,5e-5")
     grid_steps: int = doc("Steps each rate of --lr-grid trains before they are compared (0: one epoch, enough for the ranking to settle and a fraction of the run's cost).", 0)
-    epochs: int = doc("Passes over the training data at most: early stopping on dev macro-F1 usually ends the run sooner (--max-steps, when set, wins).", 3)
+    epochs: int = doc("Passes over the training data (--max-steps, when set, wins); early stopping on dev macro-F1 may end the run sooner. The --lr-grid search trains --grid-steps per rate on top.", 3)
     eval_every: int = doc("Evaluate on dev every this many steps (0: at the end of each epoch only).", 0)
     eval_batches: int = doc("Dev batches per evaluation (0: the whole dev split, so that best and early stopping see all of it).", 0)
     early_stopping: int = doc("Stop when dev macro-F1 has not improved for this many evaluations (0: never).", 2)
