@@ -115,6 +115,6 @@ def print_significance(sig: dict) -> None:
     for key in ("macro_f1", "accuracy"):
         table.add_row(key.replace("_", " "), interval(ci["model"][key], False), interval(ci["baseline"][key], False),
                       interval(ci["difference"][key]))
-    table.caption = (f"McNemar ({test['method']}): {test['only_model_right']:,} only the model right, "
-                     f"{test['only_baseline_right']:,} only the baseline; {p_value(test['p_value'])}")
     console.print(table)
+    console.print(f"  McNemar's test ({test['method']}): {test['only_model_right']:,} documents only the model gets right, "
+                  f"{test['only_baseline_right']:,} only the baseline; {p_value(test['p_value'])}")
