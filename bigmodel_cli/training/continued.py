@@ -43,6 +43,7 @@ def resolve_source(ws, cfg, given: set[str] | None):
 
     if not hf_import.is_hf_folder(cfg.from_run, ws.root / "runs"):
         source = _run_source(ws, cfg.from_run)
+        check_vocab_size(source)
         return check_options(cfg, source, given), source
     folder, config, weights = hf_import.read_hf_shape(cfg.from_run)
     source = Source("hf", str(folder), tuple(weights), config, "mlm")
@@ -108,16 +109,26 @@ def check_options(cfg, source: Source, given: set[str] | None) -> Any:
     return dataclasses.replace(cfg, max_positions=theirs["max_positions"])
 
 
+def check_vocab_size(source: Source, vocab_size: int | None = None) -> None:
+    """The source's vocabulary must be the one its embeddings were trained on (hf_import checks
+    a folder's; a run's vocab.txt may have been edited since)."""
+    from bigmodel_cli.data.tokenizer import Encoder
+
+    if vocab_size is None:
+        vocab_size = len(Encoder.from_folder(source.tokenizer).vocab)
+    rows = source.config["vocab_size"]
+    if vocab_size != rows:
+        raise UserError(f"{source.tokenizer / 'vocab.txt'} holds {vocab_size:,} tokens, but the model's word-embedding "
+                        f"matrix has {rows:,} rows; the ids would not match",
+                        hint="the vocabulary was changed after the model was trained; restore the one it was trained with")
+
+
 def model_config(cfg, source: Source, vocab_size: int):
-    """The source's model with the new run's dropout and objective; its vocabulary must be the
-    one its embeddings were trained on."""
+    """The source's model with the new run's dropout and objective."""
     from bigmodel_cli.model.transformer import ModelConfig
 
+    check_vocab_size(source, vocab_size)
     theirs = source.config
-    if vocab_size != theirs["vocab_size"]:
-        raise UserError(f"{source.tokenizer / 'vocab.txt'} holds {vocab_size:,} tokens, but the model's word-embedding "
-                        f"matrix has {theirs['vocab_size']:,} rows; the ids would not match",
-                        hint="the vocabulary was changed after the model was trained; restore the one it was trained with")
     return ModelConfig.from_dict({**theirs, "dropout": cfg.dropout, "attention_dropout": cfg.dropout, "lm_head": True,
                                   "causal": cfg.objective == "clm", "num_labels": 0, "labels": []})
 
