@@ -139,7 +139,7 @@ def test_a_search_cut_off_midway_resumes_without_training_the_finished_candidate
     steps["n"] = 0
     resumed = finetune(ws, cfg(checkpoint_every=4), name="straight", seed=1, resume="auto")
     assert steps["n"] == (27 - 4) + 27  # the rest of the cut-off candidate, then the run
-    untimed = lambda trials: [{k: v for k, v in t.items() if k != "seconds"} for t in trials]  # noqa: E731
+    untimed = lambda trials: [{k: v for k, v in t.items() if k != "seconds"} for t in trials]
     assert untimed(resumed.report["lr_search"]["trials"]) == untimed(straight.report["lr_search"]["trials"])
     assert {p.name for p in folder.iterdir()} == RUN_FILES
     a, b = weights(straight.folder), weights(folder)
@@ -174,3 +174,17 @@ def test_help_and_bad_grid_options(gws, run_cli):
     assert "--grid-steps must be 0 (one epoch) or more, got -1" in out
     zero = run_cli(["finetune", "--lr-grid", "1e-3,0"], gws.root)
     assert zero.exit_code == 2 and "--lr-grid must be positive" in " ".join(zero.output.split())
+
+
+def test_the_cli_resumes_a_search_with_its_own_options(gws, straight, run_cli, steps):
+    """Cut off in a candidate, before the run has a checkpoint: --resume auto alone continues
+    the search with the options it started with (grid.json), not the defaults."""
+    steps["crash_at"] = 27 + 6
+    crashed = run_cli(["finetune", *GRID_ARGS, "--checkpoint-every", "4", "--name", "cli-grid"], gws.root)
+    assert isinstance(crashed.exception, Crash)
+    steps.update(n=0, crash_at=None)
+    resumed = run_cli(["finetune", "--name", "cli-grid", "--resume", "auto"], gws.root)
+    assert resumed.exit_code == 0, resumed.output
+    assert steps["n"] == (27 - 4) + 27
+    a, b = weights(straight.folder), weights(gws.root / "runs" / "cli-grid")
+    assert all((a[k] == b[k]).all() for k in a)

@@ -370,6 +370,7 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     # continues a run from a Hugging Face folder even where no pretrain run exists.
     cfg, seed = inherit_options(cfg, seed, start, given)
     cfg = _searched_again(cfg, folder, start, given)
+    cfg, seed = _search_options(cfg, seed, folder, start, resume, given)
     train_path, dev_path, vocab_path = find_processed(ws, cfg.data)
     base = resumed_base(ws, folder) if start is not None and cfg.from_run == "latest" else base_run(ws, cfg.from_run)
     if base is not None and base.resolve() == folder.resolve():
@@ -422,6 +423,17 @@ def _search_key(params: dict[str, Any], inputs: list[dict[str, str]]) -> dict[st
     from bigmodel_cli.training.loop import RESUMABLE
 
     return {"params": {k: v for k, v in params.items() if k not in RESUMABLE}, "inputs": inputs}
+
+
+def _search_options(cfg: FinetuneConfig, seed: int, folder: Path, start: Path | None, resume: str | None,
+                    given: set[str] | None) -> tuple[FinetuneConfig, int]:
+    """A run cut off during its search has no checkpoint for inherit_options to read: on a
+    resume from the command line, the options not given there are those the search recorded."""
+    if start is not None or resume is None or given is None:
+        return cfg, seed
+    saved = (read_search(folder) or {}).get("key", {}).get("params", {})
+    kept = {f.name: saved[f.name] for f in dataclasses.fields(cfg) if f.name not in given and f.name in saved}
+    return dataclasses.replace(cfg, **kept), (saved.get("seed", seed) if "seed" not in given else seed)
 
 
 def _searched_again(cfg: FinetuneConfig, folder: Path, start: Path | None, given: set[str] | None) -> FinetuneConfig:
