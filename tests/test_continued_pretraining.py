@@ -238,3 +238,20 @@ def test_a_killed_continued_run_resumes_to_the_same_weights(source_ws):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     report = json.loads((crash / "report.json").read_text())
     assert report["resumed_from"] and report["from"]["source"] == "mlm" and report["from"]["lm_head"] == "from the source"
+
+
+def test_special_tokens_of_a_bert_vocabulary_are_never_masked():
+    """Google's vocabularies keep [UNK] [CLS] [SEP] [MASK] at 100-103, past the ids bigmodel's own
+    vocabularies reserve: continued pretraining must not mask or predict them either."""
+    from bigmodel_cli.data.vocab import Vocab
+    from bigmodel_cli.training.lm_data import MLMTask
+
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(96)]
+    vocab = Vocab(tokens, [0] * len(tokens))
+    blocks = np.random.default_rng(0).integers(104, 200, size=(64, 128)).astype(np.int32)
+    blocks[:, 0], blocks[:, 60], blocks[:, 90] = 101, 102, 100
+    batch = MLMTask(blocks, None, batch_size=64, seed=3, vocab=vocab).batch(0, 0, slice(None))
+    chosen = batch["labels"] != -100
+    assert not chosen[:, [0, 60, 90]].any()
+    assert 0.14 < chosen.float().mean().item() * 128 / 125 < 0.16
+    assert (batch["ids"][chosen] == 103).float().mean().item() > 0.75  # masked with the vocabulary's own [MASK]

@@ -187,6 +187,9 @@ class LMTask:
         self.vocab_size, self.mask_prob, self.eval_batches = len(vocab), mask_prob, eval_batches
         self.pad, self.mask_id = vocab.id(PAD), vocab.id(MASK)
         self.first_word = len(SPECIAL_TOKENS)  # ids below this are special and never masked
+        # A Hugging Face vocabulary (continued pretraining) keeps [UNK] [CLS] [SEP] [MASK] further
+        # on (Google's at 100-103): they are never masked either, as in BERT.
+        self.late_specials = sorted(i for i in (vocab.id(t) for t in SPECIAL_TOKENS) if i >= self.first_word)
         self.steps_per_epoch = len(train) // batch_size
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -261,6 +264,8 @@ class MLMTask(LMTask):
             first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
             pick, how = pick.gather(1, first), how.gather(1, first)
         chosen = (pick < self.mask_prob) & (ids >= self.first_word)
+        if self.late_specials:
+            chosen &= ~torch.isin(ids, torch.tensor(self.late_specials, dtype=ids.dtype))
         labels = torch.where(chosen, ids, torch.full_like(ids, -100))
         inputs = ids.clone()
         inputs[chosen & (how < 0.8)] = self.mask_id
