@@ -172,6 +172,9 @@ def test_help_and_bad_grid_options(gws, run_cli):
     out = " ".join(bad.output.split())
     assert "--lr-grid must be positive learning rates separated by commas" in out and "got '1e-3,x'" in out
     assert "--grid-steps must be 0 (one epoch) or more, got -1" in out
+    negative = run_cli(["finetune", "--lr", "-1"], gws.root)
+    assert negative.exit_code == 2
+    assert "--lr must be a positive number (or 0: chosen on dev), got -1" in " ".join(negative.output.split())
     zero = run_cli(["finetune", "--lr-grid", "1e-3,0"], gws.root)
     assert zero.exit_code == 2 and "--lr-grid must be positive" in " ".join(zero.output.split())
 

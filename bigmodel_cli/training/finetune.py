@@ -64,7 +64,8 @@ def validate(cfg: FinetuneConfig) -> list[str]:
     from bigmodel_cli.model.transformer import validate_shape
     from bigmodel_cli.training.loop import validate as validate_loop
 
-    problems = validate_loop(dataclasses.replace(cfg, lr=cfg.lr or FALLBACK_LR))  # --lr 0: chosen on dev
+    problems = [p.replace("--lr must be a positive number", "--lr must be a positive number (or 0: chosen on dev)")
+                for p in validate_loop(dataclasses.replace(cfg, lr=cfg.lr or FALLBACK_LR))]  # --lr 0: chosen on dev
     try:
         parse_grid(cfg.lr_grid)
     except ValueError:
