@@ -148,6 +148,15 @@ def test_an_hf_folder_continues_with_its_own_vocabulary_and_exports_with_identic
         mine = ours.lm_logits(hidden)
         logits = theirs_model(**batch).logits
     assert (mine - logits).abs().max() < 1e-4
+    # evaluate, and a classifier finetuned from the continued run reads text through the folder's tokenizer
+    evaluated = run_cli(["evaluate", "dapt", "--split", "dev"], lm_ws.root)
+    assert evaluated.exit_code == 0 and "perplexity" in evaluated.output.lower(), evaluated.output
+    tuned = run_cli(["finetune", "--from", "dapt", "--name", "clf", "--max-steps", "2", "--batch-size", "16",
+                     "--max-len", "32", "--lr", "1e-4", "--device", "cpu"], lm_ws.root)
+    assert tuned.exit_code == 0, tuned.output
+    assert (lm_ws.root / "runs" / "clf" / "tokenizer.json").read_bytes() == (run / "tokenizer.json").read_bytes()
+    predicted = run_cli(["predict", "房间很干净", "--run", "clf"], lm_ws.root)
+    assert predicted.exit_code == 0 and json.loads(predicted.stdout.splitlines()[0])["label"], predicted.output
     # new weights in the folder make the run stale; lineage shows the folder
     make_hf_folder(tmp_path / "other", review_vocab(), seed=1)
     shutil.copyfile(tmp_path / "other" / "model.safetensors", folder / "model.safetensors")
