@@ -264,3 +264,12 @@ def test_special_tokens_of_a_bert_vocabulary_are_never_masked():
     assert not chosen[:, [0, 60, 90]].any()
     assert 0.14 < chosen.float().mean().item() * 128 / 125 < 0.16
     assert (batch["ids"][chosen] == 103).float().mean().item() > 0.75  # masked with the vocabulary's own [MASK]
+
+
+def test_a_resume_with_another_source_is_refused_naming_from(source_ws, run_cli):
+    assert run_cli(["pretrain", "--from", "mlm", "--name", "more", *RUN_ARGS], source_ws.root).exit_code == 0
+    pretrain(source_ws, tiny(max_steps=2), name="other", seed=1)
+    before = snapshot(source_ws.root / "runs" / "more")
+    assert_fails(run_cli(["pretrain", "--from", "other", "--name", "more", "--resume", "auto", *RUN_ARGS], source_ws.root),
+                 "cannot resume run 'more' with other options: --from other (the run has mlm)")
+    assert snapshot(source_ws.root / "runs" / "more") == before

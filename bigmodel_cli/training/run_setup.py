@@ -136,7 +136,7 @@ def check_resume(folder: Path, start: Path, mcfg, cfg, seed: int, vocab_path: st
     differ = {k: [options[k], v] for k, v in ours.items() if k in options and options[k] != v}
     refused = {k: d for k, d in differ.items() if k not in RESUMABLE}
     if refused:
-        listed = ", ".join(f"--{k.replace('_', '-')} {d[1]} (the run has {d[0]})" for k, d in refused.items())
+        listed = ", ".join(f"{option_flag(k)} {shown(d[1])} (the run has {shown(d[0])})" for k, d in refused.items())
         raise UserError(f"cannot resume run '{folder.name}' with other options: {listed}",
                         hint=f"leave them out to keep the run's values (runs/{folder.name}/train.json; only --max-steps, "
                              f"--max-time, --epochs, --early-stopping, --device, --compile, --accumulate and the log, eval "
@@ -154,3 +154,13 @@ def write_train_options(folder: Path, options: dict[str, Any], *, start: Path | 
     if start is not None and not complete:
         resumes.append({"from": start.name, "changed": changed})
     write_json(path, {**options, "resumes": resumes, "complete": complete})
+
+
+def option_flag(field: str) -> str:
+    """The command-line flag of an options field (from_run is --from)."""
+    return "--from" if field == "from_run" else f"--{field.replace('_', '-')}"
+
+
+def shown(value: Any) -> Any:
+    """An option's value in a message: an empty string (no --from, no --data) as none."""
+    return "none" if value == "" else value
