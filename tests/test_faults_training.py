@@ -109,7 +109,7 @@ def _swap_two_words(ws) -> None:
 
 FAILED_RESUMES = {
     "truncated checkpoint": (_truncate_last, [], "optimizer.safetensors: corrupt or truncated"),
-    "other learning rate": (lambda folder: None, ["--lr", "0.001"], "--lr 0.001 (the run has 0.0005)"),
+    "other learning rate": (lambda folder: None, ["--lr", "0.002"], "--lr 0.002 (the run has 0.001)"),
     "no GPU": (lambda folder: None, ["--device", "cuda"], "no CUDA GPU"),
 }
 
@@ -182,8 +182,8 @@ def test_a_run_without_a_recorded_hash_still_loads_but_its_size_is_checked(ws, s
 # -- 5. options on resume ----------------------------------------------------------------------------
 def test_resume_refuses_other_options_and_records_a_longer_budget(ws):
     pretrain(ws, tiny(), seed=1)
-    with pytest.raises(UserError, match=r"--lr 0.001 \(the run has 0.0005\), --warmup 10 \(the run has 0.06\)"):
-        pretrain(ws, tiny(max_steps=16, lr=1e-3, warmup=10), seed=1, resume="auto")
+    with pytest.raises(UserError, match=r"--lr 0.002 \(the run has 0.001\), --warmup 10 \(the run has 0.06\)"):
+        pretrain(ws, tiny(max_steps=16, lr=2e-3, warmup=10), seed=1, resume="auto")
     with pytest.raises(UserError, match=r"--seed 2 \(the run has 1\)"):
         pretrain(ws, tiny(max_steps=16), seed=2, resume="auto")
     longer = pretrain(ws, tiny(max_steps=16, keep=1), seed=1, resume="auto")
@@ -213,7 +213,7 @@ def test_max_time_decays_the_learning_rate_to_its_floor_by_the_deadline(ws, monk
                                lr=1e-3, min_lr=0.0, warmup=0.05), name="timed", seed=1)
     assert result.report["stop_reason"] == "max time (4s)"
     lrs = [m["lr"] for m in train_metrics(result.folder) if "lr" in m]
-    assert len(lrs) > train.ESTIMATE_AFTER + 10
+    assert len(lrs) > 15
     assert max(lrs) > 0.9e-3  # it warmed up to the peak
     assert lrs[-1] < 0.15e-3  # and ended near the floor, not at the peak the epochs' budget leaves it at
 

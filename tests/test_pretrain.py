@@ -19,7 +19,7 @@ from bigmodel_cli.data.tokenizer import WordEncoder
 from bigmodel_cli.data.vocab import Vocab
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.training.lm_data import MLMTask, encode_blocks
-from bigmodel_cli.training.loop import learning_rate, parse_duration
+from bigmodel_cli.training.loop import learning_rate, parse_duration, schedule_progress
 from bigmodel_cli.training.pretrain import pretrain
 from bigmodel_cli.workspace.config import PretrainConfig
 
@@ -66,7 +66,7 @@ def test_tiny_run_writes_checkpoints_metrics_plot_and_record(lm_ws):
     # unchanged inputs and options: skipped; other options on the same run: refused
     assert pretrain(lm_ws, tiny(), seed=1).skipped
     with pytest.raises(UserError, match="--resume auto"):
-        pretrain(lm_ws, tiny(lr=1e-3), seed=1)
+        pretrain(lm_ws, tiny(lr=2e-3), seed=1)
 
 
 def test_packing_blocks_start_with_cls_and_separate_documents(tmp_path):
@@ -104,10 +104,24 @@ def test_bert_masking_proportions_and_specials():
 
 def test_schedule_warms_up_then_decays_to_min_lr():
     cfg = tiny(lr=1e-3, warmup=10, min_lr=0.1)
-    lrs = [learning_rate(cfg, s, 100) for s in range(100)]
+    lrs = [learning_rate(cfg, s, schedule_progress(s, 100)) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(1e-4, rel=0.01)
-    assert learning_rate(tiny(warmup=0.5), 0, 10) == pytest.approx(tiny().lr / 5)
+    assert learning_rate(tiny(warmup=0.5), 0, schedule_progress(0, 10)) == pytest.approx(tiny().lr / 5)
+
+
+def test_a_time_limit_keys_the_schedule_to_the_clock():
+    cfg = tiny(lr=1e-3, warmup=0.1, min_lr=0.0)
+    # no step limit: the share of the time spent is the schedule's progress
+    assert schedule_progress(5, None, elapsed=30, limit=600) == pytest.approx(0.05)
+    assert learning_rate(cfg, 5, schedule_progress(5, None, 30, 600)) == pytest.approx(0.5e-3)  # half-way up the warm-up
+    assert learning_rate(cfg, 99, schedule_progress(99, None, 60, 600)) == pytest.approx(1e-3)  # the peak, at 10%
+    assert learning_rate(cfg, 500, schedule_progress(500, None, 330, 600)) == pytest.approx(0.5e-3)  # cosine half-way
+    assert learning_rate(cfg, 900, schedule_progress(900, None, 600, 600)) == 0.0  # zero at the deadline
+    # with both limits the one that will end the run first drives it: a fast machine that
+    # reaches the step limit early anneals by steps, a slow one by the clock
+    assert schedule_progress(49, 100, elapsed=10, limit=600) == pytest.approx(0.5)
+    assert schedule_progress(9, 100, elapsed=300, limit=600) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("1h30m", 5400), ("2", 2), ("", None)])

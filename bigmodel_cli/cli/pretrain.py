@@ -47,17 +47,25 @@ def pretrain_cli(
     """Pretrain a Transformer from scratch on the processed corpus (masked or causal LM),
     or continue pretraining a run or a local Hugging Face BERT folder on it (--from).
 
+    A run spends a compute budget (--budget, 10 minutes by default): the clock ends it and
+    the learning rate decays to zero at the deadline, on a fast machine or a slow one. The
+    options left at auto (--size, --dropout, --precision) are chosen from the budget, this
+    machine's speed (a few timed steps at the start) and the corpus size; the choice and
+    what it rests on are in runs/NAME/train.json. Any option you give wins.
+
     Writes runs/NAME/: checkpoints/step-N, last and best (safetensors), metrics.jsonl,
     loss.png, config.json, report.json. A killed run continues exactly with --resume auto.
     With --from the model's shape and tokenizer are the source's (the text is encoded with
     its vocabulary), while the optimizer and the learning-rate schedule start fresh.
 
     [b]Examples[/b]:
-      bigmodel pretrain                                  # small BERT, masked LM
-      bigmodel pretrain --size tiny --max-time 5m        # a quick one
+      bigmodel pretrain                                  # masked LM, 10 minutes, sized for them
+      bigmodel pretrain --budget 2h                      # longer: more tokens, maybe a bigger model
+      bigmodel pretrain --size tiny --budget 3m          # a quick one
+      bigmodel pretrain --budget none --epochs 3         # counted in epochs instead of time
       bigmodel pretrain --objective clm --name gpt       # then: bigmodel generate 这家店 --run gpt
       bigmodel pretrain --dim 100 --heads 4 --init-embeddings word2vec
-      bigmodel pretrain --resume auto                    # continue after a crash or --max-time
+      bigmodel pretrain --resume auto                    # continue after a crash (the same clock)
       bigmodel pretrain --from mlm --name mlm-reviews    # continue run mlm on this workspace's text
       bigmodel pretrain --from ~/models/bert-base-chinese --seq-len 128   # domain-adaptive pretraining
       bigmodel pretrain --nproc 2                        # two processes (DDP) on this machine
@@ -99,6 +107,12 @@ def print_report(report: dict, folder: str) -> None:
         head = "its masked-LM head" if f.get("lm_head") != "new" else "a new masked-LM head"
         table.add_row("from", f"{escape(f['source'])} ({'run' if f['kind'] == 'run' else 'Hugging Face folder'}), "
                               f"with {head}; optimizer and schedule new")
+    if report.get("auto"):
+        a = report["auto"]
+        chosen = ", ".join(f"{k} {v}" for k, v in a["chosen"].items()) or "nothing"
+        speed = "; ".join(f"{size} {m['tokens_per_s']:,} tokens/s" for size, m in a.get("measured", {}).items())
+        seen = f", {a['expected_passes']:g} passes over the corpus expected" if a.get("expected_passes") is not None else ""
+        table.add_row("auto", f"{chosen}" + (f" (measured: {speed}{seen})" if speed else ""))
     if report.get("init_embeddings"):
         e = report["init_embeddings"]
         table.add_row("embeddings", f"from {escape(e['name'])}: {e['covered']:,} of {e['words']:,} words ({e['coverage']:.1%})")

@@ -14,8 +14,13 @@ Exact resume rests on three rules:
 - the metrics window being averaged at a checkpoint is saved with it.
 
 SIGTERM (a cluster preempting the job) ends the step in progress, saves a checkpoint and
-raises `Stopped` (exit code 143); `--resume auto` continues from it exactly. With
---max-time the cosine schedule is sized, step by step, to the steps the time still allows.
+raises `Stopped` (exit code 143); `--resume auto` continues from it exactly.
+
+A time limit (pretrain's --budget, or --max-time) keys the learning-rate schedule to the
+clock: the schedule's progress is the larger of the share of steps done and the share of
+time spent, so the rate reaches its floor at the deadline on any machine, fast or slow,
+instead of at a step count the time never reaches. A resumed run continues the same clock
+(its training seconds are in the checkpoint).
 """
 
 from __future__ import annotations
@@ -41,13 +46,12 @@ from bigmodel_cli.errors import UserError
 from bigmodel_cli.model import checkpoint as ckpt
 from bigmodel_cli.workspace.config import TrainConfig
 
-PRECISIONS = ("32", "bf16-mixed")
+PRECISIONS = ("32", "bf16-mixed", "auto")
 Batch = dict[str, torch.Tensor]
 # Options a resumed run may change: how long it trains, where and how it reports. The
 # others (learning rate, batch, seed, the data and the model) define the run.
-RESUMABLE = ("max_steps", "max_time", "epochs", "early_stopping", "device", "compile", "accumulate", "log_every",
+RESUMABLE = ("max_steps", "max_time", "budget", "epochs", "early_stopping", "device", "compile", "accumulate", "log_every",
              "eval_every", "eval_batches", "checkpoint_every", "keep")
-ESTIMATE_AFTER = 5  # steps measured before --max-time sizes the schedule from the speed
 
 
 class Stopped(UserError):
@@ -99,12 +103,28 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
 
 
-def validate(cfg: TrainConfig) -> list[str]:
-    """Every problem with the loop's options, so the user fixes them all at once."""
+def duration_problems(option: str, text: str) -> list[str]:
+    """A duration option that does not parse, or is not above zero ('' is no limit)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        return [f"{option} must be a duration such as 90s, 10m or 2h, got '{text}'"]
+    if seconds is not None and not (0 < seconds < math.inf):
+        return [f"{option} must be a duration above zero, such as 90s, 10m or 2h, got '{text}'"]
+    return []
+
+
+def validate(cfg: TrainConfig, budget: str = "") -> list[str]:
+    """Every problem with the loop's options, so the user fixes them all at once. `budget`:
+    pretrain's --budget, which lets --epochs be 0 (no limit but the clock)."""
     problems = []
-    for key in ("batch_size", "accumulate", "epochs", "log_every", "keep"):
+    for key in ("batch_size", "accumulate", "log_every", "keep"):
         if getattr(cfg, key) < 1:
             problems.append(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(cfg, key)}")
+    if cfg.epochs < 0:
+        problems.append(f"--epochs must be a positive integer (or 0 with a time limit), got {cfg.epochs}")
+    elif cfg.epochs == 0 and not cfg.max_steps and not (budget or cfg.max_time).strip():
+        problems.append("--epochs 0 means no limit on the passes over the data: it needs a time limit (--budget or --max-time) or --max-steps")
     for key in ("max_steps", "eval_every", "eval_batches", "checkpoint_every", "early_stopping"):
         if getattr(cfg, key) < 0:
             problems.append(f"--{key.replace('_', '-')} must be 0 or more, got {getattr(cfg, key)}")
@@ -117,10 +137,7 @@ def validate(cfg: TrainConfig) -> list[str]:
         problems.append(f"min_lr must be a fraction between 0 and 1, got {cfg.min_lr}")
     if cfg.precision not in PRECISIONS:
         problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
-    try:
-        parse_duration(cfg.max_time)
-    except ValueError:
-        problems.append(f"--max-time must be a duration such as 90s, 10m or 2h, got '{cfg.max_time}'")
+    problems += duration_problems("--max-time", cfg.max_time)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
         problems.append(f"--device must be auto, cpu, cuda, cuda:N or mps, got '{cfg.device}'")
     if cfg.batch_size >= 1 and cfg.accumulate >= 1 and cfg.batch_size % cfg.accumulate:
@@ -186,17 +203,30 @@ def tune_cpu_allocator() -> None:
 
 
 # -- the learning-rate schedule ----------------------------------------------------------------
-def warmup_steps(cfg: TrainConfig, total: int) -> int:
-    return int(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
+def schedule_progress(step: int, total: int | None, elapsed: float = 0.0, limit: float | None = None) -> float:
+    """How far through its schedule a run is, from 0 to 1, at the start of step `step`
+    (counted from 0): the larger of the steps done, counting this one, over the step total
+    and the seconds spent over the time limit. Either may be absent (None)."""
+    steps = (step + 1) / total if total else 0.0
+    clock = elapsed / limit if limit else 0.0
+    return min(1.0, max(steps, clock))
 
 
-def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
-    """Linear warm-up to --lr, then cosine decay to min_lr x --lr at the last step."""
-    warm = warmup_steps(cfg, total)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up to --lr, then cosine decay to min_lr x --lr at the end of the schedule.
+    A --warmup below 1 is a share of the schedule (of its steps or of its time), else a
+    number of steps."""
+    if cfg.warmup >= 1:
+        warm, done = cfg.warmup, step + 1
+        if done < warm:
+            return cfg.lr * done / warm
+        start = 0.0  # the decay spans the whole schedule, as it always has for a step count
+    else:
+        if progress < cfg.warmup:
+            return cfg.lr * progress / cfg.warmup
+        start = cfg.warmup
+    decay = min(1.0, (progress - start) / max(1e-12, 1.0 - start))
+    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * decay)))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -266,7 +296,6 @@ class LoopState:
     best: float | None = None
     best_step: int | None = None
     bad_evals: int = 0
-    schedule_total: int = 0  # steps the LR schedule spans when --max-time sized it (0: the step budget)
     window: Window = field(default_factory=Window)
 
     def __post_init__(self):
@@ -290,24 +319,26 @@ class FitResult:
 
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: int, model_config: dict[str, Any],
         resume: Path | None = None, show_progress: bool = False, console=None, extra_state: dict | None = None,
-        log_lines: bool = False) -> FitResult:
+        log_lines: bool = False, budget: str = "", budget_spent: float = 0.0) -> FitResult:
     """Train `model` on `task` into run_dir/checkpoints. With show_progress a rich bar is
     drawn on `console`; with log_lines one plain line per --log-every steps goes to stderr
-    (for logs that are not a terminal: nohup, Slurm, CI)."""
+    (for logs that are not a terminal: nohup, Slurm, CI). `budget` (pretrain's --budget, a
+    duration) is the training time to spend, less `budget_spent` seconds already used (pretrain's
+    speed measurement): --epochs 0 then means no limit but the clock."""
     trainer = _Trainer(model, task, cfg, run_dir, seed=seed, model_config=model_config, resume=resume,
-                       extra_state=extra_state, log_lines=log_lines)
+                       extra_state=extra_state, log_lines=log_lines, budget=budget, budget_spent=budget_spent)
     state, total = trainer.state, trainer.total
     show_bar = show_progress and trainer.dist.main
     model.train()
-    with _Progress(show_bar, console, total, state.step) as bar, _SignalFlag(signal.SIGTERM) as term:
+    with _Progress(show_bar, console, total, trainer.limit, state) as bar, _SignalFlag(signal.SIGTERM) as term:
         started = time.perf_counter() - state.train_seconds
-        while state.step < total:
+        while total is None or state.step < total:
             grad_norm = trainer.train_step(started)
             trainer.log_if_due(grad_norm, bar)
             stop, evaluated = trainer.evaluate_if_due()
             time_up, signalled = trainer.agreed_time_and_signal(term)
             if time_up and not stop:
-                stop, trainer.stop_reason = True, f"max time ({cfg.max_time})"
+                stop, trainer.stop_reason = True, trainer.time_reason
                 if not evaluated:  # the run ends here: its final model gets a dev score too
                     trainer.evaluate()
             if stop or state.step == total:
@@ -323,14 +354,16 @@ class _Trainer:
     state, the checkpoints and the logs. Its methods are the parts of one step, in order."""
 
     def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, *, seed: int,
-                 model_config: dict[str, Any], resume: Path | None, extra_state: dict | None, log_lines: bool):
+                 model_config: dict[str, Any], resume: Path | None, extra_state: dict | None, log_lines: bool,
+                 budget: str = "", budget_spent: float = 0.0):
         self.model, self.task, self.cfg, self.run_dir, self.model_config = model, task, cfg, run_dir, model_config
         self.dist = dist = Dist.from_env()
         self.device = _setup_device(cfg, dist)
         model.to(self.device)
         self.optimizer = make_optimizer(model, cfg, self.device)
-        self.total = cfg.max_steps or cfg.epochs * task.steps_per_epoch
-        self.limit = parse_duration(cfg.max_time)
+        # None: no step limit (a budget with --epochs 0); the clock ends the run
+        self.total = cfg.max_steps or (cfg.epochs * task.steps_per_epoch if cfg.epochs else None)
+        self.limit, self.time_reason = _time_limit(cfg.max_time, budget, budget_spent)
         self.checkpoints = run_dir / "checkpoints"
         metrics_path = run_dir / "metrics.jsonl"
         self.train_json = {**asdict(cfg), "seed": seed, "world_size": dist.world, "total_steps": self.total,
@@ -338,11 +371,11 @@ class _Trainer:
         self.state = _start_state(model, self.optimizer, resume, metrics_path, self.checkpoints, dist)
         self.lines = _LogLines(log_lines and dist.main, self.total)
         self.runner = _wrap(model, task, cfg, dist, self.device)
-        self.precision = torch.bfloat16 if cfg.precision == "bf16-mixed" else None
+        self.precision = torch.bfloat16 if _precision(cfg.precision, self.device, model_config.get("dim", 0)) == "bf16-mixed" else None
         self.per_rank = cfg.batch_size // dist.world
         self.micro = self.per_rank // cfg.accumulate
         self.log = _MetricsLog(metrics_path, run_dir, dist.main)
-        self.stop_reason = "max steps" if cfg.max_steps else "epochs"
+        self.stop_reason = "max steps" if cfg.max_steps else "epochs" if cfg.epochs else self.time_reason
         self.dev: dict[str, float] = {}
         self.last_saved: Path | None = None
 
@@ -360,8 +393,9 @@ class _Trainer:
         if state.index >= self.task.steps_per_epoch:
             state.epoch, state.index = state.epoch + 1, 0
         step_start = time.perf_counter()
+        progress = schedule_progress(state.step, self.total, state.train_seconds, self.limit)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, state.step, state.schedule_total or self.total)
+            group["lr"] = learning_rate(cfg, state.step, progress)
         stats = _train_step(self.runner, optimizer, self.task, state, self.dist, self.per_rank, self.micro, cfg,
                             self.autocast)
         if cfg.clip:
@@ -394,7 +428,7 @@ class _Trainer:
         self.log.write({"step": state.step, "epoch": self.epochs_done(), "loss": window.loss, "accuracy": window.accuracy,
                         "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window.tokens_per_s,
                         "elapsed_s": round(state.train_seconds, 3)})
-        bar.update(state.step, window.loss, window.tokens_per_s)
+        bar.update(state, window.loss, window.tokens_per_s)
         self.lines.train(state.step, window.loss, lr, window.tokens_per_s, state.train_seconds)
         state.window = Window()
 
@@ -433,13 +467,13 @@ class _Trainer:
 
     def agreed_time_and_signal(self, term: _SignalFlag) -> tuple[bool, bool]:
         """(time up, SIGTERM received), as rank 0 sees them, so that every process stops at
-        the same step; the --max-time schedule is re-sized on the way."""
+        the same step; rank 0's clock becomes every process's, so that all follow the same
+        learning rate."""
         state = self.state
-        time_up, signalled, schedule = _agreed_values(
-            [self.limit is not None and state.train_seconds >= self.limit, term.raised,
-             _time_schedule(state, self.limit, self.total)], self.dist)
-        state.schedule_total = int(schedule)
-        return time_up, signalled
+        time_up, signalled, seconds = _agreed_values(
+            [self.limit is not None and state.train_seconds >= self.limit, term.raised, state.train_seconds], self.dist)
+        state.train_seconds = seconds
+        return bool(time_up), bool(signalled)
 
     def checkpoint_if_due(self, signalled: bool) -> None:
         """Every --checkpoint-every steps, and before stopping for SIGTERM (once per step)."""
@@ -550,18 +584,24 @@ def _agreed_values(values: list[float], dist: Dist) -> list[float]:
     return tensor.tolist()
 
 
-def _time_schedule(state: LoopState, limit: float | None, total: int) -> int:
-    """With --max-time, the step at which the time will be up at the speed so far, so that
-    the learning rate reaches its floor at the deadline rather than at a step budget the
-    time never reaches. Re-estimated every step, kept until there is a measure, and 0 (the
-    step budget decides) without --max-time."""
-    if limit is None:
-        return 0
-    if state.step < ESTIMATE_AFTER or state.train_seconds <= 0:
-        return state.schedule_total
-    per_step = state.train_seconds / state.step
-    estimate = state.step + int(max(0.0, limit - state.train_seconds) / per_step)
-    return max(state.step + 1, min(total, estimate))
+def _time_limit(max_time: str, budget: str, spent: float) -> tuple[float | None, str]:
+    """The seconds the run may train (the shorter of --budget, less what was spent of it
+    before training, and --max-time; None for no limit) and the stop reason that names it."""
+    seconds = parse_duration(budget)
+    limits = [(limit, reason) for limit, reason in
+              ((None if seconds is None else max(0.0, seconds - spent), f"budget ({budget})"),
+               (parse_duration(max_time), f"max time ({max_time})"))
+              if limit is not None]
+    return min(limits) if limits else (None, "")
+
+
+def _precision(name: str, device: torch.device, width: int) -> str:
+    """--precision auto where the stage did not decide it (finetune): see training/budget.py."""
+    if name != "auto":
+        return name
+    from bigmodel_cli.training.budget import auto_precision
+
+    return auto_precision(device, width)
 
 
 class _SignalFlag:
@@ -687,8 +727,9 @@ class _LogLines:
     """Plain progress lines on stderr, for logs that are not a terminal (where the rich bar
     writes nothing until it ends)."""
 
-    def __init__(self, active: bool, total: int):
+    def __init__(self, active: bool, total: int | None):
         self.active, self.total = active, total
+        self.of = f"/{total:,}" if total else ""
 
     def _write(self, text: str) -> None:
         if self.active:
@@ -696,16 +737,21 @@ class _LogLines:
             sys.stderr.flush()
 
     def train(self, step: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
-        self._write(f"step {step:,}/{self.total:,}  loss {loss:.4f}  lr {lr:.3g}  {rate:,.0f} tok/s  {elapsed:,.1f} s")
+        self._write(f"step {step:,}{self.of}  loss {loss:.4f}  lr {lr:.3g}  {rate:,.0f} tok/s  {elapsed:,.1f} s")
 
     def dev(self, step: int, dev: dict[str, float]) -> None:
-        self._write(f"step {step:,}/{self.total:,}  dev " + "  ".join(f"{k} {v:.4g}" for k, v in dev.items()))
+        self._write(f"step {step:,}{self.of}  dev " + "  ".join(f"{k} {v:.4g}" for k, v in dev.items()))
 
 
 class _Progress:
-    def __init__(self, show: bool, console, total: int, done: int):
-        self.show, self.console, self.total, self.done = show, console, total, done
+    """The rich bar: steps of a step-counted run, seconds of a run that only the clock ends."""
+
+    def __init__(self, show: bool, console, total: int | None, limit: float | None, state: LoopState):
+        self.show, self.console, self.total, self.limit, self.state = show, console, total, limit, state
         self.progress = None
+
+    def _completed(self, state: LoopState) -> float:
+        return state.step if self.total else round(state.train_seconds, 1)
 
     def __enter__(self) -> "_Progress":
         if self.show:
@@ -717,16 +763,19 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            done = MofNCompleteColumn() if self.total else TextColumn("{task.completed:.0f}/{task.total:.0f} s")
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), done, TextColumn("step {task.fields[step]}"),
                                      TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
                                      TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False)
             self.progress.start()
-            self.task = self.progress.add_task("train", total=self.total, completed=self.done, loss="-", rate="-")
+            self.task = self.progress.add_task("train", total=self.total or self.limit, completed=self._completed(self.state),
+                                               step=f"{self.state.step:,}", loss="-", rate="-")
         return self
 
-    def update(self, step: int, loss: float, rate: float) -> None:
+    def update(self, state: LoopState, loss: float, rate: float) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:,.0f}")
+            self.progress.update(self.task, completed=self._completed(state), step=f"{state.step:,}", loss=f"{loss:.4f}",
+                                 rate=f"{rate:,.0f}")
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

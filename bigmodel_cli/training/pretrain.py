@@ -25,6 +25,7 @@ from bigmodel_cli.data.vocab import PAD, SPECIAL_TOKENS, Vocab
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.fileio import read_json, write_json
 from bigmodel_cli.model.transformer import architecture, validate_shape
+from bigmodel_cli.training.budget import NO_BUDGET, budget_problems
 from bigmodel_cli.training.lm_data import CLMTask, MLMTask, cached_blocks
 from bigmodel_cli.training.run_setup import (
     check_resume,
@@ -40,6 +41,7 @@ from bigmodel_cli.workspace.config import PretrainConfig, resolve_checked
 from bigmodel_cli.workspace.layout import check_name
 
 OBJECTIVES = ("mlm", "clm")
+AUTO_DROPOUT = -1.0
 
 
 # -- options ------------------------------------------------------------------------------
@@ -51,19 +53,20 @@ def resolve_config(section: dict[str, Any] | None, overrides: dict[str, Any]) ->
 def validate(cfg: PretrainConfig) -> list[str]:
     from bigmodel_cli.training.loop import validate as validate_loop
 
-    problems = validate_loop(cfg)
+    problems = validate_loop(cfg, budget="" if cfg.budget.strip().lower() in NO_BUDGET else cfg.budget)
+    problems += budget_problems(cfg.budget)
     if cfg.objective not in OBJECTIVES:
         problems.append(f"--objective must be mlm or clm, got '{cfg.objective}'")
     if not cfg.from_run:  # with --from the shape is the source's (training.continued checks the options against it)
-        problems += validate_shape(cfg)
+        problems += validate_shape(dataclasses.replace(cfg, size="tiny") if cfg.size == "auto" else cfg)
     if cfg.seq_len < 8:
         problems.append(f"--seq-len must be at least 8, got {cfg.seq_len}")
     if cfg.max_positions < 1:
         problems.append(f"--max-positions must be a positive integer, got {cfg.max_positions}")
     elif cfg.seq_len > cfg.max_positions:
         problems.append(f"--seq-len ({cfg.seq_len}) is longer than the position table (--max-positions {cfg.max_positions})")
-    if not 0 <= cfg.dropout < 1:
-        problems.append(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if not (0 <= cfg.dropout < 1 or cfg.dropout == AUTO_DROPOUT):
+        problems.append(f"--dropout must be in [0, 1), or {AUTO_DROPOUT:g} for auto, got {cfg.dropout}")
     if not 0 < cfg.mask_prob < 1:
         problems.append(f"--mask-prob must be between 0 and 1, got {cfg.mask_prob}")
     return problems
@@ -184,13 +187,9 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     ids_from = source.tokenizer / "vocab.txt" if source is not None else vocab_path
     encoder = Encoder.from_folder(ids_from.parent)
     vocab = encoder.vocab
-    mcfg = continued_model_config(cfg, source, len(vocab)) if source is not None else model_config(cfg, vocab)
     # Everything that can refuse the run is checked before the run folder is touched.
-    pick_device(cfg.device, dist)
+    device = pick_device(cfg.device, dist)
     vocab_hash = sha256_file(ids_from)
-    changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
-    if dist.main:
-        folder.mkdir(parents=True, exist_ok=True)
     if dist.world > 1 and not torch.distributed.is_initialized():
         cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
@@ -210,6 +209,15 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     task = (MLMTask if cfg.objective == "mlm" else CLMTask)(train, dev, cfg.batch_size, seed, vocab, cfg.mask_prob, cfg.eval_batches,
                                                             starts=starts)
 
+    def build_config(c: PretrainConfig):
+        return continued_model_config(c, source, len(vocab)) if source is not None else model_config(c, vocab)
+
+    cfg, auto = _decide_auto(cfg, start, folder, task, train.tokens, device, dist, build_config)
+    mcfg = build_config(cfg)
+    changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
+    if dist.main:
+        folder.mkdir(parents=True, exist_ok=True)
+
     seed_everything(seed)
     model = Transformer(mcfg)
     coverage = init_embeddings(ws, model, vocab, cfg.init_embeddings) if cfg.init_embeddings and start is None else None
@@ -217,6 +225,8 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     options = {**dataclasses.asdict(cfg), "seed": seed, "world_size": dist.world, "vocab_sha256": vocab_hash}
     if init is not None:
         options["from"] = init
+    if auto is not None:
+        options["auto"] = auto
     if dist.main:
         write_json(folder / "config.json", mcfg.to_dict())
         if start is None:  # a resumed run keeps its own copies (check_resume proved the vocabulary the same)
@@ -224,7 +234,9 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         write_train_options(folder, options, start=start, changed=changed, complete=False)
     result = fit(model, task, cfg, folder, seed=seed, model_config=mcfg.to_dict(), resume=start,
                  show_progress=show_progress, console=console, log_lines=log_lines,
-                 extra_state={"objective": cfg.objective, "vocab_sha256": vocab_hash})
+                 extra_state={"objective": cfg.objective, "vocab_sha256": vocab_hash},
+                 budget="" if cfg.budget.strip().lower() in NO_BUDGET else cfg.budget,
+                 budget_spent=(auto or {}).get("probe_seconds", 0.0))
     predicted = cfg.batch_size * (cfg.seq_len - 1) * (cfg.mask_prob if cfg.objective == "mlm" else 1.0)
     report = {
         "name": name, "objective": cfg.objective, "model": mcfg.to_dict(),
@@ -238,7 +250,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         "best": {"loss": result.best, "step": result.best_step} if result.best is not None else None,
         "tokens": result.tokens, "seconds": round(result.seconds, 3), "tokens_per_s": round(result.tokens_per_s, 1),
         "flops_per_step": training_flops(mcfg, cfg.batch_size, cfg.seq_len, int(predicted)),
-        "init_embeddings": coverage, "from": init, "resumed_from": ws.relative(start) if start else None,
+        "init_embeddings": coverage, "from": init, "auto": auto, "resumed_from": ws.relative(start) if start else None,
         "changed_on_resume": changed or None,
         "checkpoint": ws.relative(result.checkpoint) if result.checkpoint else None,
         "world_size": dist.world, "precision": cfg.precision, "device": str(next(model.parameters()).device),
@@ -247,6 +259,89 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
         write_json(folder / "report.json", report)
         write_train_options(folder, options, start=start, changed=changed, complete=True)
     return report
+
+
+def _decide_auto(cfg: PretrainConfig, start: Path | None, folder: Path, task, corpus_tokens: int, device, dist,
+                 build_config) -> tuple[PretrainConfig, dict[str, Any] | None]:
+    """The run's options with `auto` decided (training/budget.py), and the record of how. A
+    resumed run takes the values its start chose; with several processes rank 0 measures
+    and every process follows its choice."""
+    from bigmodel_cli.training import budget
+
+    if start is not None:  # (from the command line, inherit_options has already put the saved values in)
+        saved = read_json(folder / "train.json")
+        return dataclasses.replace(cfg, **{k: saved[k] for k in budget.auto_fields(cfg) if k in saved}), saved.get("auto")
+    if not budget.auto_fields(cfg):
+        return cfg, None
+    if cfg.from_run:  # the shape is the source's: only precision and dropout are left to decide
+        cfg = dataclasses.replace(cfg, size="custom") if cfg.size == "auto" else cfg
+    choice: list[Any] = [None]
+    if dist.main:
+        choice[0] = budget.choose(cfg, corpus_tokens=corpus_tokens, tokens_per_step=cfg.batch_size * cfg.seq_len,
+                                  precision_of=lambda size: _precision_of(cfg, size, device, build_config),
+                                  dev_batches=_dev_batches(task, cfg),
+                                  time_step=lambda size, precision: _time_steps(task, cfg, size, precision, device, build_config),
+                                  encoder_parameters=lambda size: _encoder_parameters(cfg, size, build_config))
+    if dist.world > 1:
+        import torch
+
+        torch.distributed.broadcast_object_list(choice, 0)
+    return choice[0]
+
+
+def _dev_batches(task, cfg: PretrainConfig) -> int:
+    dev = getattr(task, "dev", None)
+    if dev is None:
+        return 0
+    batches = -(-len(dev) // cfg.batch_size)
+    return min(batches, cfg.eval_batches) if cfg.eval_batches else batches
+
+
+def _precision_of(cfg: PretrainConfig, size: str, device, build_config) -> str:
+    from bigmodel_cli.training.budget import auto_precision
+
+    if cfg.precision != "auto":
+        return cfg.precision
+    return auto_precision(device, build_config(dataclasses.replace(cfg, size=size, dropout=0.0)).dim)
+
+
+def _encoder_parameters(cfg: PretrainConfig, size: str, build_config) -> int:
+    from bigmodel_cli.model.transformer import Transformer
+
+    return Transformer(build_config(dataclasses.replace(cfg, size=size, dropout=0.0))).num_parameters(embeddings=False)
+
+
+def _time_steps(task, cfg: PretrainConfig, size: str, precision: str, device, build_config):
+    """Seconds per optimizer step of a fresh model of this size on the run's own batches (the
+    median of a few, after one that warms up), and its encoder's parameter count."""
+    import contextlib
+    import statistics
+    import time
+
+    import torch
+
+    from bigmodel_cli.model.transformer import Transformer
+    from bigmodel_cli.training.budget import PROBE_STEPS, Timing
+    from bigmodel_cli.training.loop import Objective, make_optimizer
+
+    trial = dataclasses.replace(cfg, size=size, dropout=max(cfg.dropout, 0.0))
+    model = Transformer(build_config(trial)).to(device)
+    runner = Objective(model, task.loss)
+    optimizer = make_optimizer(model, trial, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16-mixed" else contextlib.nullcontext
+    times = []
+    for index in range(PROBE_STEPS + 1):
+        batch = task.batch(0, index % task.steps_per_epoch, slice(0, cfg.batch_size))
+        began = time.perf_counter()
+        with autocast():
+            loss, terms, _ = runner(batch)
+        (loss / max(float(terms), 1.0)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - began)
+    return Timing(statistics.median(times[1:]), model.num_parameters(embeddings=False))
 
 
 def _check_sizes(ws, train, path: Path, cfg: PretrainConfig, world: int) -> None:
