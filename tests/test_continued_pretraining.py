@@ -273,3 +273,21 @@ def test_a_resume_with_another_source_is_refused_naming_from(source_ws, run_cli)
     assert_fails(run_cli(["pretrain", "--from", "other", "--name", "more", "--resume", "auto", *RUN_ARGS], source_ws.root),
                  "cannot resume run 'more' with other options: --from other (the run has mlm)")
     assert snapshot(source_ws.root / "runs" / "more") == before
+
+
+def test_the_token_cache_keys_on_the_tokenizer(lm_ws, tmp_path):
+    """The same processed text encoded with the workspace's words and with a folder's WordPiece
+    gets two cache files, each with its own ids; neither reads the other's."""
+    from bigmodel_cli.data.tokenizer import Encoder
+    from bigmodel_cli.model.hf_import import prepare_base
+    from bigmodel_cli.training.lm_data import cached_blocks
+
+    base = prepare_base(make_hf_folder(tmp_path / "bert", review_vocab()), lm_ws.meta / "hf")
+    cache = tmp_path / "cache"
+    train = lm_ws.processed / "train.jsonl"
+    words = cached_blocks(train, Encoder.from_folder(lm_ws.processed), 32, cache, True)
+    pieces = cached_blocks(train, Encoder.from_folder(base), 32, cache, True)
+    assert len(list(cache.glob("processed-train-*.ids.bin"))) == 2
+    assert not np.array_equal(np.asarray(words.ids[:100]), np.asarray(pieces.ids[:100]))
+    again = cached_blocks(train, Encoder.from_folder(base), 32, cache, True)  # read back, not mixed up
+    assert np.array_equal(np.asarray(again.ids), np.asarray(pieces.ids))
