@@ -92,7 +92,7 @@ def check_options(cfg, source: Source, given: set[str] | None) -> Any:
                         f"its weights continue only as {source.objective}",
                         hint=f"leave --objective out, or pass --objective {source.objective}")
     problems = [f"--{k} {getattr(cfg, k)} (it has {theirs[k]})" for k in SHAPE if getattr(cfg, k) and getattr(cfg, k) != theirs[k]]
-    if given is not None and "size" in given and architecture(dataclasses.replace(cfg, **dict.fromkeys(SHAPE, 0))) != mine:
+    if given is not None and "size" in given and cfg.size != "auto" and architecture(dataclasses.replace(cfg, **dict.fromkeys(SHAPE, 0))) != mine:
         problems.append(f"--size {cfg.size}")
     if given is not None and "max_positions" in given and cfg.max_positions != theirs["max_positions"]:
         problems.append(f"--max-positions {cfg.max_positions} (it has {theirs['max_positions']})")
