@@ -170,3 +170,20 @@ def test_dropout_must_be_a_rate_or_auto():
     assert any("--dropout must be in [0, 1), or -1 for auto, got -0.5" in p
                for p in validate(dataclasses.replace(PretrainConfig(), dropout=-0.5)))
     assert validate(PretrainConfig()) == []
+
+
+def test_initial_embeddings_limit_the_sizes_to_their_width(ws):
+    from bigmodel_cli.training.pretrain import _candidates
+
+    # a budget that would choose small, when only the tiny model is as wide as the vectors
+    timed = []
+    chosen, _ = bud.choose(PretrainConfig(budget="3h"), corpus_tokens=10**6, tokens_per_step=4096, precision_of=lambda s: "32",
+                           time_step=lambda s, p: timed.append(s) or bud.Timing({"tiny": 0.05, "small": 0.3}[s], 1),
+                           encoder_parameters=lambda s: 1, candidates=("tiny",))
+    assert chosen.size == "tiny" and timed == ["tiny"]
+    embeddings = ws.root / "embeddings" / "w2v"
+    embeddings.mkdir(parents=True)
+    (embeddings / "vectors.json").write_text(json.dumps({"dim": 128}))
+    (embeddings / "vectors.kv").write_text("")
+    assert _candidates(ws, PretrainConfig(init_embeddings="w2v")) == ("tiny",)
+    assert _candidates(ws, PretrainConfig()) == bud.CANDIDATES

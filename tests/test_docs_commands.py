@@ -252,13 +252,13 @@ def test_quickstart_page_states_the_settings_quickstart_uses():
     zh = settings("zh", 5.0)  # the default --minutes
     block = f"{PretrainConfig().batch_size} x {PretrainConfig().seq_len} tokens"  # zh keeps the defaults
     assert f"{zh['embed']['dim']} dimensions, {zh['embed']['epochs']} epochs" in rows["2 embed"]
-    assert f"{zh['pretrain']['max_steps']:,} steps of {block}" in rows["3 pretrain"]
+    assert f"a budget of {zh['pretrain']['budget']}, steps of {block}" in rows["3 pretrain"]
     assert f"every {zh['pretrain']['eval_every']:,} steps" in rows["3 pretrain"]
     assert f"up to {zh['finetune']['max_steps']:,} steps of {FinetuneConfig().batch_size} reviews" in rows["4 finetune"]
     assert f"every {zh['finetune']['eval_every']:,} steps" in rows["4 finetune"]
     en = settings("en", 5.0)
     pretrain, finetune = en["pretrain"], en["finetune"]
-    assert (f"pretraining runs {pretrain['max_steps']:,} steps of {pretrain['batch_size']} x {pretrain['seq_len']} tokens"
+    assert (f"pretraining has a budget of {pretrain['budget']}, steps of {pretrain['batch_size']} x {pretrain['seq_len']} tokens"
             in " ".join(page.split()))
     assert f"finetuning {finetune['max_steps']:,} steps of {finetune['batch_size']} sentences" in " ".join(page.split())
     assert f"word2vec {en['embed']['epochs']} epochs" in " ".join(page.split())

@@ -287,6 +287,14 @@ def load_vectors(folder: Path):
     return kv
 
 
+def vector_dim(folder: Path) -> int | None:
+    """The dimension of a run's vectors, from its metadata (None if it has none)."""
+    try:
+        return int(json.loads((folder / SAFE_WORDS).read_text(encoding="utf-8"))["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def find_run(ws, name: str | None) -> tuple[str, Path]:
     """The run called `name`, or the most recent successful one."""
     root = ws.root / "embeddings"

@@ -29,21 +29,21 @@ from typing import Any, Callable
 
 from bigmodel_cli.errors import UserError
 
-# Sized for about five minutes on 2 cores: a number of steps (so that the learning-rate
-# schedule runs its course and the model learns the same on any machine), with a time limit
-# three times the expected time as a guard on a slow or busy one.
+# Sized for about five minutes on 2 cores. Pretraining spends a budget of its own, as
+# `bigmodel pretrain` does (the size, dropout and precision follow from it by the same rule);
+# finetuning counts steps (so that its schedule runs its course), with a time limit about
+# three times the expected time as a guard on a slow or busy machine.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "zh": {
         "embed": {"dim": 128, "epochs": 3},
-        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "max_steps": 840, "max_time": "10m", "eval_every": 280,
-                     "checkpoint_every": 280, "lr": 1e-3},
+        "pretrain": {"init_embeddings": "word2vec", "budget": "2m", "eval_every": 280, "checkpoint_every": 280},
         "finetune": {"max_steps": 1000, "max_time": "3m", "eval_every": 250, "lr": 3e-4},
     },
     "en": {
         "preprocess": {"min_count": 1},
         "embed": {"dim": 128, "epochs": 20, "min_count": 1},
-        "pretrain": {"size": "tiny", "init_embeddings": "word2vec", "seq_len": 64, "batch_size": 8, "max_steps": 300,
-                     "max_time": "3m", "eval_every": 50, "checkpoint_every": 100, "lr": 1e-3},
+        "pretrain": {"init_embeddings": "word2vec", "seq_len": 64, "batch_size": 8, "budget": "75s", "eval_every": 50,
+                     "checkpoint_every": 100},
         "finetune": {"max_steps": 200, "batch_size": 16, "max_time": "2m", "eval_every": 20, "lr": 2e-4, "early_stopping": 4},
     },
 }
@@ -93,17 +93,20 @@ class QuickstartResult:
 
 
 def settings(lang: str, minutes: float) -> dict[str, dict[str, Any]]:
-    """SETTINGS with the training scaled to `minutes` in all (5 by default): pretraining and
-    finetuning steps (and their time guards) grow or shrink in proportion."""
+    """SETTINGS with the training scaled to `minutes` in all (5 by default): the pretraining
+    budget, and the finetuning steps and their time guard, grow or shrink in proportion."""
     values = {section: dict(options) for section, options in SETTINGS[lang].items()}
     scale = minutes / 5.0
     for section in ("pretrain", "finetune"):
         v = values[section]
-        v["max_steps"] = max(10, round(v["max_steps"] * scale))
-        v["max_time"] = f"{max(10, round(parse_seconds(v['max_time']) * scale))}s"
-        v["eval_every"] = min(v["eval_every"], v["max_steps"])
-        if "checkpoint_every" in v:
-            v["checkpoint_every"] = min(v["checkpoint_every"], v["max_steps"])
+        for key in ("budget", "max_time"):
+            if key in v:
+                v[key] = f"{max(10, round(parse_seconds(v[key]) * scale))}s"
+        if "max_steps" in v:
+            v["max_steps"] = max(10, round(v["max_steps"] * scale))
+            v["eval_every"] = min(v["eval_every"], v["max_steps"])
+            if "checkpoint_every" in v:
+                v["checkpoint_every"] = min(v["checkpoint_every"], v["max_steps"])
     return values
 
 

@@ -91,16 +91,17 @@ def auto_fields(cfg) -> list[str]:
 
 def choose(cfg, *, corpus_tokens: int, tokens_per_step: int, precision_of: Callable[[str], str],
            time_step: Callable[[str, str], Timing], encoder_parameters: Callable[[str], int],
-           dev_batches: int = 0) -> tuple[Any, dict[str, Any]]:
+           dev_batches: int = 0, candidates: tuple[str, ...] = CANDIDATES) -> tuple[Any, dict[str, Any]]:
     """`cfg` with its auto options decided, and the record of how (for train.json).
     `precision_of(size)` is the precision a size trains at (auto_precision, or the one given);
     `time_step(size, precision)` times a few training steps of that model on the real data;
     a larger size is timed only if the budget could train it on enough tokens even at the
-    speed of the smaller one (it cannot be faster), so a laptop measures the tiny model alone."""
+    speed of the smaller one (it cannot be faster), so a laptop measures the tiny model alone.
+    `candidates`: the sizes allowed (those as wide as --init-embeddings' vectors)."""
     wanted = auto_fields(cfg)
     budget = budget_seconds(cfg.budget)
     started = time.perf_counter()
-    sizes = CANDIDATES if "size" in wanted else (cfg.size if cfg.size != "auto" else "custom",)
+    sizes = candidates if "size" in wanted else (cfg.size if cfg.size != "auto" else "custom",)
     # Speed matters only when it decides something: the size, or how often a budget repeats the corpus.
     measure = "size" in wanted or (budget is not None and "dropout" in wanted)
     timings: dict[str, Timing] = {}

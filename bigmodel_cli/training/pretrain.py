@@ -212,7 +212,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     def build_config(c: PretrainConfig):
         return continued_model_config(c, source, len(vocab)) if source is not None else model_config(c, vocab)
 
-    cfg, auto = _decide_auto(cfg, start, folder, task, train.tokens, device, dist, build_config)
+    cfg, auto = _decide_auto(ws, cfg, start, folder, task, train.tokens, device, dist, build_config)
     mcfg = build_config(cfg)
     changed = check_resume(folder, start, mcfg, cfg, seed, ws.relative(ids_from), vocab_hash) if start is not None else {}
     if dist.main:
@@ -261,7 +261,7 @@ def _run(ws, cfg: PretrainConfig, name: str, seed: int, folder: Path, train_path
     return report
 
 
-def _decide_auto(cfg: PretrainConfig, start: Path | None, folder: Path, task, corpus_tokens: int, device, dist,
+def _decide_auto(ws, cfg: PretrainConfig, start: Path | None, folder: Path, task, corpus_tokens: int, device, dist,
                  build_config) -> tuple[PretrainConfig, dict[str, Any] | None]:
     """The run's options with `auto` decided (training/budget.py), and the record of how. A
     resumed run takes the values its start chose; with several processes rank 0 measures
@@ -281,12 +281,26 @@ def _decide_auto(cfg: PretrainConfig, start: Path | None, folder: Path, task, co
                                   precision_of=lambda size: _precision_of(cfg, size, device, build_config),
                                   dev_batches=_dev_batches(task, cfg),
                                   time_step=lambda size, precision: _time_steps(task, cfg, size, precision, device, build_config),
-                                  encoder_parameters=lambda size: _encoder_parameters(cfg, size, build_config))
+                                  encoder_parameters=lambda size: _encoder_parameters(cfg, size, build_config),
+                                  candidates=_candidates(ws, cfg))
     if dist.world > 1:
         import torch
 
         torch.distributed.broadcast_object_list(choice, 0)
     return choice[0]
+
+
+def _candidates(ws, cfg: PretrainConfig) -> tuple[str, ...]:
+    """The sizes --size auto may pick: with --init-embeddings, those as wide as its vectors."""
+    from bigmodel_cli.model.transformer import SIZES
+    from bigmodel_cli.training.budget import CANDIDATES
+
+    if not cfg.init_embeddings or cfg.dim:
+        return CANDIDATES
+    from bigmodel_cli.embeddings.vectors import find_run, vector_dim
+
+    dim = vector_dim(find_run(ws, cfg.init_embeddings)[1])
+    return tuple(s for s in CANDIDATES if SIZES[s][1] == dim) or CANDIDATES
 
 
 def _dev_batches(task, cfg: PretrainConfig) -> int:
