@@ -191,3 +191,17 @@ def test_the_cli_resumes_a_search_with_its_own_options(gws, straight, run_cli, s
     assert steps["n"] == (27 - 4) + 27
     a, b = weights(straight.folder), weights(gws.root / "runs" / "cli-grid")
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_hugging_face_base_goes_through_the_same_search(gws, tmp_path):
+    from test_hf_import import make_hf_folder, vocabulary
+
+    bert = make_hf_folder(tmp_path / "bert", vocabulary(list("好评差")))
+    shape = {k: v for k, v in GRID.items() if k not in SCRATCH}
+    result = finetune(gws, FinetuneConfig(**shape, from_run=str(bert)), name="from-hf", seed=1)
+    search = result.report["lr_search"]
+    assert result.report["base"] == str(bert) and search["chosen"] == "dev"
+    assert [t["lr"] for t in search["trials"]] == [1e-7, 1e-2] and all(t["steps"] == 27 for t in search["trials"])
+    assert result.report["lr"] == max(search["trials"], key=lambda t: t["dev_macro_f1"])["lr"]
+    assert {p.name for p in result.folder.iterdir()} >= RUN_FILES - {"meta.json", "vocab.txt"}
+    assert not (result.folder / "grid").exists()

@@ -599,6 +599,7 @@ def _search_lr(ws, cfg: FinetuneConfig, seed: int, folder: Path, task: ClassifyT
         search = {"lr": FALLBACK_LR, "chosen": f"fallback ({too_small})", "trials": []}
         if dist.main:
             write_json(folder / GRID_FILE, search)
+            shutil.rmtree(folder / GRID_DIR, ignore_errors=True)  # candidates of a search resumed on other data
         return search
     grid = parse_grid(cfg.lr_grid)
     steps = min(cfg.grid_steps or task.steps_per_epoch, cfg.max_steps or float("inf"))
