@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +19,7 @@ from bigmodel_cli.cli._util import (
     open_workspace,
     term_safe,
 )
+from bigmodel_cli.errors import UserError
 from bigmodel_cli.workspace.config import PreprocessConfig
 
 
@@ -35,6 +38,8 @@ def preprocess_cli(
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad record (same as --on-error fail)."),
     seed: Optional[int] = typer.Option(None, help="Seed for the split.  \\[default: from bigmodel.toml]", show_default=False),
     force: bool = typer.Option(False, "--force", "-f", help="Run even if inputs and options are unchanged."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: clean and segment only the K-th of N parts of the documents, into .bigmodel/shards/ (any scheduler can run the N parts, on any machines); then --merge N. See docs/preprocess.md.", show_default=False),
+    merge: Optional[int] = typer.Option(None, "--merge", help="N: make the dataset from the N shards (--shard 1/N ... N/N, same inputs and options), byte for byte what one run without shards writes.", show_default=False),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Read, clean, de-duplicate, segment and split a corpus; build the vocabulary.
@@ -49,24 +54,81 @@ def preprocess_cli(
       bigmodel preprocess --train train.jsonl --dev dev.jsonl --test test.jsonl
       bigmodel preprocess news/ --lang zh --user-dict terms.txt --workers 4
       bigmodel preprocess wiki/ --as corpus --tokenizer char   # then: pretrain --data corpus
+      bigmodel preprocess wiki/ --as corpus --shard 2/4      # one of 4 parts; then --merge 4
     """
-    from bigmodel_cli.data.preprocess import preprocess, resolve_config
+    from bigmodel_cli.data.preprocess import prepare, resolve_config, run_prepared
     from bigmodel_cli.workspace.config import ProjectConfig, resolve
 
+    part = _check_shard_options(shard, merge)
     ws = open_workspace(workspace)
     config = ws.config()
     project = resolve(ProjectConfig, config.get("project"), {"lang": lang, "seed": seed})
     if strict:
         options["on_error"] = "fail"
     cfg = resolve_config(config.get("preprocess"), options, project.lang, inputs or [], {"train": train, "dev": dev, "test": test})
-    result = preprocess(ws, inputs or [], train=train, dev=dev, test=test, config=cfg, lang=project.lang,
-                        seed=project.seed, fmt=fmt, label_required=options["label_field"] is not None, force=force,
-                        show_progress=True, console=err_console, dataset=dataset)
+    job = prepare(ws, inputs or [], train=train, dev=dev, test=test, config=cfg, lang=project.lang, seed=project.seed,
+                  fmt=fmt, label_required=options["label_field"] is not None, dataset=dataset)
+    if part is not None:
+        _run_shard(ws, job, *part, force=force, dataset=dataset)
+        return
+    if merge is not None:
+        from bigmodel_cli.data.shards import merge_shards
+
+        result = merge_shards(ws, job, merge, force=force, show_progress=True, console=err_console,
+                              command=_shard_command(merge, inputs or [], dataset))
+    else:
+        result = run_prepared(ws, job, force=force, show_progress=True, console=err_console)
     if result.skipped:
         console.print(f"[green]✓[/] preprocess{' --as ' + dataset if dataset else ''} is up to date (inputs and options unchanged since run "
                       f"{result.record['run_id']}); skipped. Use --force to run again.", soft_wrap=True)
         return
     print_report(result.report, ws.relative(result.out_dir))
+
+
+def _check_shard_options(shard: str | None, merge: int | None) -> tuple[int, int] | None:
+    """(K, N) of --shard; a mistake in --shard or --merge before anything is read."""
+    if shard is not None and merge is not None:
+        raise UserError("--shard and --merge are two steps: run each --shard K/N first, then --merge N alone")
+    if merge is not None and merge < 1:
+        raise UserError(f"--merge takes the number of shards, 1 or more, got {merge}")
+    if shard is None:
+        return None
+    from bigmodel_cli.data.shards import parse_shard
+
+    return parse_shard(shard)
+
+
+def _run_shard(ws, job, k: int, n: int, *, force: bool, dataset: str | None) -> None:
+    from bigmodel_cli.data.shards import run_shard
+
+    result = run_shard(ws, job, k, n, force=force)
+    where = term_safe(ws.relative(result.folder))
+    if result.skipped:
+        console.print(f"[green]✓[/] shard {k}/{n} is up to date in {where} (inputs and options unchanged); skipped. "
+                      "Use --force to run again.", soft_wrap=True)
+    else:
+        console.print(f"[green]✓[/] shard {k}/{n}: {result.mine:,} of {result.documents:,} documents cleaned and "
+                      f"segmented into {where}", soft_wrap=True)
+    console.print(f"when all {n} shards are done: bigmodel preprocess ...the same inputs and options... --merge {n}",
+                  soft_wrap=True)
+
+
+def _shard_command(n: int, inputs: list[Path], dataset: str | None) -> str:
+    """The command that makes shard {k}: this one with --shard {k}/N for --merge N (from the
+    command line as typed, when this process was started by it)."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["preprocess"] and ("--merge" in argv or any(a.startswith("--merge=") for a in argv)):
+        out, skip = ["bigmodel"], False
+        for arg in argv:
+            if skip:
+                skip = False
+            elif arg == "--merge":
+                skip = True
+            elif not arg.startswith("--merge="):
+                out.append(arg)
+        return shlex.join(out).replace("{", "{{").replace("}", "}}") + f" --shard {{k}}/{n}"
+    named = shlex.join(["bigmodel", "preprocess", *map(str, inputs), *(["--as", dataset] if dataset else [])])
+    return named.replace("{", "{{").replace("}", "}}") + f" [this merge's options] --shard {{k}}/{n}"
 
 
 def print_report(report: dict, out_dir: str) -> None:

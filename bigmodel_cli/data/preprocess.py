@@ -353,6 +353,34 @@ def preprocess(
 ) -> PreprocessResult:
     """Run the preprocess stage in workspace `ws` (a `Workspace`). See the module docstring.
     `dataset`: write data/NAME/ (`--as NAME`) instead of data/processed/, the default dataset."""
+    job = prepare(ws, inputs, train=train, dev=dev, test=test, config=config, lang=lang, seed=seed, fmt=fmt,
+                  label_required=label_required, dataset=dataset)
+    return run_prepared(ws, job, force=force, show_progress=show_progress, console=console)
+
+
+@dataclass
+class Job:
+    """A checked preprocess run: the options, the files in the order they are read, and what
+    the run record compares to skip an unchanged run (shards.py runs a part of it, or
+    merges the parts)."""
+
+    cfg: PreprocessConfig
+    lang: str
+    seed: int
+    label_required: bool
+    target: Path
+    stage: str
+    plan: list
+    lines_at_most: int | None
+    backend: str
+    params: dict[str, Any]
+    input_hashes: list[dict[str, str]]
+
+
+def prepare(ws, inputs: list[Path] | None = None, *, train: Path | None = None, dev: Path | None = None,
+            test: Path | None = None, config: PreprocessConfig | None = None, lang: str = "auto", seed: int = 42,
+            fmt: str | None = None, label_required: bool = False, dataset: str | None = None) -> Job:
+    """Check the options and every input file (before anything is written); hash the inputs."""
     from bigmodel_cli.workspace.layout import dataset_stage
 
     cfg = config or PreprocessConfig()
@@ -409,19 +437,27 @@ def preprocess(
     extra_inputs += _dataset_infos(plan)
     # File names that are not UTF-8 are recorded with those bytes as \xNN: JSON cannot hold them.
     input_hashes = [{**h, "path": printable_name(h["path"])} for h in ws.hash_paths([p for _, p, _, _ in plan] + extra_inputs)]
+    return Job(cfg, lang, seed, label_required, target, stage, plan, lines_at_most, backend, params, input_hashes)
 
+
+def run_prepared(ws, job: Job, *, force: bool = False, show_progress: bool = False, console=None,
+                 merge=None) -> PreprocessResult:
+    """Run the stage as `job` says and record it. `merge` (shards.py's ShardMerge): take each
+    document's cleaning and segmentation from the shards' files instead of doing them here."""
     from bigmodel_cli.workspace.records import Done, run_stage
+
+    target = job.target
 
     def work() -> Done:
         with staged_dir(target.with_name(f".{target.name}.staging-{os.getpid()}"), target) as staging:
-            report, output_hashes = _run(ws, cfg, lang, seed, plan, backend, label_required, staging, show_progress,
-                                         console, lines_at_most)
+            report, output_hashes = _run(ws, job.cfg, job.lang, job.seed, job.plan, job.backend, job.label_required,
+                                         staging, show_progress, console, job.lines_at_most, merge)
         outputs = sorted(p for p in target.iterdir() if p.is_file())
         known = {target / path.name: sha for path, sha in output_hashes().items()}
         return Done(report, outputs, _headline(report), known_hashes=known)
 
-    lock = "preprocess" if stage == "preprocess" else f"preprocess --as {target.name}"
-    outcome = run_stage(ws, stage, params, input_hashes, work, lock=lock,
+    lock = "preprocess" if job.stage == "preprocess" else f"preprocess --as {target.name}"
+    outcome = run_stage(ws, job.stage, job.params, job.input_hashes, work, lock=lock,
                         sections=("project", "preprocess"), may_skip=not force)
     if outcome.skipped:
         report_path = target / "report.json"
@@ -509,9 +545,11 @@ def _reader(ws, plan, cfg: PreprocessConfig, label_required: bool, index: int,
 
 
 def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show_progress,
-         console, lines_at_most: int | None = None) -> tuple[dict[str, Any], Callable[[], dict[Path, str]]]:
+         console, lines_at_most: int | None = None, merge=None) -> tuple[dict[str, Any], Callable[[], dict[Path, str]]]:
     """Writes the outputs into `staging`; returns the report, and a function that gives
-    the hashes of the data files (taken on a thread while the report is made)."""
+    the hashes of the data files (taken on a thread while the report is made). With
+    `merge`, the cleaning and segmentation come from the shards' files, in this process
+    (what is left to do is cheap), and everything else is this same code."""
     started = time.perf_counter()
     clean_opts, segment_opts = _options(cfg, lang, backend, staging)
     # With one worker the segmenter loads on first use: a run whose first records are bad
@@ -519,6 +557,8 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     processor = DocProcessor(clean_opts, segment_opts, cfg.min_chars, cfg.max_chars)
     chunks_at_most = None if lines_at_most is None else -(-lines_at_most // CHUNK_DOCS)
     workers, workers_warning = worker_count(cfg.workers, chunks_at_most)
+    if merge is not None:
+        processor, workers, workers_warning = merge.processor(processor), 1, None
     given_splits = plan[0][0] is not None
     splitter = None if given_splits else Splitter(parse_split(cfg.split), seed)
     total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
@@ -556,6 +596,8 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
         report.update(_train_tokenizer(cfg, staging))
     if workers_warning:
         report["warnings"].insert(0, workers_warning)
+    if merge is not None:
+        report["shards"] = merge.count
     write_json(staging / "report.json", report)
     return report, output_hashes
 

@@ -1,0 +1,214 @@
+"""`preprocess --shard K/N` and `--merge N` (data/shards.py): the merged dataset is, byte for
+byte, what one unsharded run writes; shards run in any order; a missing shard or one made
+with other options or inputs is one line, exit 2, and nothing is written to data/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from classify_fixtures import reviews
+from conftest import assert_fails, snapshot, write_jsonl, write_lines
+
+from bigmodel_cli.data.preprocess import prepare, preprocess
+from bigmodel_cli.data.shards import check_shards, merge_shards, parse_shard, run_shard
+from bigmodel_cli.errors import UserError
+from bigmodel_cli.workspace.config import PreprocessConfig
+
+# Timings, and the fields that say how the work was spread: all else in report.json is equal.
+HOW_RUN = ("seconds", "throughput", "workers", "shards")
+ENGLISH = ["The delivery was fast and the box was intact.", "Terrible service, never again!",
+           "Great value for the price.", "The screen cracked after two days."]
+
+
+def labelled_records() -> list[dict]:
+    records = [{"text": t, "label": label} for t, label in reviews(60)]
+    records += [{"text": t, "label": "pos" if i % 2 else "neg"} for i, t in enumerate(ENGLISH)]
+    records += records[5:25]  # exact duplicates, spread over every shard
+    records.append({"text": records[30]["text"], "label": "other"})  # a duplicate with another label
+    records.append({"text": "   ", "label": "pos"})  # blank after cleaning
+    return records
+
+
+@pytest.fixture
+def labelled(tmp_path) -> Path:
+    path = write_jsonl(tmp_path / "reviews.jsonl", labelled_records())
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("{not json\n")  # a reject
+    return path
+
+
+def outputs(ws, name: str = "processed") -> dict[str, bytes]:
+    folder = ws.root / "data" / name
+    files = snapshot(folder)
+    report = json.loads(files.pop("report.json"))
+    for key in HOW_RUN:
+        report.pop(key, None)
+    report.get("tokenizer", {}).pop("seconds", None)
+    return {**files, "report.json": json.dumps(report, sort_keys=True).encode()}
+
+
+def sharded(ws, inputs, n: int, order, dataset=None, **options):
+    """Run the shards in `order`, then the merge (forced: the unsharded run left a record)."""
+    lang = options.pop("lang", "zh")
+    job = prepare(ws, inputs, config=PreprocessConfig(**options), lang=lang, dataset=dataset)
+    for k in order:
+        run_shard(ws, job, k, n)
+    return merge_shards(ws, job, n, force=True)
+
+
+def test_three_shards_merged_equal_one_unsharded_run(make_ws, labelled):
+    ws = make_ws("zh")
+    options = dict(workers=1, min_count=1)
+    preprocess(ws, [labelled], config=PreprocessConfig(**options), lang="zh", force=True)
+    expected = outputs(ws)
+    assert {"train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "stopwords.txt", "rejects.jsonl", "meta.json"} <= set(expected)
+    report = json.loads(expected["report.json"])
+    assert report["duplicates"] == 21 and report["label_conflicts"]["count"] == 1 and report["documents"]["rejected"] == 1
+    assert set(report["labels"]["train"]) == {"neg", "pos"} and report["splits"]["dev"] > 0
+
+    result = sharded(ws, [labelled], 3, [3, 1, 2], **options)
+    assert not result.skipped and result.report["shards"] == 3
+    assert outputs(ws) == expected
+    status = ws.last_record("preprocess")
+    assert status["run_id"] == result.record["run_id"]  # the merge is the stage's record
+
+
+def test_shards_in_another_order_with_workers_and_a_skip(make_ws, labelled):
+    ws = make_ws("zh")
+    preprocess(ws, [labelled], config=PreprocessConfig(workers=1, min_count=1), lang="zh", force=True)
+    expected = outputs(ws)
+    job = prepare(ws, [labelled], config=PreprocessConfig(workers=2, min_count=1), lang="zh")
+    first = [run_shard(ws, job, k, 3) for k in (2, 3, 1)]
+    assert all(abs(r.mine - r.documents / 3) < 1 for r in first)  # every third document
+    assert sum(r.mine for r in first) == first[0].documents and not any(r.skipped for r in first)
+    again = run_shard(ws, job, 2, 3)  # the same part, options and inputs: skipped, the folder untouched
+    assert again.skipped and again.folder == first[0].folder
+    merge_shards(ws, job, 3, force=True)
+    assert outputs(ws) == expected
+
+
+def test_char_tokenizer_and_a_language_filter_merged(make_ws, tmp_path):
+    ws = make_ws("auto")
+    lines = [t for t, _ in reviews(40)] + ENGLISH + [t for t, _ in reviews(40)][:10]
+    corpus = write_lines(tmp_path / "corpus.txt", lines)
+    options = dict(workers=1, tokenizer="char", vocab_size=300, langs="zh")
+    preprocess(ws, [corpus], config=PreprocessConfig(**options), lang="auto", force=True, dataset="corpus")
+    expected = outputs(ws, "corpus")
+    assert "tokenizer.json" in expected
+    assert json.loads(expected["report.json"])["language_filter"]["dropped"] == {"en": len(ENGLISH)}
+    sharded(ws, [corpus], 4, [4, 2, 1, 3], dataset="corpus", lang="auto", **options)
+    merged = outputs(ws, "corpus")
+    # The Hugging Face WordPiece trainer orders the pieces it adds last (##x) by a hash map's
+    # iteration, which differs from one run to the next even without shards: those two files
+    # hold the same tokens, in an order that is not reproducible; every other file is equal.
+    for name in ("tokenizer.json", "vocab.txt"):
+        assert token_set(merged.pop(name), name) == token_set(expected.pop(name), name)
+    assert merged == expected
+
+
+def token_set(data: bytes, name: str) -> set[str]:
+    if name == "tokenizer.json":
+        return set(json.loads(data)["model"]["vocab"])
+    return {line.split("\t")[0] for line in data.decode().splitlines()}
+
+
+def test_a_merge_of_one_run_skips_when_nothing_changed(make_ws, labelled):
+    ws = make_ws("zh")
+    job = prepare(ws, [labelled], config=PreprocessConfig(workers=1), lang="zh")
+    run_shard(ws, job, 1, 1)
+    assert not merge_shards(ws, job, 1).skipped
+    assert merge_shards(ws, job, 1).skipped
+
+
+@pytest.mark.parametrize("text", ["3/2", "0/2", "x", "1/0", "2", "1/2/3", "-1/2"])
+def test_a_bad_shard_is_refused(text):
+    with pytest.raises(UserError, match="--shard must be K/N"):
+        parse_shard(text)
+
+
+def test_parse_shard():
+    assert parse_shard("1/1") == (1, 1) and parse_shard("4/4") == (4, 4) and parse_shard("2/7") == (2, 7)
+
+
+# -- bad input through the command line -----------------------------------------------------
+@pytest.fixture
+def cli_ws(make_ws, tmp_path):
+    ws = make_ws("zh")
+    corpus = write_jsonl(ws.root / "reviews.jsonl", [{"text": t, "label": label} for t, label in reviews(20)])
+    return ws, corpus
+
+
+def data_and_records(ws) -> dict[str, bytes]:
+    return {**snapshot(ws.root / "data"), **snapshot(ws.meta / "records")}
+
+
+@pytest.mark.parametrize("shard", ["3/2", "0/2", "x"])
+def test_cli_refuses_a_bad_shard_and_writes_nothing(cli_ws, run_cli, shard):
+    ws, corpus = cli_ws
+    before = data_and_records(ws)
+    result = run_cli(["preprocess", corpus.name, "--shard", shard], ws.root)
+    line = assert_fails(result, "--shard", shard)
+    assert "K/N" in line
+    assert data_and_records(ws) == before and not (ws.meta / "shards").exists()
+
+
+def test_cli_refuses_shard_and_merge_together(cli_ws, run_cli):
+    ws, corpus = cli_ws
+    assert_fails(run_cli(["preprocess", corpus.name, "--shard", "1/2", "--merge", "2"], ws.root), "--shard", "--merge")
+    assert_fails(run_cli(["preprocess", corpus.name, "--merge", "0"], ws.root), "--merge", "0")
+
+
+def test_cli_merge_names_the_missing_shard_and_its_command(cli_ws, run_cli):
+    ws, corpus = cli_ws
+    ok = run_cli(["preprocess", corpus.name, "--as", "rev", "-j", "1", "--shard", "1/3"], ws.root)
+    assert ok.exit_code == 0, ok.output
+    assert "shard 1/3" in ok.stdout and (ws.meta / "shards" / "rev" / "1-of-3" / "manifest.json").is_file()
+    before = data_and_records(ws)
+    line = assert_fails(run_cli(["preprocess", corpus.name, "--as", "rev", "-j", "1", "--merge", "3"], ws.root),
+                        "shards 2/3, 3/3 missing", "--shard K/3", "K = 2, 3")
+    assert "--as rev" in line and corpus.name in line
+    run_cli(["preprocess", corpus.name, "--as", "rev", "--shard", "3/3"], ws.root)
+    line = assert_fails(run_cli(["preprocess", corpus.name, "--as", "rev", "--merge", "3"], ws.root),
+                        "shard 2/3 missing", "--shard 2/3")
+    assert data_and_records(ws) == before and not (ws.root / "data" / "rev").exists()
+
+
+def test_cli_merge_names_the_option_a_shard_was_made_with(cli_ws, run_cli):
+    ws, corpus = cli_ws
+    run_cli(["preprocess", corpus.name, "--shard", "1/2"], ws.root)
+    run_cli(["preprocess", corpus.name, "--shard", "2/2", "--min-chars", "5"], ws.root)
+    before = data_and_records(ws)
+    assert_fails(run_cli(["preprocess", corpus.name, "--merge", "2"], ws.root),
+                 "shard 2/2 was made with --min-chars 5, this merge with --min-chars 1")
+    # A speed-only option may differ; the seed may not.
+    assert_fails(run_cli(["preprocess", corpus.name, "--merge", "2", "--min-chars", "5", "-j", "1"], ws.root),
+                 "shard 1/2 was made with --min-chars 1")
+    assert_fails(run_cli(["preprocess", corpus.name, "--merge", "2", "--seed", "7"], ws.root), "--seed 42", "--seed 7")
+    assert data_and_records(ws) == before
+
+
+def test_merge_refuses_shards_of_another_version_of_the_input(cli_ws):
+    ws, corpus = cli_ws
+    job = prepare(ws, [corpus], config=PreprocessConfig(workers=1), lang="zh")
+    run_shard(ws, job, 1, 2)
+    run_shard(ws, job, 2, 2)
+    check_shards(ws, job, 2)
+    with open(corpus, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text": "新的一条评论", "label": "pos"}, ensure_ascii=False) + "\n")
+    changed = prepare(ws, [corpus], config=PreprocessConfig(workers=1), lang="zh")
+    with pytest.raises(UserError, match="shard 1/2 was made with another version of .*reviews.jsonl"):
+        merge_shards(ws, changed, 2)
+    assert not any((ws.root / "data" / "processed").iterdir())
+
+
+def test_a_shard_refuses_a_folder_it_did_not_write(cli_ws):
+    ws, corpus = cli_ws
+    job = prepare(ws, [corpus], config=PreprocessConfig(workers=1), lang="zh")
+    folder = ws.meta / "shards" / "processed" / "1-of-2"
+    folder.mkdir(parents=True)
+    (folder / "mine.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(UserError, match="not a shard bigmodel wrote"):
+        run_shard(ws, job, 1, 2)
+    assert (folder / "mine.txt").read_text(encoding="utf-8") == "keep me"
