@@ -212,3 +212,23 @@ def test_a_shard_refuses_a_folder_it_did_not_write(cli_ws):
     with pytest.raises(UserError, match="not a shard bigmodel wrote"):
         run_shard(ws, job, 1, 2)
     assert (folder / "mine.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_a_shard_holds_every_nth_document_and_the_merge_segments_nothing(make_ws, labelled, monkeypatch):
+    """The shards do the segmentation: the merge takes their tokens (a merge that segmented
+    again would give the same files, so this is checked apart)."""
+    ws = make_ws("zh")
+    job = prepare(ws, [labelled], config=PreprocessConfig(workers=1, min_count=1), lang="zh")
+    for k in (1, 2, 3):
+        result = run_shard(ws, job, k, 3)
+        lines = [json.loads(line) for line in (result.folder / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [entry["i"] for entry in lines] == list(range(k - 1, result.documents, 3))
+        assert all("tokens" in entry or "drop" in entry for entry in lines)
+
+    def no_segmenter(*args, **kwargs):
+        raise AssertionError("the merge segmented a document")
+
+    monkeypatch.setattr("bigmodel_cli.data.shards.Segmenter", no_segmenter)
+    monkeypatch.setattr("bigmodel_cli.data.preprocess.Segmenter", no_segmenter)
+    merged = merge_shards(ws, job, 3, force=True)
+    assert merged.report["documents"]["kept"] > 100
