@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from classify_fixtures import reviews
-from conftest import assert_fails, snapshot, write_jsonl, write_lines
+from conftest import assert_fails, dead_pid, snapshot, write_jsonl, write_lines
 
 from bigmodel_cli.data.preprocess import prepare, preprocess
 from bigmodel_cli.data.shards import check_shards, merge_shards, parse_shard, run_shard
@@ -173,6 +173,10 @@ def test_cli_merge_names_the_missing_shard_and_its_command(cli_ws, run_cli):
     line = assert_fails(run_cli(["preprocess", corpus.name, "--as", "rev", "--merge", "3"], ws.root),
                         "shard 2/3 missing", "--shard 2/3")
     assert data_and_records(ws) == before and not (ws.root / "data" / "rev").exists()
+    run_cli(["preprocess", corpus.name, "--as", "rev", "--shard", "2/3"], ws.root)
+    merged = run_cli(["preprocess", corpus.name, "--as", "rev", "--merge", "3"], ws.root)
+    assert merged.exit_code == 0 and "merged from 3 shards" in merged.stdout, merged.output
+    assert (ws.root / "data" / "rev" / "train.jsonl").stat().st_size > 0
 
 
 def test_cli_merge_names_the_option_a_shard_was_made_with(cli_ws, run_cli):
@@ -198,7 +202,7 @@ def test_merge_refuses_shards_of_another_version_of_the_input(cli_ws):
     with open(corpus, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"text": "新的一条评论", "label": "pos"}, ensure_ascii=False) + "\n")
     changed = prepare(ws, [corpus], config=PreprocessConfig(workers=1), lang="zh")
-    with pytest.raises(UserError, match="shard 1/2 was made with another version of .*reviews.jsonl"):
+    with pytest.raises(UserError, match="shard 1/2 was made from another version of .*reviews.jsonl.*make the shards again"):
         merge_shards(ws, changed, 2)
     assert not any((ws.root / "data" / "processed").iterdir())
 
@@ -232,3 +236,16 @@ def test_a_shard_holds_every_nth_document_and_the_merge_segments_nothing(make_ws
     monkeypatch.setattr("bigmodel_cli.data.preprocess.Segmenter", no_segmenter)
     merged = merge_shards(ws, job, 3, force=True)
     assert merged.report["documents"]["kept"] > 100
+
+
+def test_a_shard_removes_what_a_killed_run_of_it_left_and_nothing_else(cli_ws):
+    ws, corpus = cli_ws
+    job = prepare(ws, [corpus], config=PreprocessConfig(workers=1), lang="zh")
+    parent = ws.meta / "shards" / "processed"
+    dead, other = parent / f".1-of-2.staging-{dead_pid()}", parent / f".2-of-2.staging-{dead_pid()}"
+    for folder in (dead, other):
+        folder.mkdir(parents=True)
+        (folder / "docs.jsonl").write_text("half", encoding="utf-8")
+    run_shard(ws, job, 1, 2)
+    assert not dead.exists() and other.is_dir()  # shard 2's leftovers are shard 2's to clear
+    assert sorted(p.name for p in parent.iterdir()) == [other.name, "1-of-2"]

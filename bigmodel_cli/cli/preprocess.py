@@ -170,7 +170,7 @@ def print_report(report: dict, out_dir: str) -> None:
     seg = report["segmenter"]
     table.add_row("segmenter", ", ".join(f"{k}={v}" for k, v in seg.items()))
     table.add_row("speed", f"{report['throughput']['docs_per_s']:,.0f} docs/s, {report['seconds']:.1f} s, "
-                  f"{report['workers']} worker(s)")
+                  f"{report['workers']} worker(s)" + (f", merged from {report['shards']} shards" if report.get("shards") else ""))
     table.add_row("output", term_safe(out_dir))
     console.print(table)
     for warning in report["warnings"]:

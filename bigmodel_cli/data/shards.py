@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from bigmodel_cli.data.preprocess import (
 from bigmodel_cli.data.readers import Reject
 from bigmodel_cli.data.segment import Segmenter, SegmentOptions
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.fileio import read_json, staged_dir, write_json
+from bigmodel_cli.fileio import read_json, recover_dir, remove_stale, staged_dir, write_json
 
 MANIFEST = "manifest.json"
 DOCS = "docs.jsonl"
@@ -91,6 +92,9 @@ def run_shard(ws, job: Job, k: int, n: int, *, force: bool = False) -> ShardResu
     """Clean and segment the K-th of N parts of `job`'s documents into the shard's folder;
     skipped when it already holds this part made with the same options from the same inputs."""
     folder = shard_dir(ws, job, k, n)
+    if folder.parent.is_dir():  # what a killed run of this shard left: its staging folder, a half-done replace
+        recover_dir(folder)
+        remove_stale(folder.parent, f".{folder.name}.staging-*", rf"\.{re.escape(folder.name)}\.staging-(\d+)")
     manifest = _manifest(folder)
     if manifest is None and folder.exists() and any(folder.iterdir()):
         raise UserError(f"{ws.relative(folder)}/ holds files but no {MANIFEST}; it is not a shard bigmodel wrote",
@@ -210,10 +214,13 @@ def check_shards(ws, job: Job, n: int, command: str | None = None) -> int:
         raise UserError(f"shard{'s' if len(missing) > 1 else ''} {names} missing (not in {where}/)", hint=how)
     for k, manifest in manifests.items():
         problem = _difference(manifest, job)
+        if problem and problem.startswith("another version"):
+            raise UserError(f"shard {k}/{n} was made from {problem}",
+                            hint=f"make the shards again from these inputs (--shard K/{n} for K = 1 to {n})")
         if problem:
             raise UserError(f"shard {k}/{n} was made with {problem}",
                             hint="make every shard and the merge with the same options from the same inputs "
-                                 f"(run shard {k}/{n} again with this merge's options)")
+                                 f"(run shard {k}/{n} again with this merge's options, or merge with the shard's)")
     return manifests[1]["documents"]
 
 
