@@ -249,3 +249,24 @@ def test_a_shard_removes_what_a_killed_run_of_it_left_and_nothing_else(cli_ws):
     run_shard(ws, job, 1, 2)
     assert not dead.exists() and other.is_dir()  # shard 2's leftovers are shard 2's to clear
     assert sorted(p.name for p in parent.iterdir()) == [other.name, "1-of-2"]
+
+
+def test_given_splits_and_near_duplicates_merged(make_ws, tmp_path):
+    pytest.importorskip("datasketch")
+    ws = make_ws("zh")
+    pairs = reviews(40)
+    records = [{"text": t, "label": label} for t, label in pairs]
+    near = [{"text": r["text"] + "!", "label": r["label"]} for r in records[10:20] if len(r["text"]) > 40]
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", records[10:70] + near),
+             "dev": write_jsonl(tmp_path / "dev.jsonl", records[:5] + records[70:]),
+             "test": write_jsonl(tmp_path / "test.jsonl", records[5:10] + records[10:12])}
+    options = dict(workers=1, min_count=1, near_dupes=0.8)
+    preprocess(ws, None, **files, config=PreprocessConfig(**options), lang="zh", force=True)
+    expected = outputs(ws)
+    report = json.loads(expected["report.json"])
+    assert report["splits_given"] and report["overlap_with_train"] == {"test": 2} and report["near_duplicates"]["count"] > 0
+    job = prepare(ws, None, **files, config=PreprocessConfig(**options), lang="zh")
+    for k in (2, 1):
+        run_shard(ws, job, k, 2)
+    merge_shards(ws, job, 2, force=True)
+    assert outputs(ws) == expected
