@@ -270,3 +270,15 @@ def test_given_splits_and_near_duplicates_merged(make_ws, tmp_path):
         run_shard(ws, job, k, 2)
     merge_shards(ws, job, 2, force=True)
     assert outputs(ws) == expected
+
+
+def test_a_strict_shard_stops_at_the_first_bad_record_as_the_unsharded_run_does(make_ws, labelled):
+    ws = make_ws("zh")
+    config = PreprocessConfig(workers=1, on_error="fail")
+    with pytest.raises(UserError) as unsharded:
+        preprocess(ws, [labelled], config=config, lang="zh", force=True)
+    job = prepare(ws, [labelled], config=config, lang="zh")
+    with pytest.raises(UserError) as shard:
+        run_shard(ws, job, 2, 3)
+    assert shard.value.one_line() == unsharded.value.one_line() and "reviews.jsonl:" in shard.value.one_line()
+    assert not (ws.meta / "shards" / "processed" / "2-of-3").exists()
