@@ -11,6 +11,8 @@ import pytest
 from classify_fixtures import reviews
 from conftest import assert_fails, dead_pid, snapshot, write_jsonl, write_lines
 
+from bigmodel_cli.data import shards
+from bigmodel_cli.data.parallel import OrderedWorkers
 from bigmodel_cli.data.preprocess import prepare, preprocess
 from bigmodel_cli.data.shards import check_shards, merge_shards, parse_shard, run_shard
 from bigmodel_cli.errors import UserError
@@ -75,16 +77,21 @@ def test_three_shards_merged_equal_one_unsharded_run(make_ws, labelled):
     assert status["run_id"] == result.record["run_id"]  # the merge is the stage's record
 
 
-def test_shards_in_another_order_with_workers_and_a_skip(make_ws, labelled):
+def test_shards_in_another_order_with_workers_and_a_skip(make_ws, labelled, monkeypatch):
     ws = make_ws("zh")
     preprocess(ws, [labelled], config=PreprocessConfig(workers=1, min_count=1), lang="zh", force=True)
     expected = outputs(ws)
+    # Chunks of 16 documents: enough of them that each shard forks a worker process.
+    monkeypatch.setattr(shards, "CHUNK_DOCS", 16)
+    started = []
+    monkeypatch.setattr(shards, "OrderedWorkers", lambda work, n, folder: started.append(n) or OrderedWorkers(work, n, folder))
     job = prepare(ws, [labelled], config=PreprocessConfig(workers=2, min_count=1), lang="zh")
     first = [run_shard(ws, job, k, 3) for k in (2, 3, 1)]
     assert all(abs(r.mine - r.documents / 3) < 1 for r in first)  # every third document
     assert sum(r.mine for r in first) == first[0].documents and not any(r.skipped for r in first)
     again = run_shard(ws, job, 2, 3)  # the same part, options and inputs: skipped, the folder untouched
     assert again.skipped and again.folder == first[0].folder
+    assert started == [2, 2, 2]
     merge_shards(ws, job, 3, force=True)
     assert outputs(ws) == expected
 
