@@ -50,7 +50,13 @@ from bigmodel_cli.data.preprocess import (
 from bigmodel_cli.data.readers import Reject
 from bigmodel_cli.data.segment import Segmenter, SegmentOptions
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.fileio import read_json, recover_dir, remove_stale, staged_dir, write_json
+from bigmodel_cli.fileio import (
+    read_json,
+    recover_dir,
+    remove_stale,
+    staged_dir,
+    write_json,
+)
 
 MANIFEST = "manifest.json"
 DOCS = "docs.jsonl"
