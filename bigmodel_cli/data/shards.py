@@ -139,8 +139,10 @@ def _write_part(ws, job: Job, k: int, n: int, staging: Path) -> tuple[int, int]:
     return counter.total, counter.mine
 
 
+@dataclass
 class _Counter:
-    total = mine = 0
+    total: int = 0  # documents read (rejects are not documents)
+    mine: int = 0  # of them, this shard's
 
 
 def _part_chunks(records: Iterator, k: int, n: int, strict: bool, counter: _Counter) -> Iterator[tuple[None, list]]:
