@@ -254,3 +254,91 @@ def test_a_run_whose_tokenizer_json_was_swapped_refuses_to_predict(char_ws, copy
     swapped["normalizer"] = None  # same vocabulary, other ids for full-width text
     (run / "tokenizer.json").write_text(json.dumps(swapped), encoding="utf-8")
     assert_fails(run_cli(["predict", "房间很干净"], ws.root), "tokenizer.json", "not the tokenizer the run was trained on")
+
+
+# Sizes that leave each trainer room to merge on 600 reviews (unigram must hold every character).
+REPEAT_SIZES = {"char": 0, "wordpiece": 6000, "bpe": 3000, "unigram": 4000}
+
+
+def train_small(kind: str, texts: list[str]):
+    from bigmodel_cli.data.subword import train_tokenizer
+
+    return train_tokenizer(kind, iter(texts), vocab_size=REPEAT_SIZES[kind], min_frequency=2, lowercase=True,
+                           nfkc=True)
+
+
+def saved_files(tokenizer, folder) -> dict[str, bytes]:
+    from bigmodel_cli.data.tokenizer import save_tokenizer
+
+    folder.mkdir()
+    save_tokenizer(tokenizer, folder, {"kind": "test"})
+    return {name: (folder / name).read_bytes() for name in ("tokenizer.json", "vocab.txt")}
+
+
+@pytest.mark.parametrize("kind", list(REPEAT_SIZES))
+def test_training_again_on_the_same_text_writes_byte_identical_files(tmp_path, kind):
+    # The library's WordPiece trainer numbers its ##x pieces in hash-map order (so even the
+    # pieces kept change), and its unigram trainer's scores and order change with hash order.
+    texts = [t for t, _ in reviews(300)]
+    first, *again = [saved_files(train_small(kind, texts), tmp_path / str(i)) for i in range(3)]
+    assert all(files == first for files in again)
+
+
+def test_processes_with_other_hash_seeds_write_the_same_tokenizers():
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = ("import hashlib, sys\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "from test_tokenizers import REPEAT_SIZES, reviews, train_small\n"
+              "texts = [t for t, _ in reviews(150)]\n"
+              "for kind in REPEAT_SIZES:\n"
+              "    print(kind, hashlib.sha256(train_small(kind, texts).to_str().encode()).hexdigest())\n")
+    here = os.path.dirname(__file__)
+    outputs = [subprocess.run([sys.executable, "-c", script, here], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    texts = [t for t, _ in reviews(150)]
+    this_process = "".join(f"{kind} {hashlib.sha256(train_small(kind, texts).to_str().encode()).hexdigest()}\n"
+                           for kind in REPEAT_SIZES)
+    assert outputs[0].count("\n") == len(REPEAT_SIZES)
+    assert outputs[0] == outputs[1] == this_process
+
+
+@pytest.mark.parametrize("kind", ["char", "wordpiece", "unigram"])
+def test_the_canonical_order_keeps_the_trainers_tokens(monkeypatch, kind):
+    from bigmodel_cli.data import subword
+
+    trained = []
+    rebuild = subword._rebuilt
+    monkeypatch.setattr(subword, "_rebuilt", lambda tokenizer, model: trained.append(tokenizer) or rebuild(tokenizer, model))
+    texts = ODD + [t for t, _ in reviews(300)]
+    ours = [e.tokens for e in train_small(kind, texts).encode_batch(texts, add_special_tokens=False)]
+    theirs = [e.tokens for e in trained[-1].encode_batch(texts, add_special_tokens=False)]
+    differ = [(a, b) for a, b in zip(ours, theirs) if a != b]
+    if kind == "unigram":
+        # Only ids and the last bits of scores change; two segmentations of equal score
+        # ("非常非常|非常" or "非常|非常非常") may be chosen the other way round.
+        assert len(differ) <= len(texts) // 100 and all(sorted(a) == sorted(b) for a, b in differ)
+    else:
+        assert differ == []
+    assert sum(len(t) for t in ours) > 10 * len(texts)
+
+
+@pytest.mark.parametrize("kind", list(REPEAT_SIZES))
+def test_special_tokens_keep_ids_0_to_4_and_are_the_only_added_tokens(kind):
+    tokenizer = train_small(kind, [t for t, _ in reviews(100)] + ODD)
+    data = json.loads(tokenizer.to_str())
+    assert [(t["id"], t["content"]) for t in data["added_tokens"]] == list(enumerate(SPECIAL_TOKENS))
+    assert [tokenizer.id_to_token(i) for i in range(len(SPECIAL_TOKENS))] == list(SPECIAL_TOKENS)
+    assert data["post_processor"]["special_tokens"]["[CLS]"]["ids"] == [2]
+    assert data["post_processor"]["special_tokens"]["[SEP]"]["ids"] == [3]
+    # the ##x pieces trained as fixed tokens are ordinary pieces: text that spells one is split
+    assert "##的" not in tokenizer.encode("好##的").tokens
+    ids = tokenizer.get_vocab()
+    if kind in ("char", "wordpiece"):
+        # BERT's layout: characters, then ##characters, then longer pieces
+        groups = [0 if len(t) == 1 else 1 if t.startswith("##") and len(t) == 3 else 2
+                  for t in sorted(ids, key=ids.get)[len(SPECIAL_TOKENS):]]
+        assert groups == sorted(groups) and set(groups) == {0, 1, 2}

@@ -16,6 +16,12 @@ in `transformers.AutoTokenizer` and in `tokenizers` alone:
 
 The five special tokens come first, in bigmodel's order, so their ids are the same whatever
 the tokenizer (0-4), and the post-processor wraps a text as [CLS] text [SEP].
+
+Training is repeatable: the same texts and options give the same `tokenizer.json`. The
+library's trainers are not (huggingface/tokenizers#1794): its WordPiece trainer numbers the
+`##x` pieces in hash-map order, and those numbers break ties between merges, so even the
+set of pieces changes; its unigram trainer sums scores in an order that changes from run to
+run, and orders equal scores by hash. See `_train_wordpiece` and `_canonical_unigram`.
 """
 
 from __future__ import annotations
@@ -64,10 +70,11 @@ def empty_tokenizer(kind: str, *, lowercase: bool, nfkc: bool):
     return tokenizer
 
 
-def _trainer(kind: str, vocab_size: int, min_frequency: int):
+def _trainer(kind: str, vocab_size: int, min_frequency: int, fixed: Iterable[str] = ()):
+    """`fixed`: tokens the trainer numbers right after the special tokens, in this order."""
     from tokenizers import trainers
 
-    special = list(SPECIAL_TOKENS)
+    special = [*SPECIAL_TOKENS, *fixed]
     if kind in ("char", "wordpiece"):
         # No limit_alphabet: BertWordPieceTokenizer's 1,000 would turn every rarer Chinese
         # character into [UNK]; the trainer's own default keeps them all.
@@ -82,17 +89,119 @@ def _trainer(kind: str, vocab_size: int, min_frequency: int):
 def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int, min_frequency: int, lowercase: bool,
                     nfkc: bool):
     """A `kind` tokenizer trained on `texts`, with [CLS] ... [SEP] added around each text."""
-    tokenizer = empty_tokenizer(kind, lowercase=lowercase, nfkc=nfkc)
     size = default_size(kind, vocab_size)
+    options = dict(lowercase=lowercase, nfkc=nfkc)
+    if kind in ("char", "wordpiece"):
+        tokenizer = _train_wordpiece(kind, texts, size, min_frequency, **options)
+    else:
+        tokenizer = _train(kind, texts, size, min_frequency, **options)
+        if kind == "unigram":
+            tokenizer = _canonical_unigram(tokenizer)
+    add_special_wrapping(tokenizer)
+    return tokenizer
+
+
+def _train(kind: str, texts: Iterable[str], size: int, min_frequency: int, *, lowercase: bool, nfkc: bool,
+           fixed: Iterable[str] = ()):
+    tokenizer = empty_tokenizer(kind, lowercase=lowercase, nfkc=nfkc)
     try:
-        tokenizer.train_from_iterator(_batched(texts), trainer=_trainer(kind, size, min_frequency))
+        tokenizer.train_from_iterator(_batched(texts), trainer=_trainer(kind, size, min_frequency, fixed))
     except Exception as exc:  # the Rust trainer's errors arrive as a plain Exception
         if "not large enough" in str(exc):
             raise UserError(f"--vocab-size {size:,} is smaller than the distinct characters of the training split, "
                             f"which a {kind} vocabulary must all hold",
                             hint="raise --vocab-size (Chinese text needs several thousand), or use --tokenizer char") from None
         raise
-    add_special_wrapping(tokenizer)
+    return tokenizer
+
+
+def _train_wordpiece(kind: str, texts: Iterable[str], size: int, min_frequency: int, *, lowercase: bool, nfkc: bool):
+    """WordPiece trained twice: once without merges, to learn which one-character `##x`
+    pieces the words make, then for real with those pieces numbered in code-point order
+    (passed as tokens to keep), which makes the trainer's ties between merges, and so its
+    pieces, the same on every run. The result is rebuilt without them as added tokens."""
+    from tokenizers import models
+
+    texts = list(texts)  # read twice; the training split's text, which the trainer holds anyway
+    options = dict(lowercase=lowercase, nfkc=nfkc)
+    # A size the special tokens and the alphabet already fill: no merges, just the pieces.
+    alphabet_only = _train(kind, texts, len(SPECIAL_TOKENS), min_frequency, **options)
+    suffixes = sorted(t for t in alphabet_only.get_vocab() if _is_char_suffix(t))  # str order is code-point order
+    trained = _train(kind, texts, size, min_frequency, fixed=suffixes, **options)
+    ids = trained.get_vocab()
+    order = sorted(ids, key=lambda token: _wordpiece_rank(token, ids))
+    model = models.WordPiece(vocab={t: i for i, t in enumerate(order)}, unk_token=UNK, continuing_subword_prefix="##",
+                             max_input_chars_per_word=MAX_WORD_CHARS)
+    return _rebuilt(trained, model)
+
+
+def _is_char_suffix(token: str) -> bool:
+    return token.startswith("##") and len(token) == 3
+
+
+def _wordpiece_rank(token: str, ids: dict[str, int]) -> tuple[int, int]:
+    """BERT's layout: the special tokens, the characters, the `##` characters (each group in
+    the trainer's order, which is code-point order for the last two), then the pieces in the
+    order the trainer merged them."""
+    if token in SPECIAL_TOKENS:
+        return 0, SPECIAL_TOKENS.index(token)
+    if _is_char_suffix(token):
+        return 2, ids[token]
+    return (1 if len(token) == 1 else 3), ids[token]
+
+
+# Unigram scores are sums whose order changes between runs, so their last bits do; rounded to
+# this many decimals (far below any difference that changes a segmentation) they agree.
+SCORE_DECIMALS = 6
+
+
+# The score step the unigram trainer gives the characters it must keep but did not score.
+_FILLER_STEP = 0.0001
+
+
+def _canonical_unigram(trained):
+    """The special tokens, then the pieces by falling score and, on equal scores, by
+    code points (str order); scores rounded to SCORE_DECIMALS."""
+    import json
+
+    from tokenizers import models
+
+    pieces = json.loads(trained.to_str())["model"]["vocab"]
+    special = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    head = sorted((p for p in pieces if p[0] in special), key=lambda p: special[p[0]])
+    scores = _fillers_in_code_point_order({t: score for t, score in pieces if t not in special})
+    rest = sorted(((t, round(score, SCORE_DECIMALS)) for t, score in scores.items()), key=lambda p: (-p[1], p[0]))
+    vocab = [(t, float(score)) for t, score in head] + rest
+    return _rebuilt(trained, models.Unigram(vocab, unk_id=special[UNK], byte_fallback=False))
+
+
+def _fillers_in_code_point_order(scores: dict[str, float]) -> dict[str, float]:
+    """The trainer gives each character that its pieces lack the lowest score plus
+    1, 2, 3... steps, in hash-map order; give those steps in code-point order instead. The
+    fillers are the characters whose scores are exactly those sums, as the trainer adds them."""
+    by_score: dict[float, list[str]] = {}
+    for token, score in scores.items():
+        if len(token) == 1:
+            by_score.setdefault(score, []).append(token)
+    lowest = min(scores.values(), default=0.0)
+    steps, penalty = [], 0.0
+    while len(by_score.get(lowest + penalty, ())) == 1:
+        steps.append(lowest + penalty)
+        penalty += _FILLER_STEP
+    fillers = sorted(by_score[score][0] for score in steps)
+    return {**scores, **dict(zip(fillers, steps))}
+
+
+def _rebuilt(trained, model):
+    """`trained`'s normaliser, pre-tokenizer and decoder around `model`, with only the five
+    special tokens as added tokens."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = trained.normalizer
+    tokenizer.pre_tokenizer = trained.pre_tokenizer
+    tokenizer.decoder = trained.decoder
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     return tokenizer
 
 
