@@ -342,3 +342,20 @@ def test_special_tokens_keep_ids_0_to_4_and_are_the_only_added_tokens(kind):
         groups = [0 if len(t) == 1 else 1 if t.startswith("##") and len(t) == 3 else 2
                   for t in sorted(ids, key=ids.get)[len(SPECIAL_TOKENS):]]
         assert groups == sorted(groups) and set(groups) == {0, 1, 2}
+
+
+def test_unigram_rarest_characters_do_not_depend_on_which_got_which_filler_score():
+    from bigmodel_cli.data.subword import _FILLER_STEP, _rarest_chars_level
+
+    lowest = -14.037083218495225
+    ladder, penalty = [], 0.0
+    for _ in range(4):  # as the trainer adds them, in its hash order
+        ladder.append(lowest + penalty)
+        penalty += _FILLER_STEP
+    common = {"好的": -8.5, "好": -6.25, "的": -5.5, "稀": lowest, "罕": lowest + 0.00005}
+    one = {**common, **dict(zip("甲乙丙丁", ladder))}
+    other = {**common, **dict(zip("丁丙甲乙", ladder))}
+    assert one != other and _rarest_chars_level(one) == _rarest_chars_level(other)
+    level = _rarest_chars_level(one)
+    assert {t for t, s in level.items() if s == lowest} == set("甲乙丙丁稀罕")
+    assert {t: level[t] for t in ("好的", "好", "的")} == {"好的": -8.5, "好": -6.25, "的": -5.5}

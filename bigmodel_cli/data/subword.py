@@ -161,7 +161,7 @@ _FILLER_STEP = 0.0001
 
 def _canonical_unigram(trained):
     """The special tokens, then the pieces by falling score and, on equal scores, by
-    code points (str order); scores rounded to SCORE_DECIMALS."""
+    code points (str order); scores rounded to SCORE_DECIMALS, the rarest characters' levelled."""
     import json
 
     from tokenizers import models
@@ -169,27 +169,24 @@ def _canonical_unigram(trained):
     pieces = json.loads(trained.to_str())["model"]["vocab"]
     special = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     head = sorted((p for p in pieces if p[0] in special), key=lambda p: special[p[0]])
-    scores = _fillers_in_code_point_order({t: score for t, score in pieces if t not in special})
+    scores = _rarest_chars_level({t: score for t, score in pieces if t not in special})
     rest = sorted(((t, round(score, SCORE_DECIMALS)) for t, score in scores.items()), key=lambda p: (-p[1], p[0]))
     vocab = [(t, float(score)) for t, score in head] + rest
     return _rebuilt(trained, models.Unigram(vocab, unk_id=special[UNK], byte_fallback=False))
 
 
-def _fillers_in_code_point_order(scores: dict[str, float]) -> dict[str, float]:
-    """The trainer gives each character that its pieces lack the lowest score plus
-    1, 2, 3... steps, in hash-map order; give those steps in code-point order instead. The
-    fillers are the characters whose scores are exactly those sums, as the trainer adds them."""
-    by_score: dict[float, list[str]] = {}
-    for token, score in scores.items():
-        if len(token) == 1:
-            by_score.setdefault(score, []).append(token)
+def _rarest_chars_level(scores: dict[str, float]) -> dict[str, float]:
+    """The trainer gives each character that its pieces lack the lowest score plus 0, 1, 2...
+    steps, in hash-map order, and which rare characters its pieces lack changes from run to
+    run (their scores are sums taken in hash order). All single characters scored within
+    that ladder get the lowest score, which orders them by code point."""
+    singles = {score for token, score in scores.items() if len(token) == 1}
     lowest = min(scores.values(), default=0.0)
-    steps, penalty = [], 0.0
-    while len(by_score.get(lowest + penalty, ())) == 1:
-        steps.append(lowest + penalty)
+    top, penalty = lowest, 0.0
+    while lowest + penalty in singles:  # the sums exactly as the trainer makes them
+        top = lowest + penalty
         penalty += _FILLER_STEP
-    fillers = sorted(by_score[score][0] for score in steps)
-    return {**scores, **dict(zip(fillers, steps))}
+    return {token: lowest if len(token) == 1 and score <= top else score for token, score in scores.items()}
 
 
 def _rebuilt(trained, model):
