@@ -122,7 +122,7 @@ def _train_wordpiece(kind: str, texts: Iterable[str], size: int, min_frequency: 
     pieces, the same on every run. The result is rebuilt without them as added tokens."""
     from tokenizers import models
 
-    texts = list(texts)  # read twice; the training split's text, which the trainer holds anyway
+    texts = list(texts)  # read twice, so held in memory: the cleaned training split
     options = dict(lowercase=lowercase, nfkc=nfkc)
     # A size the special tokens and the alphabet already fill: no merges, just the pieces.
     alphabet_only = _train(kind, texts, len(SPECIAL_TOKENS), min_frequency, **options)
@@ -150,8 +150,8 @@ def _wordpiece_rank(token: str, ids: dict[str, int]) -> tuple[int, int]:
     return (1 if len(token) == 1 else 3), ids[token]
 
 
-# Unigram scores are sums whose order changes between runs, so their last bits do; rounded to
-# this many decimals (far below any difference that changes a segmentation) they agree.
+# Unigram scores are sums whose order changes between runs, so their last bits (about 1e-15)
+# do; rounded to a millionth they agree, unless a score lies that close to a rounding boundary.
 SCORE_DECIMALS = 6
 
 
@@ -161,7 +161,7 @@ _FILLER_STEP = 0.0001
 
 def _canonical_unigram(trained):
     """The special tokens, then the pieces by falling score and, on equal scores, by
-    code points (str order); scores rounded to SCORE_DECIMALS, the rarest characters' levelled."""
+    code points (str order); scores rounded to SCORE_DECIMALS, the rarest characters levelled."""
     import json
 
     from tokenizers import models
