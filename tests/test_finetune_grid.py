@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.training import loop
 from bigmodel_cli.training.classify_data import Encoded
-from bigmodel_cli.training.finetune import FALLBACK_LR, dev_too_small, finetune
+from bigmodel_cli.training.finetune import finetune
+from bigmodel_cli.training.lr_search import FALLBACK_LR, dev_too_small
 from bigmodel_cli.workspace.config import FinetuneConfig
 
 # Two rates: 1e-7 learns nothing in 27 steps, 1e-2 separates the marked classes; the bad one

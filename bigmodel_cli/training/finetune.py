@@ -9,11 +9,9 @@ Batches are a pure function of (seed, epoch, index), as the loop's exact resume 
 seeded permutation per epoch, sorted by length within windows of 50 batches (so a batch
 pads little), cut into batches whose order is then shuffled with the same generator.
 
-The learning rate, unless --lr gives one, is chosen on dev: each rate of --lr-grid trains
---grid-steps (one epoch) from the same start in runs/NAME/grid/, the best by dev macro-F1
-is recorded in runs/NAME/grid.json, the grid folder is removed, and the run trains from that
-start with the chosen rate (the same run as `--lr RATE` would give). A dev split too small to
-rank rates on falls back to FALLBACK_LR, with a notice.
+The learning rate, unless --lr gives one, is chosen on dev (training/lr_search.py), and the
+run then trains from the same start with the chosen rate (the same run as `--lr RATE` would
+give).
 
 Best checkpoint and early stopping follow dev macro-F1. Writes runs/NAME/ with the layout
 of a pretrain run (config.json with num_labels and labels, vocab.txt, meta.json, train.json,
@@ -40,16 +38,23 @@ from bigmodel_cli.training.classify_data import (
     pad_batch,
     read_split,
 )
+from bigmodel_cli.training.lr_search import (
+    FALLBACK_LR,
+    GRID_DIR,
+    GRID_FILE,
+    Trainer,
+    parse_grid,
+    read_search,
+    search_key,
+    search_lr,
+    search_options,
+    search_summary,
+    searched_again,
+)
 from bigmodel_cli.workspace.config import FinetuneConfig
 
 POOLINGS = ("cls", "mean")
 SORT_WINDOW = 50  # batches whose documents are sorted by length together
-GRID_DIR = "grid"  # runs/NAME/grid/: the candidate rates' runs while the search lasts
-GRID_FILE = "grid.json"  # runs/NAME/grid.json: each candidate's dev score and the rate chosen
-FALLBACK_LR = 1e-4  # the rate when dev cannot rank the grid
-# Below this many labelled dev documents one document moves macro-F1 by a point or more,
-# more than the rates of the grid usually differ by.
-MIN_DEV_DOCS = 50
 
 
 # -- options ------------------------------------------------------------------------------
@@ -86,21 +91,6 @@ def validate(cfg: FinetuneConfig) -> list[str]:
     if not cfg.from_run:
         problems.append("--from must name a pretrain run, latest, scratch or a Hugging Face BERT folder")
     return problems + validate_shape(cfg)
-
-
-def parse_grid(text: str) -> list[float]:
-    """The rates of --lr-grid, in the order given, each once; ValueError when one is not a
-    positive number or there are none."""
-    import math
-
-    rates: list[float] = []
-    for part in str(text).split(","):
-        rate = float(part.strip())
-        if not (rate > 0 and math.isfinite(rate)):
-            raise ValueError(part)
-        if rate not in rates:
-            rates.append(rate)
-    return rates
 
 
 def train_labels(ws, records: list[dict[str, Any]], path: Path) -> list[str]:
@@ -370,8 +360,8 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     # The base is found after a resume took the run's own options: --resume auto alone
     # continues a run from a Hugging Face folder even where no pretrain run exists.
     cfg, seed = inherit_options(cfg, seed, start, given)
-    cfg = _searched_again(cfg, folder, start, given)
-    cfg, seed = _search_options(cfg, seed, folder, start, resume, given)
+    cfg = searched_again(cfg, folder, start, given)
+    cfg, seed = search_options(cfg, seed, folder, start, resume, given)
     train_path, dev_path, vocab_path = find_processed(ws, cfg.data)
     base = resumed_base(ws, folder) if start is not None and cfg.from_run == "latest" else base_run(ws, cfg.from_run)
     if base is not None and base.resolve() == folder.resolve():
@@ -398,7 +388,7 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
     def work() -> Done:
         start_over(folder, force, start, dist)
         report = _run(ws, cfg, name, seed, folder, base, train_path, dev_path, vocab_path, start, dist, show_progress,
-                      console, log_lines, search_key=_search_key(params, inputs), resume=resume)
+                      console, log_lines, search_key=search_key(params, inputs), resume=resume)
         outputs = run_outputs(ws, folder, report, dist)
         if dist.main and (folder / GRID_FILE).is_file():
             outputs.append(folder / GRID_FILE)
@@ -410,42 +400,6 @@ def finetune(ws, cfg: FinetuneConfig | None = None, *, name: str | None = None, 
         report_path = folder / "report.json"
         return FinetuneResult(True, name, folder, outcome.record, read_json(report_path) if report_path.exists() else {})
     return FinetuneResult(False, name, folder, outcome.record, outcome.value)
-
-
-def read_search(folder: Path) -> dict[str, Any] | None:
-    """runs/NAME/grid.json (the learning-rate search), or None when the run has none."""
-    path = folder / GRID_FILE
-    return read_json(path) if path.is_file() else None
-
-
-def _search_key(params: dict[str, Any], inputs: list[dict[str, str]]) -> dict[str, Any]:
-    """What a resumed search must share with the one it continues: the options that shape the
-    candidates (not those a resume may change) and the inputs' hashes."""
-    from bigmodel_cli.training.loop import RESUMABLE
-
-    return {"params": {k: v for k, v in params.items() if k not in RESUMABLE}, "inputs": inputs}
-
-
-def _search_options(cfg: FinetuneConfig, seed: int, folder: Path, start: Path | None, resume: str | None,
-                    given: set[str] | None) -> tuple[FinetuneConfig, int]:
-    """A run cut off during its search has no checkpoint for inherit_options to read: on a
-    resume from the command line, the options not given there are those the search recorded."""
-    if start is not None or resume is None or given is None:
-        return cfg, seed
-    saved = (read_search(folder) or {}).get("key", {}).get("params", {})
-    kept = {f.name: saved[f.name] for f in dataclasses.fields(cfg) if f.name not in given and f.name in saved}
-    return dataclasses.replace(cfg, **kept), (saved.get("seed", seed) if "seed" not in given else seed)
-
-
-def _searched_again(cfg: FinetuneConfig, folder: Path, start: Path | None, given: set[str] | None) -> FinetuneConfig:
-    """A resumed run whose rate was chosen on dev is --lr 0 again: its checkpoints hold the
-    chosen rate, which inherit_options took, and the run's parameters are those it started with."""
-    if start is None or given is None or "lr" in given:
-        return cfg
-    search = read_search(folder)
-    if search is not None and search.get("lr") == cfg.lr:
-        return dataclasses.replace(cfg, lr=0.0)
-    return cfg
 
 
 def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path | None, train_path: Path,
@@ -501,7 +455,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
 
     def options() -> dict[str, Any]:
         return {**dataclasses.asdict(run_cfg), "seed": seed, "base": base_label(base), "world_size": dist.world,
-                "vocab_sha256": vocab_hash, "lr_search": _search_summary(search)}
+                "vocab_sha256": vocab_hash, "lr_search": search_summary(search)}
 
     if dist.main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -510,7 +464,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
             copy_tokenizer_files(vocab_path.parent, folder, base=base)
         write_train_options(folder, options(), start=start, changed=changed, complete=False)
     if search is None:
-        search = _search_lr(ws, cfg, seed, folder, task, labels, new_model, mcfg.to_dict(), dict(search_key or {}),
+        search = search_lr(ws, cfg, seed, folder, task, labels, new_model, mcfg.to_dict(), dict(search_key or {}),
                             resume, dist, Trainer(show_progress, console, log_lines, extra_state))
         run_cfg = dataclasses.replace(cfg, lr=search["lr"])
         if dist.main:
@@ -534,7 +488,7 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
                  "dev_unseen_labels": int((dev.labels < 0).sum()) if dev is not None else 0,
                  "steps_per_epoch": task.steps_per_epoch},
         "class_weights": dict(zip(labels, [round(float(w), 4) for w in weights])) if weights is not None else None,
-        "lr": run_cfg.lr, "lr_search": _search_summary(search),
+        "lr": run_cfg.lr, "lr_search": search_summary(search),
         "steps": result.steps, "epochs": result.epochs_done, "stop_reason": result.stop_reason,
         "train_loss": result.train_loss, "dev": result.dev,
         "best": _best(folder, result) if result.best is not None else None,
@@ -548,113 +502,6 @@ def _run(ws, cfg: FinetuneConfig, name: str, seed: int, folder: Path, base: Path
         write_json(folder / "report.json", report)
         write_train_options(folder, options(), start=start, changed=changed, complete=True)
     return report
-
-
-# -- the learning-rate search ---------------------------------------------------------------------
-@dataclass
-class Trainer:
-    """How the candidates' runs report: as the run itself does."""
-
-    show_progress: bool
-    console: Any
-    log_lines: bool
-    extra_state: dict[str, Any]
-
-
-def _search_summary(search: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The search as train.json and report.json record it (grid.json's key left out)."""
-    if search is None:
-        return None
-    return {k: v for k, v in search.items() if k != "key"}
-
-
-def dev_too_small(dev: Encoded | None, labels: list[str]) -> str | None:
-    """Why dev cannot rank learning rates (too few labelled documents, a class missing), or None."""
-    known = dev.labels[dev.labels >= 0] if dev is not None else np.zeros(0, dtype=np.int64)
-    if len(known) < MIN_DEV_DOCS:
-        return f"dev has {len(known)} documents"
-    missing = sorted(set(range(len(labels))) - set(known.tolist()))
-    if missing:
-        return f"dev has {len(known)} documents, none of class '{labels[missing[0]]}'"
-    return None
-
-
-def _search_lr(ws, cfg: FinetuneConfig, seed: int, folder: Path, task: ClassifyTask, labels: list[str], new_model,
-               model_config: dict[str, Any], key: dict[str, Any], resume: str | None, dist,
-               trainer: Trainer) -> dict[str, Any]:
-    """The learning rate chosen on dev, as grid.json records it: each rate of --lr-grid trains
-    the same number of steps from the same start, in runs/NAME/grid/lr-RATE/; the best dev
-    macro-F1 wins (the first of the grid on a tie). A resume keeps the candidates that
-    finished and continues the one that was cut off from its checkpoint; the search starts
-    over when its options or inputs changed. runs/NAME/grid/ is removed at the end."""
-    import shutil
-    import sys
-
-    too_small = dev_too_small(task.dev, labels)
-    if too_small:
-        if dist.main:
-            sys.stderr.write(f"notice: {too_small}, too few to choose the learning rate on (--lr-grid needs "
-                             f"{MIN_DEV_DOCS} or more, of every class); finetuning with --lr {FALLBACK_LR:g}\n")
-            sys.stderr.flush()
-        search = {"lr": FALLBACK_LR, "chosen": f"fallback ({too_small})", "trials": []}
-        if dist.main:
-            write_json(folder / GRID_FILE, search)
-            shutil.rmtree(folder / GRID_DIR, ignore_errors=True)  # candidates of a search resumed on other data
-        return search
-    grid = parse_grid(cfg.lr_grid)
-    steps = min(cfg.grid_steps or task.steps_per_epoch, cfg.max_steps or float("inf"))
-    key = {**key, "grid": grid, "steps": steps}
-    saved = read_search(folder) if resume is not None else None
-    same = saved is not None and saved.get("key") == key
-    trials = list(saved.get("trials", [])) if same else []
-    if not same and dist.main:
-        shutil.rmtree(folder / GRID_DIR, ignore_errors=True)  # the tool's own candidates, of another search
-    search = {"lr": None, "chosen": "searching", "grid": grid, "steps": steps, "trials": trials, "key": key}
-    done = {t["lr"] for t in trials}
-    for rate in grid:
-        if dist.main:
-            write_json(folder / GRID_FILE, search)
-        if rate in done:
-            continue
-        trials.append(_trial(cfg, rate, steps, folder / GRID_DIR / f"lr-{rate:g}", task, new_model, seed, model_config,
-                             dist, trainer))
-        if dist.main and trainer.console is not None:
-            t = trials[-1]
-            trainer.console.print(f"lr {rate:g}: dev macro-F1 {t['dev_macro_f1']:.4f} after {t['steps']:,} steps")
-    best = max(trials, key=lambda t: -1.0 if t["dev_macro_f1"] is None else t["dev_macro_f1"])
-    search.update(lr=best["lr"], chosen="dev")
-    if dist.main:
-        write_json(folder / GRID_FILE, search)
-        shutil.rmtree(folder / GRID_DIR, ignore_errors=True)
-    return search
-
-
-def _trial(cfg: FinetuneConfig, rate: float, steps: int, trial_dir: Path, task: ClassifyTask, new_model, seed: int,
-           model_config: dict[str, Any], dist, trainer: Trainer) -> dict[str, Any]:
-    """One candidate rate: `steps` steps on its own schedule (warm-up and decay within them),
-    evaluated on dev at the end; continued from its checkpoint when it has one."""
-    import shutil
-
-    from bigmodel_cli.training.loop import fit
-    from bigmodel_cli.training.run_setup import resume_point
-
-    start = None
-    if (trial_dir / "checkpoints").exists():
-        try:
-            start = resume_point(trial_dir, "auto")
-        except UserError:  # no intact checkpoint: the candidate trains again
-            start = None
-    if start is None and dist.main and trial_dir.exists():
-        shutil.rmtree(trial_dir)
-    if dist.main:
-        trial_dir.mkdir(parents=True, exist_ok=True)
-    model, _ = new_model(load_base=start is None)
-    trial_cfg = dataclasses.replace(cfg, lr=rate, max_steps=steps, max_time="", early_stopping=0, eval_every=0, keep=1)
-    result = fit(model, task, trial_cfg, trial_dir, seed=seed, model_config=model_config, resume=start,
-                 show_progress=trainer.show_progress, console=trainer.console, log_lines=trainer.log_lines,
-                 extra_state=trainer.extra_state)
-    return {"lr": rate, "steps": result.steps,
-            "dev_macro_f1": None if result.best is None else round(result.best, 6), "seconds": round(result.seconds, 2)}
 
 
 def _best(folder: Path, result) -> dict[str, Any]:
