@@ -30,7 +30,8 @@ CANDIDATES = ("tiny", "small")
 TOKENS_PER_PARAMETER = 20
 REPEATS_FOR_DROPOUT = 3
 BF16_MIN_WIDTH = 256  # CPU; every bf16-capable GPU gains at any width
-PROBE_STEPS = 2  # timed steps per candidate, after one untimed step that warms the kernels up
+WARMUP_STEPS = 2  # untimed steps first: the first steps of a new model allocate and pick kernels
+PROBE_STEPS = 3  # timed steps per candidate (their median counts)
 NO_BUDGET = ("", "none", "off")
 
 

@@ -335,16 +335,18 @@ def _time_steps(task, cfg: PretrainConfig, size: str, precision: str, device, bu
     import torch
 
     from bigmodel_cli.model.transformer import Transformer
-    from bigmodel_cli.training.budget import PROBE_STEPS, Timing
-    from bigmodel_cli.training.loop import Objective, make_optimizer
+    from bigmodel_cli.training.budget import PROBE_STEPS, WARMUP_STEPS, Timing
+    from bigmodel_cli.training.loop import Objective, make_optimizer, tune_cpu_allocator
 
+    if device.type == "cpu":
+        tune_cpu_allocator()  # as the loop will: without it the first steps run at a fraction of the speed
     trial = dataclasses.replace(cfg, size=size, dropout=max(cfg.dropout, 0.0))
     model = Transformer(build_config(trial)).to(device)
     runner = Objective(model, task.loss)
     optimizer = make_optimizer(model, trial, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16-mixed" else contextlib.nullcontext
     times = []
-    for index in range(PROBE_STEPS + 1):
+    for index in range(WARMUP_STEPS + PROBE_STEPS):
         batch = task.batch(0, index % task.steps_per_epoch, slice(0, cfg.batch_size))
         began = time.perf_counter()
         with autocast():
@@ -355,7 +357,7 @@ def _time_steps(task, cfg: PretrainConfig, size: str, precision: str, device, bu
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - began)
-    return Timing(statistics.median(times[1:]), model.num_parameters(embeddings=False))
+    return Timing(statistics.median(times[WARMUP_STEPS:]), model.num_parameters(embeddings=False))
 
 
 def _check_sizes(ws, train, path: Path, cfg: PretrainConfig, world: int) -> None:
