@@ -31,10 +31,12 @@ def ws(reviews_ws, copy_ws):
 
 @pytest.fixture
 def fake_clock(monkeypatch):
-    """The loop's clock ticks 0.05 s per reading whatever the machine's load (about three
-    readings a step)."""
+    """The loop's clock (and the budget's, which counts the speed probe) ticks 0.05 s per
+    reading whatever the machine's load (about three readings a step)."""
     clock = iter(range(10**9))
-    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: next(clock) * 0.05))
+    fake = SimpleNamespace(perf_counter=lambda: next(clock) * 0.05)
+    monkeypatch.setattr(train, "time", fake)
+    monkeypatch.setattr(bud, "time", fake)  # the speed probe's share of the budget, on the same clock
 
 
 def lrs(folder) -> list[float]:
