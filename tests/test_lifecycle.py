@@ -76,7 +76,8 @@ def test_quickstart_runs_every_stage_and_then_skips_them(tmp_path):
     assert len(support) == 2 and sum(support) == report["scored"]
     majority = max(support) / sum(support)  # always answering the largest class scores this
     assert report["model"]["accuracy"] > majority + 0.1  # it learned
-    assert ws.config()["pretrain"]["size"] == "tiny"  # the small settings are in bigmodel.toml
+    assert ws.config()["pretrain"]["budget"] == "36s"  # the small settings (2 minutes x 1.5/5) are in bigmodel.toml
+    assert json.loads((target / "runs" / "mlm" / "train.json").read_text())["size"] == "tiny"  # chosen for that budget
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert second.returncode == 0
     assert second.stdout.count("up to date") == 6

@@ -88,5 +88,5 @@ def quickstart_cli(
     console.print(f"\n[bold]done[/] in {result.seconds / 60:.1f} min. Next:")
     for cmd in (f"cd {result.workspace}", "bigmodel status", 'bigmodel predict "房间很大，早餐不错"' if lang == "zh" else 'bigmodel predict "The council approved the new budget on Monday."',
                 "bigmodel explain --split test --limit 50 --faithfulness", "bigmodel export classifier --format hf",
-                "bigmodel pretrain --size small --max-time 20m --name mlm-small   # a bigger model"):
+                "bigmodel pretrain --budget 2h --name mlm-long   # longer: the budget sizes the model"):
         console.print(f"  {escape(cmd)}")
