@@ -38,13 +38,16 @@ def ignore_interrupts() -> None:
 
 
 @contextlib.contextmanager
-def forking() -> Iterator[None]:
-    """Around the start of child processes: a Ctrl-C is not lost.
+def interrupts_kept() -> Iterator[None]:
+    """Around code that can swallow a KeyboardInterrupt: a Ctrl-C is not lost, nor turned
+    into another error.
 
     CPython runs fork hooks (logging's lock release among them) whose exceptions it prints
-    and drops. A KeyboardInterrupt raised inside one is gone, and the command would run on
-    to the end. Here the interrupt is noted as it is raised, and raised again after the
-    block if it was swallowed."""
+    and drops, so a KeyboardInterrupt raised inside one is gone and the command would run
+    on to the end. And C extensions that call back into Python (numpy building an array
+    while safetensors reads a file) turn it into a ValueError, which a loader would report
+    as a corrupt file. Here the interrupt is noted as it is raised, and raised again after
+    the block, in place of whatever the block raised or swallowed."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # someone else decides what Ctrl-C does here
@@ -58,10 +61,17 @@ def forking() -> Iterator[None]:
     signal.signal(signal.SIGINT, note)
     try:
         yield
+    except BaseException:
+        if noted:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if noted:
         raise KeyboardInterrupt
+
+
+forking = interrupts_kept  # around the start of child processes
 
 
 def _kernel_death_signal() -> bool:

@@ -441,3 +441,34 @@ def test_ctrl_c_swallowed_while_children_start_still_interrupts():
         with forking():
             hook_that_swallows()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _interrupt_turned_into(error: type[Exception]):
+    """What numpy does when a Ctrl-C lands while it calls back into Python: the
+    KeyboardInterrupt becomes another error."""
+    def call(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the Python-level handler runs here
+        except KeyboardInterrupt:
+            raise error("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+    return call
+
+
+def test_ctrl_c_while_a_checkpoint_loads_is_an_interrupt_not_a_corrupt_file(monkeypatch, tmp_path):
+    # Seen in CI: Ctrl-C during `evaluate` printed "model.safetensors: cannot be read as
+    # safetensors (could not determine the shape ...)" and exited 2 instead of 130.
+    from bigmodel_cli.errors import UserError
+    from bigmodel_cli.model import checkpoint
+
+    with pytest.raises(ValueError):
+        _interrupt_turned_into(ValueError)()  # without the guard the interrupt is gone
+    monkeypatch.setattr(checkpoint, "load_file", _interrupt_turned_into(ValueError))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.read_tensors(tmp_path / "model.safetensors")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a file that really is corrupt is still the one-line error
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="cannot be read as safetensors"):
+        checkpoint.read_tensors(tmp_path / "bad.safetensors")

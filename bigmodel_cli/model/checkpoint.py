@@ -178,8 +178,11 @@ def _first_line(exc: BaseException) -> str:
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; a file that is not one is a one-line error naming it."""
+    from bigmodel_cli.lifecycle import interrupts_kept
+
     try:
-        return load_file(path)
+        with interrupts_kept():  # a Ctrl-C while numpy builds the tensors is not a corrupt file
+            return load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot be read as safetensors ({_first_line(exc)})",
                         hint="the file is corrupt or truncated; " + RESUME_HINT) from None

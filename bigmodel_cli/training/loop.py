@@ -218,7 +218,7 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     number of steps."""
     if cfg.warmup >= 1:
         warm, done = cfg.warmup, step + 1
-        if done < warm:
+        if done <= warm:
             return cfg.lr * done / warm
         start = 0.0  # the decay spans the whole schedule, as it always has for a step count
     else:
@@ -484,6 +484,11 @@ class _Trainer:
 
     def stop_for_signal(self) -> None:
         self.log.close()
+        if self.dist.world > 1 and torch.distributed.is_initialized():
+            # Every rank stops at this same step: leave the process group together, so that no
+            # rank exits while the group's threads still run (gloo then aborts the process).
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
         where = Path(self.run_dir.parent.name, self.run_dir.name, "checkpoints", ckpt.step_name(self.state.step))
         raise Stopped(f"stopped by SIGTERM after step {self.state.step:,}; saved {where}",
                       hint="run the same command with --resume auto to continue exactly from there")
