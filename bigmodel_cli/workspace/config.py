@@ -160,7 +160,7 @@ class PretrainConfig(TrainConfig):
     epochs: int = doc("Passes over the training data (0: as many as the budget allows; --max-steps, when set, wins).", 0)
     lr: float = doc("Peak learning rate (AdamW).", 1e-3)
     min_lr: float = doc("Learning rate at the end of the schedule, as a fraction of --lr.", 0.0)
-    precision: str = doc("auto (bf16-mixed where this machine has bf16 units and a timed step shows it faster, else 32), 32 (float32) or bf16-mixed (bfloat16 autocast).", "auto")
+    precision: str = doc("auto (bf16-mixed on a GPU with bf16, or on a CPU with bf16 units (AVX-512 BF16, AMX) for a model at least 256 wide, where it measured faster; else 32), 32 (float32) or bf16-mixed (bfloat16 autocast).", "auto")
     objective: str = doc("mlm (masked language model, BERT) or clm (causal, next word).", "mlm")
     size: str = doc("Model size preset: auto (the largest of tiny and small that the budget trains on at least 20 tokens per parameter, at this machine's measured speed), tiny (2 layers x 128), small (4 x 256), base (12 x 768).", "auto")
     layers: int = doc("Transformer layers (0: from --size).", 0)
