@@ -29,6 +29,7 @@ import bigmodel_cli.cli  # noqa: F401  (importing it registers the commands on `
 from bigmodel_cli.cli import _util
 from bigmodel_cli.cli._util import app
 from bigmodel_cli.data.preprocess import SPLITS, preprocess
+from bigmodel_cli.data.store import StoreWriter, read_records
 from bigmodel_cli.workspace.config import PreprocessConfig
 from bigmodel_cli.workspace.layout import Workspace
 
@@ -74,12 +75,24 @@ def lee_docs(n: int | None = None) -> list[list[str]]:
 
 
 def write_processed(ws: Workspace, docs: list[list[str]], stopwords=STOPWORDS) -> None:
-    """Tokenised English documents as preprocess's train.jsonl and stopwords.txt, for embed."""
-    ws.processed.mkdir(parents=True, exist_ok=True)
-    with open(ws.processed / "train.jsonl", "w", encoding="utf-8") as handle:
-        for i, tokens in enumerate(docs):
-            handle.write(json.dumps({"id": i, "text": " ".join(tokens), "tokens": tokens, "lang": "en"}) + "\n")
+    """Tokenised English documents as preprocess's train.parquet and stopwords.txt, for embed."""
+    write_split(ws.processed, "train", [{"id": i, "text": " ".join(tokens), "tokens": tokens, "lang": "en", "source": f"t:{i}"}
+                                        for i, tokens in enumerate(docs)])
     (ws.processed / "stopwords.txt").write_text("".join(w + "\n" for w in stopwords), encoding="utf-8")
+
+
+def write_split(folder: Path, split: str, records: list[dict]) -> Path:
+    """A processed split (FOLDER/SPLIT.parquet) holding `records`, as preprocess writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = StoreWriter(folder / f"{split}.parquet")
+    writer.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+    writer.close()
+    return folder / f"{split}.parquet"
+
+
+def read_split(folder: Path, split: str) -> list[dict]:
+    """The records of a processed split (FOLDER/SPLIT.parquet), label None where unlabelled."""
+    return list(read_records(folder / f"{split}.parquet"))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -99,7 +112,7 @@ class Output:
         self.dir = ws.processed
 
     def split(self, name: str) -> list[dict]:
-        return read_jsonl(self.dir / f"{name}.jsonl")
+        return read_split(self.dir, name)
 
     def docs(self) -> list[dict]:
         return [d for s in SPLITS for d in self.split(s)]
@@ -222,7 +235,8 @@ def lm_ws(reviews_ws, copy_ws) -> Workspace:
 def helpers() -> SimpleNamespace:
     """The writing and reading helpers above, for the test modules."""
     return SimpleNamespace(write_bytes=write_bytes, write_lines=write_lines, write_jsonl=write_jsonl,
-                           write_table=write_table, read_jsonl=read_jsonl, snapshot=snapshot, Output=Output)
+                           write_table=write_table, read_jsonl=read_jsonl, snapshot=snapshot, Output=Output,
+                           write_split=write_split, read_split=read_split)
 
 
 @pytest.fixture

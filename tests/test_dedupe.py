@@ -36,11 +36,15 @@ def test_index_finds_every_key_across_flushes():
     assert index.find_flushed(absent) == [None] * len(absent)
 
 
-def test_kept_sources_reads_back_only_the_wanted_ids(tmp_path):
-    path = tmp_path / "train.jsonl"
-    path.write_text('{"id": 3, "text": "a", "source": "x.txt:4"}\n{"id": 12, "text": "b, c", "source": "x.txt:13"}\n',
-                    encoding="utf-8")
-    assert kept_sources([path], {12}) == {12: "x.txt:13"}
+def test_kept_sources_reads_back_only_the_wanted_ids(tmp_path, helpers):
+    train = helpers.write_split(tmp_path, "train", [{"id": 3, "text": "a", "tokens": ["a"], "source": "x.txt:4"},
+                                                    {"id": 12, "text": "b, c", "tokens": ["b"], "source": "x.txt:13"}])
+    dev = helpers.write_split(tmp_path, "dev", [{"id": 20, "text": "d", "tokens": ["d"], "source": "y.txt:1"}])
+    assert kept_sources([train, dev], {12, 20}) == {12: "x.txt:13", 20: "y.txt:1"}
+    legacy = tmp_path / "test.jsonl"  # a split an older version wrote
+    legacy.write_text('{"id": 3, "text": "a", "source": "x.txt:4"}\n{"id": 12, "text": "b, c", "source": "x.txt:13"}\n',
+                      encoding="utf-8")
+    assert kept_sources([legacy], {12}) == {12: "x.txt:13"}
 
 
 @pytest.mark.parametrize("given_splits", [False, True])
@@ -63,7 +67,7 @@ def test_preprocess_results_do_not_depend_on_the_flush(corpus_dir, helpers, run_
     else:
         path = helpers.write_lines(corpus_dir / "docs.txt", lines)
         run = lambda: run_pre([path], lang="en")  # noqa: E731
-    names = ["train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt"]
+    names = ["train.parquet", "dev.parquet", "test.parquet", "vocab.txt"]
     unflushed = run().report
     expected = {n: (out.dir / n).read_bytes() for n in names}
     monkeypatch.setattr(preprocess_module, "DEDUPE_FLUSH", 64)

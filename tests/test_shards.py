@@ -15,6 +15,7 @@ from bigmodel_cli.data import shards
 from bigmodel_cli.data.parallel import OrderedWorkers
 from bigmodel_cli.data.preprocess import prepare, preprocess
 from bigmodel_cli.data.shards import check_shards, merge_shards, parse_shard, run_shard
+from bigmodel_cli.data.store import count_records
 from bigmodel_cli.errors import UserError
 from bigmodel_cli.workspace.config import PreprocessConfig
 
@@ -65,7 +66,7 @@ def test_three_shards_merged_equal_one_unsharded_run(make_ws, labelled):
     options = dict(workers=1, min_count=1)
     preprocess(ws, [labelled], config=PreprocessConfig(**options), lang="zh", force=True)
     expected = outputs(ws)
-    assert {"train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "stopwords.txt", "rejects.jsonl", "meta.json"} <= set(expected)
+    assert {"train.parquet", "dev.parquet", "test.parquet", "vocab.txt", "stopwords.txt", "rejects.jsonl", "meta.json"} <= set(expected)
     report = json.loads(expected["report.json"])
     assert report["duplicates"] == 21 and report["label_conflicts"]["count"] == 1 and report["documents"]["rejected"] == 1
     assert set(report["labels"]["train"]) == {"neg", "pos"} and report["splits"]["dev"] > 0
@@ -172,7 +173,7 @@ def test_cli_merge_names_the_missing_shard_and_its_command(cli_ws, run_cli):
     run_cli(["preprocess", corpus.name, "--as", "rev", "--shard", "2/3"], ws.root)
     merged = run_cli(["preprocess", corpus.name, "--as", "rev", "--merge", "3"], ws.root)
     assert merged.exit_code == 0 and "merged from 3 shards" in merged.stdout, merged.output
-    assert (ws.root / "data" / "rev" / "train.jsonl").stat().st_size > 0
+    assert count_records(ws.root / "data" / "rev" / "train.parquet") > 0
 
 
 def test_cli_merge_names_the_option_a_shard_was_made_with(cli_ws, run_cli):

@@ -84,17 +84,18 @@ class SeenIndex:
 
 
 def kept_sources(paths: Iterable, doc_ids: set[int]) -> dict[int, str]:
-    """The "source" of the given documents, read back from the JSONL files written."""
-    import json
+    """The "source" of the given documents, read back from the split files written."""
+    from bigmodel_cli.data.store import read_records
 
     found: dict[int, str] = {}
     for path in paths:
         if len(found) == len(doc_ids):
             break
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                # Every line starts '{"id": N, ': no need to parse the ones not wanted.
-                doc_id = int(line[7:line.index(",", 7)])
-                if doc_id in doc_ids:
-                    found[doc_id] = json.loads(line)["source"]
+        # Only the ids are decoded for every record; the sources only where wanted.
+        rows = {n: r["id"] for n, r in enumerate(read_records(path, columns=["id"])) if r["id"] in doc_ids}
+        for n, r in enumerate(read_records(path, columns=["source"]) if rows else ()):
+            if n in rows:
+                found[rows[n]] = r["source"]
+                if len(found) == len(doc_ids):
+                    break
     return found

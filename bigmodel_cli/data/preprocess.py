@@ -60,6 +60,7 @@ from bigmodel_cli.data.segment import (
     resolve_backend,
 )
 from bigmodel_cli.data.stopwords import load_stopwords
+from bigmodel_cli.data.store import StoreWriter, read_records
 from bigmodel_cli.data.subword import KINDS as TOKENIZER_KINDS
 from bigmodel_cli.data.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 from bigmodel_cli.errors import InputError, UserError
@@ -564,7 +565,9 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
     bar = _Bar(_show_bar(show_progress, console), console, total_bytes)
 
-    files = {s: open(staging / f"{s}.jsonl", "wb") for s in SPLITS}
+    # The splits' writers parse in this process (pyarrow, never in a forked worker) the JSON
+    # lines the workers send, into the Parquet store (data/store.py).
+    files = {s: StoreWriter(staging / f"{s}.parquet") for s in SPLITS}
     # backslashreplace: a reject's raw text or reason may hold what UTF-8 cannot encode
     # (a lone surrogate from a JSON escape); the reject is still written, never a crash.
     rejects = open(staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace")
@@ -585,7 +588,7 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
             handle.close()
         if ahead is not None:
             ahead.close()
-    output_hashes = sha256_in_background([staging / f"{s}.jsonl" for s in SPLITS] + [staging / "rejects.jsonl"])
+    output_hashes = sha256_in_background([staging / f"{s}.parquet" for s in SPLITS] + [staging / "rejects.jsonl"])
     stats = _finish_workers(runner, docs.stats, staging)
     elapsed = time.perf_counter() - started
 
@@ -782,7 +785,7 @@ def _finish_workers(runner: OrderedWorkers, stats: Stats, staging: Path) -> Stat
     stats.dev_counts = runner.counts.get("dev", Counter())
     examples = stats.conflict_examples + stats.near_examples
     if examples:
-        sources = kept_sources([staging / f"{s}.jsonl" for s in SPLITS], {e["kept"] for e in examples})
+        sources = kept_sources([staging / f"{s}.parquet" for s in SPLITS], {e["kept"] for e in examples})
         for example in examples:
             example["kept"] = sources.get(example["kept"])
     return stats
@@ -830,7 +833,7 @@ def _train_tokenizer(cfg: PreprocessConfig, staging: Path) -> dict[str, Any]:
     from bigmodel_cli.data.tokenizer import save_tokenizer
 
     started = time.perf_counter()
-    tokenizer = train_tokenizer(cfg.tokenizer, _split_texts(staging / "train.jsonl"), vocab_size=cfg.vocab_size,
+    tokenizer = train_tokenizer(cfg.tokenizer, _split_texts(staging / "train.parquet"), vocab_size=cfg.vocab_size,
                                 min_frequency=cfg.min_count, lowercase=cfg.lowercase, nfkc=cfg.nfkc)
     seconds = time.perf_counter() - started
     save_tokenizer(tokenizer, staging, {"kind": cfg.tokenizer, "vocab_size": default_size(cfg.tokenizer, cfg.vocab_size),
@@ -840,7 +843,7 @@ def _train_tokenizer(cfg: PreprocessConfig, staging: Path) -> dict[str, Any]:
     write_json(staging / "meta.json", meta)
     tokens = unk = 0
     unk_id = tokenizer.token_to_id(UNK)
-    for batch in _batches(_split_texts(staging / "dev.jsonl"), 1000):
+    for batch in _batches(_split_texts(staging / "dev.parquet"), 1000):
         for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
             tokens += len(encoding.ids)
             unk += encoding.ids.count(unk_id)
@@ -850,9 +853,7 @@ def _train_tokenizer(cfg: PreprocessConfig, staging: Path) -> dict[str, Any]:
 
 
 def _split_texts(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)["text"]
+    return (record["text"] for record in read_records(path, columns=["text"]))
 
 
 class _Bar:

@@ -47,23 +47,32 @@ class StoreWriter:
     file (a 0-row file with the schema when nothing was written)."""
 
     def __init__(self, path: Path):
-        import pyarrow.parquet as pq
-
+        # The file opens, and pyarrow loads, at the first write: preprocess makes its writers
+        # before it forks its workers, which must not inherit pyarrow's state.
         self.path = Path(path)
-        self.schema = schema()
-        self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        self.writer = None
+        self.closed = False
         self.pending: list = []  # tables not yet written, fewer than ROW_GROUP rows in all
         self.pending_rows = 0
+
+    def _open(self) -> None:
+        import pyarrow.parquet as pq
+
+        self.schema = schema()
+        self.writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
 
     def write(self, blob: bytes) -> None:
         if not blob:
             return
+        if self.writer is None:
+            self._open()
         import pyarrow as pa
         import pyarrow.json as pj
 
         # block_size at least the blob: a block must hold a whole line, however long the document.
+        # One block, so no threads: the parser's would only compete with the workers for the cores.
         table = pj.read_json(pa.BufferReader(blob),
-                             read_options=pj.ReadOptions(block_size=max(len(blob) + 1, 1 << 20)),
+                             read_options=pj.ReadOptions(block_size=max(len(blob) + 1, 1 << 20), use_threads=False),
                              parse_options=pj.ParseOptions(explicit_schema=self.schema))
         self.pending.append(table.select(self.schema.names))
         self.pending_rows += table.num_rows
@@ -92,8 +101,11 @@ class StoreWriter:
         self.writer.write_table(group, row_group_size=ROW_GROUP)
 
     def close(self) -> None:
-        if self.writer is None:
+        if self.closed:
             return
+        self.closed = True
+        if self.writer is None:
+            self._open()
         try:
             if self.pending:
                 self._flush(whole_groups_only=False)
