@@ -15,13 +15,16 @@ from bigmodel_cli.fileio import read_json, write_json
 
 
 def find_processed(ws, dataset: str | None = None) -> tuple[Path, Path | None, Path]:
-    """train.jsonl, dev.jsonl (None when empty) and vocab.txt of a dataset (`--data`)."""
+    """The train split, the dev split (None when absent or empty) and vocab.txt of a dataset
+    (`--data`); a split is train.parquet, or the train.jsonl of an older version."""
+    from bigmodel_cli.data.store import has_records, split_file
+
     folder = ws.find_dataset(dataset)
-    train, dev, vocab = folder / "train.jsonl", folder / "dev.jsonl", folder / "vocab.txt"
-    if not train.is_file() or not vocab.is_file():
-        raise UserError(f"no processed data in {ws.relative(folder)}/ (train.jsonl and vocab.txt)",
+    train, dev, vocab = split_file(folder, "train"), split_file(folder, "dev"), folder / "vocab.txt"
+    if train is None or not vocab.is_file():
+        raise UserError(f"no processed data in {ws.relative(folder)}/ (train.parquet and vocab.txt)",
                         hint="run `bigmodel preprocess FILE` first")
-    return train, (dev if dev.is_file() and dev.stat().st_size else None), vocab
+    return train, (dev if has_records(dev) else None), vocab
 
 
 def resume_point(folder: Path, resume: str | None) -> Path | None:
