@@ -13,7 +13,7 @@ model; the transform is this file's own few lines, so that a saved baseline is p
     reports/_baseline/terms.json      the word and character n-grams, in column order
     reports/_baseline/weights.npz     idf, coef, intercept (numpy arrays, no pickle)
 
-The cache is reused while train.jsonl, dev.jsonl and the options are unchanged.
+The cache is reused while the train and dev splits and the options are unchanged.
 """
 
 from __future__ import annotations
@@ -202,8 +202,10 @@ def train(train_docs: list[Doc], train_y: list[str], dev_docs: list[Doc], dev_y:
 
 
 def cache_key(ws, cfg: EvaluateConfig, data: Path) -> str:
-    paths = [data / f"{s}.jsonl" for s in ("train", "dev")]
-    hashes = [h["sha256"] for h in ws.hash_paths([p for p in paths if p.exists()])]
+    from bigmodel_cli.data.store import split_file
+
+    paths = [split_file(data, s) for s in ("train", "dev")]
+    hashes = [h["sha256"] for h in ws.hash_paths([p for p in paths if p is not None])]
     options = [CACHE_VERSION, cfg.baseline_c, cfg.baseline_char_ngrams, cfg.baseline_char_wb, cfg.baseline_stopwords]
     return hashlib.sha256(json.dumps([hashes, options]).encode()).hexdigest()
 
@@ -212,6 +214,7 @@ def load_or_train(ws, cfg: EvaluateConfig, data: Path | None = None) -> tuple[Ba
     """The baseline of a dataset (`data`, default data/processed/): from the cache when its
     key matches, else trained on its train split and saved. Returns (baseline, whether it
     came from the cache)."""
+    from bigmodel_cli.data.store import split_file
     from bigmodel_cli.training.classify_data import read_split
 
     folder = ws.root / FOLDER
@@ -223,13 +226,13 @@ def load_or_train(ws, cfg: EvaluateConfig, data: Path | None = None) -> tuple[Ba
                 return Baseline.load(folder), True
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
-    train_path, dev_path = data / "train.jsonl", data / "dev.jsonl"
+    train_path, dev_path = split_file(data, "train") or data / "train.parquet", split_file(data, "dev")
     records = read_split(train_path)
     if not any(r["label"] is not None for r in records):
         raise UserError(f"{ws.relative(train_path)} has no labels, so no baseline can be trained",
                         hint="preprocess a labelled corpus: bigmodel preprocess FILE --label-field NAME --force")
     records = [r for r in records if r["label"] is not None]
-    dev = [r for r in read_split(dev_path) if r["label"] is not None] if dev_path.exists() else []
+    dev = [r for r in read_split(dev_path) if r["label"] is not None] if dev_path is not None else []
     stopwords = _stopwords(data) if cfg.baseline_stopwords else []
     baseline = train(docs(records), [r["label"] for r in records], docs(dev), [r["label"] for r in dev], cfg, stopwords)
     baseline.save(folder, key)

@@ -187,6 +187,7 @@ def pick_run(ws, run: str | None) -> Path:
 
 def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateConfig | None = None, force: bool = False,
              show_progress: bool = False, console=None) -> EvaluateResult:
+    from bigmodel_cli.data.store import has_records, split_file
     from bigmodel_cli.model.runs import model_checkpoint, run_kind, train_options
     from bigmodel_cli.workspace.records import Done, run_stage
 
@@ -197,9 +198,9 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
     folder = pick_run(ws, run)
     kind = run_kind(folder)
     data = ws.find_dataset(cfg.data or train_options(folder).get("data") or None)
-    split_path = data / f"{split}.jsonl"
-    if not split_path.is_file() or not split_path.stat().st_size:
-        raise UserError(f"no {split} split in {ws.relative(data)}/ ({split}.jsonl is missing or empty)",
+    split_path = split_file(data, split)
+    if not has_records(split_path):
+        raise UserError(f"no {split} split in {ws.relative(data)}/ ({split}.parquet is missing or empty)",
                         hint="preprocess with a share for it (--split 0.8,0.1,0.1) or give --test FILE, "
                              + ("or evaluate on --split dev" if split == "test" else "or evaluate on --split test"))
     checkpoint = model_checkpoint(folder)
@@ -208,7 +209,7 @@ def evaluate(ws, run: str | None = None, *, split: str = "test", cfg: EvaluateCo
     params = {"run": folder.name, "split": split, "checkpoint": checkpoint.name, **dataclasses.asdict(cfg)}
     input_paths = [split_path, checkpoint / "model.safetensors", folder / "vocab.txt"]
     if kind == "finetune":
-        input_paths += [p for p in (data / "train.jsonl", data / "dev.jsonl") if p.exists()]
+        input_paths += [p for p in (split_file(data, "train"), split_file(data, "dev")) if p is not None]
     inputs = ws.hash_paths(list(dict.fromkeys(input_paths)))
     last = next((r for r in reversed(ws.records(stage)) if r.get("status") == "ok" and r["params"].get("split") == split), None)
 
