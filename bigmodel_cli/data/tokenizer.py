@@ -116,7 +116,7 @@ class Encoder(abc.ABC):
 
     @abc.abstractmethod
     def encode_records(self, records: list[dict], max_len: int | None = None) -> list[list[int]]:
-        """Processed records (data/processed/*.jsonl), as training and evaluation read them."""
+        """Processed records (data/processed/*.parquet, read by data/store.py), as training and evaluation read them."""
 
     @abc.abstractmethod
     def record_pieces(self, records: list[dict]) -> list[tuple[list[int], list[int]]]:

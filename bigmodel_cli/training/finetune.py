@@ -1,7 +1,7 @@
 """`bigmodel finetune`: a text classifier on the workspace's labelled splits, started from a
 pretrain run (or from random weights with `--from scratch`), through the shared training loop.
 
-Data: the `tokens` and `label` of data/processed/{train,dev}.jsonl; each document becomes
+Data: the `tokens` and `label` of data/processed/{train,dev}.parquet; each document becomes
 `[CLS] tokens [SEP]`, cut to max_len, with the ids of the base run's vocabulary. Labels are
 the ones present in the training split, in sorted order (class i is labels[i]).
 

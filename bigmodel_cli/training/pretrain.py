@@ -1,7 +1,7 @@
 """`bigmodel pretrain`: a Transformer from scratch on the workspace's corpus, masked (BERT)
 or causal language modelling, through the shared training loop.
 
-Data: the records of data/processed/{train,dev}.jsonl (or data/NAME/ with --data NAME),
+Data: the records of data/processed/{train,dev}.parquet (or data/NAME/ with --data NAME),
 encoded by the dataset's Encoder (jieba words through vocab.txt, or tokenizer.json), each
 document followed by [SEP], concatenated and cut into blocks of seq_len that start with
 [CLS]. The last block is padded. The flat stream of ids is written once into the workspace's

@@ -2,7 +2,7 @@
 
     bigmodel.toml            config (every stage's defaults, commented)
     data/raw/                inputs you drop in (preprocess reads it when given no path)
-    data/processed/          train/dev/test.jsonl, vocab.txt, report.json, rejects.jsonl
+    data/processed/          train/dev/test.parquet (the store: data/store.py), vocab.txt, report.json, rejects.jsonl
     embeddings/ runs/ reports/ explanations/
     .bigmodel/records/STAGE/RUN_ID.json   one record per stage run
     .bigmodel/lock           held while a stage writes
@@ -72,7 +72,8 @@ class Workspace:
     def find_dataset(self, name: str | None = None) -> Path:
         """An existing dataset's folder, or a one-line error that lists the datasets there are."""
         folder = self.dataset(name)
-        if (folder / "meta.json").is_file() or (folder / "train.jsonl").is_file():
+        # train.jsonl: the split of a dataset an older version wrote (data/store.py still reads it)
+        if (folder / "meta.json").is_file() or any((folder / f"train{s}").is_file() for s in (".parquet", ".jsonl")):
             return folder
         there = self.datasets()
         listed = ", ".join(there) if there else "none yet"
