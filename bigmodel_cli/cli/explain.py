@@ -62,6 +62,7 @@ def explain_cli(
         html_target,
         parse_methods,
         read_split_texts,
+        split_path,
     )
 
     cfg = resolve_checked(ExplainConfig, None, options)
@@ -86,7 +87,7 @@ def explain_cli(
     from rich.progress import Progress
 
     # the file the texts came from is hashed into the record: an edited file is explained again
-    source_file = input if input is not None else (ws.processed / f"{split}.jsonl" if split is not None else None)
+    source_file = input if input is not None else (split_path(ws, split) if split is not None else None)
     warnings: list[str] = []
     with Progress(console=err_console, transient=True, disable=len(texts) < 2 or not err_console.is_terminal) as bar:
         task = bar.add_task("explaining", total=len(texts))

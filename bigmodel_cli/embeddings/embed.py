@@ -1,6 +1,6 @@
 """`bigmodel embed`: static word embeddings from the processed training split.
 
-    train.jsonl tokens -> stopwords out -> chunks of <= 10,000 tokens -> one token file
+    train.parquet tokens -> stopwords out -> chunks of <= 10,000 tokens -> one token file
       -> word2vec / fasttext (gensim, `corpus_file` mode) or glove (bigmodel_cli.embeddings.glove)
       -> per-epoch loss (float64) -> evaluation -> .kv + word2vec-format export
 
@@ -23,7 +23,6 @@ with the input vectors formed as gensim's training code forms them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bigmodel_cli.data.store import count_records, read_records, split_file
 from bigmodel_cli.embeddings.vectors import (
     SAFE_VECTORS,
     SAFE_WORDS,
@@ -171,9 +171,9 @@ class Corpus:
 
 def processed_train(ws, data: str = "") -> Path:
     folder = ws.find_dataset(data or None)
-    path = folder / "train.jsonl"
-    if not path.is_file():
-        raise UserError(f"no processed data in {ws.relative(folder)}/ (train.jsonl is missing)",
+    path = split_file(folder, "train")
+    if path is None:
+        raise UserError(f"no processed data in {ws.relative(folder)}/ (train.parquet is missing)",
                         hint="run `bigmodel preprocess` first")
     return path
 
@@ -192,7 +192,7 @@ def chunked(tokens: list[str], size: int = MAX_SENTENCE) -> list[list[str]]:
 
 def read_corpus(path: Path, stop: set[str], token_file: Path | None, seed: int,
                 progress: Callable[[int], None] | None = None) -> Corpus:
-    """Stream train.jsonl once: drop stopwords, count, keep a seeded reservoir of chunks
+    """Stream the train split's tokens once: drop stopwords, count, keep a seeded reservoir of chunks
     for the loss sample, and write one chunk per line to `token_file` (when given)."""
     started = time.perf_counter()
     corpus = Corpus(token_file=token_file)
@@ -201,44 +201,40 @@ def read_corpus(path: Path, stop: set[str], token_file: Path | None, seed: int,
     out = open(token_file, "w", encoding="utf-8") if token_file else None
     done = 0
     try:
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                done += len(line)
-                if progress is not None and number % 2048 == 0:
-                    progress(done)
-                if not line.strip():
-                    continue
-                tokens = _tokens(line, path, number)
-                corpus.documents += 1
-                if stop:
-                    kept = [t for t in tokens if t not in stop]
-                    corpus.stopwords_removed += len(tokens) - len(kept)
-                    tokens = kept
+        for done, record in enumerate(read_records(path, columns=["tokens"]), 1):
+            if progress is not None and done % 2048 == 0:
+                progress(done)
+            tokens = _tokens(record["tokens"], path, done)
+            corpus.documents += 1
+            if stop:
+                kept = [t for t in tokens if t not in stop]
+                corpus.stopwords_removed += len(tokens) - len(kept)
+                tokens = kept
+            if not tokens:
+                continue
+            text = _line(tokens)
+            if text is None:  # a token held whitespace or was empty: mend, so that a line splits back into the tokens
+                tokens = ["_".join(t.split()) for t in tokens if isinstance(t, str) and t.strip()]
                 if not tokens:
                     continue
-                text = _line(tokens)
-                if text is None:  # a token held whitespace or was empty: mend, so that a line splits back into the tokens
-                    tokens = ["_".join(t.split()) for t in tokens if isinstance(t, str) and t.strip()]
-                    if not tokens:
-                        continue
-                    text = " ".join(tokens)
-                counts.update(tokens)
-                corpus.tokens += len(tokens)
-                pieces = chunked(tokens)
-                corpus.split_documents += len(pieces) > 1
-                corpus.multiword += len(tokens) > 1
-                for piece in pieces:
-                    if out is not None:
-                        out.write(text if len(pieces) == 1 else " ".join(piece))
-                        out.write("\n")
-                    # Reservoir sampling (algorithm R): a uniform sample of chunks in one pass.
-                    if corpus.chunks < LOSS_SAMPLE_CHUNKS:
-                        sample.append(piece)
-                    else:
-                        j = rng.randrange(corpus.chunks + 1)
-                        if j < LOSS_SAMPLE_CHUNKS:
-                            sample[j] = piece
-                    corpus.chunks += 1
+                text = " ".join(tokens)
+            counts.update(tokens)
+            corpus.tokens += len(tokens)
+            pieces = chunked(tokens)
+            corpus.split_documents += len(pieces) > 1
+            corpus.multiword += len(tokens) > 1
+            for piece in pieces:
+                if out is not None:
+                    out.write(text if len(pieces) == 1 else " ".join(piece))
+                    out.write("\n")
+                # Reservoir sampling (algorithm R): a uniform sample of chunks in one pass.
+                if corpus.chunks < LOSS_SAMPLE_CHUNKS:
+                    sample.append(piece)
+                else:
+                    j = rng.randrange(corpus.chunks + 1)
+                    if j < LOSS_SAMPLE_CHUNKS:
+                        sample[j] = piece
+                corpus.chunks += 1
     finally:
         if out is not None:
             out.close()
@@ -248,12 +244,10 @@ def read_corpus(path: Path, stop: set[str], token_file: Path | None, seed: int,
     return corpus
 
 
-def _tokens(line: bytes, path: Path, number: int) -> list[str]:
-    try:
-        tokens = json.loads(line)["tokens"]
-    except (ValueError, KeyError, TypeError):
-        raise InputError(path, "not a processed document (JSON with a 'tokens' list)", line=number,
-                         hint="run `bigmodel preprocess` again") from None
+def _tokens(tokens, path: Path, number: int) -> list[str]:
+    if tokens is None:
+        raise InputError(path, "not a processed document (a record with a 'tokens' list)", line=number,
+                         hint="run `bigmodel preprocess` again")
     if not isinstance(tokens, list):
         raise InputError(path, "'tokens' is not a list", line=number, hint="run `bigmodel preprocess` again")
     return tokens
@@ -592,7 +586,7 @@ def _run(ws, cfg: EmbedConfig, name: str, seed: int, workers: int, train: Path, 
     stop = load_stopword_file(ws, cfg.data) if cfg.stopwords else set()
     token_file = staging / "corpus.txt"  # removed below: the export holds the vectors, not the corpus
     with _Bars(cfg.method, show_progress, console) as bars:
-        corpus = read_corpus(train, stop, token_file, seed, bars.reading(train.stat().st_size))
+        corpus = read_corpus(train, stop, token_file, seed, bars.reading(count_records(train), train.name))
         vocab_size = check_corpus(corpus, cfg.min_count, ws, train)
         trainer = train_glove_vectors if cfg.method == "glove" else train_gensim
         trained = trainer(cfg, corpus, seed, workers, bars)
@@ -694,8 +688,8 @@ class _Bars:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def reading(self, total_bytes: int) -> Callable[[int], None]:
-        task = self.progress.add_task("read", total=total_bytes, info="train.jsonl")
+    def reading(self, total_records: int, name: str) -> Callable[[int], None]:
+        task = self.progress.add_task("read", total=total_records, info=name)
         return lambda done: self.progress.update(task, completed=done)
 
     def start_training(self, epochs: int, words: int | None, unit: str) -> None:

@@ -363,27 +363,30 @@ def explain_texts(ws, texts: list[str], *, run: str | None = None, methods=METHO
 def read_split_texts(ws, split: str, limit: int | None, seed: int = 42) -> list[str]:
     """The texts of a processed split; with `limit`, a seeded random sample of that many, in
     file order (a split may be sorted by label: its first lines would all share one)."""
-    import json
     import random
 
-    path = ws.processed / f"{split}.jsonl"
-    if split not in ("train", "dev", "test") or not path.is_file():
+    from bigmodel_cli.data.store import read_records
+
+    path = split_path(ws, split)
+    if path is None:
         raise UserError(f"no {split} split in {ws.relative(ws.processed)}/", hint="run `bigmodel preprocess` first, or give --input FILE")
     rng = random.Random(seed)
     kept: list[tuple[int, str]] = []  # reservoir sampling: one pass, `limit` texts in memory
-    seen = 0
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            if not limit or len(kept) < limit:
-                kept.append((seen, json.loads(line)["text"]))
-            else:
-                slot = rng.randrange(seen + 1)
-                if slot < limit:
-                    kept[slot] = (seen, json.loads(line)["text"])
-            seen += 1
+    for seen, record in enumerate(read_records(path, columns=["text"])):
+        if not limit or len(kept) < limit:
+            kept.append((seen, record["text"]))
+        else:
+            slot = rng.randrange(seen + 1)
+            if slot < limit:
+                kept[slot] = (seen, record["text"])
     return [text for _, text in sorted(kept)]
+
+
+def split_path(ws, split: str) -> Path | None:
+    """The file of a processed split (train.parquet, or an older version's train.jsonl); None when there is none."""
+    from bigmodel_cli.data.store import split_file
+
+    return split_file(ws.processed, split) if split in ("train", "dev", "test") else None
 
 
 # -- files and the run record ---------------------------------------------------------------

@@ -5,13 +5,13 @@ finetune, evaluate, predict, explain and the baseline."""
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from bigmodel_cli.data.store import read_records
 from bigmodel_cli.data.vocab import CLS, SEP, Vocab
 from bigmodel_cli.errors import InputError
 from bigmodel_cli.fileio import read_json
@@ -56,19 +56,14 @@ def encode_ids(vocab: Vocab, tokens: list[str], max_len: int) -> list[int]:
 def read_split(path: Path) -> list[dict[str, Any]]:
     """The records of a processed split: tokens, label (None when absent), text and lang."""
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                tokens = record["tokens"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(path, "not a processed record with a 'tokens' list", line=number,
-                                 hint="run `bigmodel preprocess --force` to rebuild it") from None
-            label = record.get("label")
-            records.append({"tokens": tokens, "label": None if label is None else str(label),
-                            "text": record.get("text", ""), "lang": record.get("lang", "")})
+    for number, record in enumerate(read_records(path), 1):
+        tokens = record.get("tokens")
+        if not isinstance(tokens, list):
+            raise InputError(path, "not a processed record with a 'tokens' list", line=number,
+                             hint="run `bigmodel preprocess --force` to rebuild it")
+        label = record.get("label")
+        records.append({"tokens": tokens, "label": None if label is None else str(label),
+                        "text": record.get("text") or "", "lang": record.get("lang") or ""})
     return records
 
 

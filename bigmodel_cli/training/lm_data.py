@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bigmodel_cli.data.store import read_records
 from bigmodel_cli.data.vocab import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, Vocab
 from bigmodel_cli.errors import InputError
 from bigmodel_cli.fileio import atomic_write
@@ -127,21 +128,16 @@ def _remove_outdated(cache_dir: Path, stem: str, source: str) -> None:
 
 def _record_chunks(path: Path):
     chunk: list[dict] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record["tokens"], list) or not isinstance(record.get("text", ""), str):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
-                raise InputError(path, "not a processed record with a 'tokens' list", line=number,
-                                 hint="run `bigmodel preprocess --force` to rebuild it") from None
-            chunk.append(record)
-            if len(chunk) == ENCODE_CHUNK:
-                yield chunk
-                chunk = []
+    for number, record in enumerate(read_records(path, columns=["text", "tokens"]), 1):
+        if record["text"] is None:
+            record["text"] = ""
+        if not isinstance(record["tokens"], list) or not isinstance(record["text"], str):
+            raise InputError(path, "not a processed record with a 'tokens' list", line=number,
+                             hint="run `bigmodel preprocess --force` to rebuild it")
+        chunk.append(record)
+        if len(chunk) == ENCODE_CHUNK:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
