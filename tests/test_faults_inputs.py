@@ -404,7 +404,7 @@ def test_csv_resync_gives_the_same_output_with_two_workers(corpus_dir, helpers, 
 
     monkeypatch.setattr(read_ahead, "MAX_SPOOL_BYTES", 1)  # the helper stops after one batch
     _csv(helpers, corpus_dir / "q.csv", {100: '"unclosed,a', 600: '"another unclosed,b'}, n=900)
-    names = ["train.jsonl", "dev.jsonl", "test.jsonl", "rejects.jsonl"]
+    names = ["train.parquet", "dev.parquet", "test.parquet", "rejects.jsonl"]
     run_pre([corpus_dir / "q.csv"], lang="en", workers=1)
     expected = {n: (out.dir / n).read_bytes() for n in names}
     report = run_pre([corpus_dir / "q.csv"], lang="en", workers=2).report

@@ -29,7 +29,7 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="pr
 pytestmark = [linux_only]
 
 # Outputs that depend only on the input and options (report.json also holds timings).
-SAME_OUTPUTS = ["train.jsonl", "dev.jsonl", "test.jsonl", "rejects.jsonl", "vocab.txt", "stopwords.txt", "meta.json"]
+SAME_OUTPUTS = ["train.parquet", "dev.parquet", "test.parquet", "rejects.jsonl", "vocab.txt", "stopwords.txt", "meta.json"]
 
 
 # -- processes, from /proc ------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def staging(ws: Workspace, pid: int) -> Path:
 POINTS = {
     "read-ahead": lambda ws, pid: (staging(ws, pid) / "shards" / "read-ahead").exists(),  # the helper is reading
     "workers": lambda ws, pid: _size(staging(ws, pid) / "shards" / "w0.train") > 0,  # the worker is writing
-    "one worker": lambda ws, pid: _size(staging(ws, pid) / "train.jsonl") > 0,  # no children at all
+    "one worker": lambda ws, pid: _size(staging(ws, pid) / "train.parquet") > 0,  # no children at all
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from bigmodel_cli.data.plain import PLAIN_ENV, plain_path
 
-OUTPUTS = ("train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "stopwords.txt", "rejects.jsonl")
+OUTPUTS = ("train.parquet", "dev.parquet", "test.parquet", "vocab.txt", "stopwords.txt", "rejects.jsonl")
 # What may differ between the paths: how the work was done, not what it made.
 HOW = ("workers", "seconds", "throughput", "segmenter")
 
@@ -63,7 +63,7 @@ def test_reviews_with_a_user_dictionary_plain_and_fast_write_the_same_files(corp
     path = helpers.write_lines(corpus_dir / "reviews.txt", _reviews(200))
     (fast, _), (plain, _) = _both_ways(run_pre, out, monkeypatch, path, lang="zh", workers=2, user_dict=str(terms))
     assert plain == fast
-    assert '"拉拉升职", '.encode() in b"".join(fast[name] for name in ("train.jsonl", "dev.jsonl", "test.jsonl"))  # one word
+    assert any("拉拉升职" in r["tokens"] for s in ("train", "dev", "test") for r in out.split(s))  # one word
 
 
 def test_english_plain_and_fast_write_the_same_files(corpus_dir, helpers, run_pre, out, monkeypatch):

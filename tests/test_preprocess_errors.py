@@ -11,6 +11,8 @@ import json
 import pytest
 from conftest import assert_fails
 
+from bigmodel_cli.data.store import count_records
+
 GOOD = ["__label__pos the screen is bright and sharp", "__label__neg the battery died after a day",
         "__label__pos fast delivery and well packed", "__label__neg stopped working in a week",
         "__label__pos great value for the money", "__label__neg the case cracked on day one"]
@@ -22,7 +24,7 @@ def done(ws, helpers, run_cli):
     helpers.write_lines(ws.root / "good.txt", GOOD)
     result = run_cli(["preprocess", "good.txt", "-j", "1", "--lang", "en"], ws.root)
     assert result.exit_code == 0, result.output
-    assert (ws.processed / "train.jsonl").stat().st_size > 0
+    assert count_records(ws.processed / "train.parquet") > 0
     return ws, helpers.snapshot(ws.root / "data")
 
 

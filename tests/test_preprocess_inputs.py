@@ -49,7 +49,7 @@ def test_txt_one_document_per_line(corpus_dir, helpers, run_pre, out):
     docs = out.split("train")
     assert [d["text"] for d in docs] == ["first document here", "second document", "third one"]
     assert [d["source"].rsplit(":", 1)[1] for d in docs] == ["1", "3", "4"]
-    assert all("label" not in d for d in docs)
+    assert all(d["label"] is None for d in docs)
     # the blank line is read and dropped: the counts add up to the file's 4 lines
     assert result.report["documents"] == {"read": 4, "kept": 3, "rejected": 0, "dropped": {"blank": 1}}
     assert result.report["labels"] == {}
@@ -185,9 +185,9 @@ def test_split_and_seed_on_the_command_line(ws, helpers, run_cli, out):
     assert result.exit_code == 0, result.output
     assert out.report()["splits"] == {"train": 20, "dev": 10, "test": 10}
     assert out.report()["labels"]["dev"] == {"neg": 5, "pos": 5}
-    first = (ws.processed / "train.jsonl").read_bytes()
+    first = (ws.processed / "train.parquet").read_bytes()
     assert run_cli([*args, "--force"], ws.root).exit_code == 0
-    assert (ws.processed / "train.jsonl").read_bytes() == first
+    assert (ws.processed / "train.parquet").read_bytes() == first
 
 
 def test_train_dev_test_files_kept_as_given(corpus_dir, helpers, run_pre, out):
@@ -571,7 +571,7 @@ def test_cli_success_prints_summary(ws, helpers, run_cli, out):
     assert result.exit_code == 0, result.output
     assert "20 read, 20 kept, 0 rejected" in result.stdout
     assert result.stderr == ""  # no progress bar outside a terminal
-    assert {p.name for p in out.dir.iterdir()} == {"train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt",
+    assert {p.name for p in out.dir.iterdir()} == {"train.parquet", "dev.parquet", "test.parquet", "vocab.txt",
                                                    "stopwords.txt", "report.json", "meta.json", "rejects.jsonl"}
     assert sum(out.report()["splits"].values()) == 20
 
@@ -596,7 +596,7 @@ def test_two_workers_give_the_same_output(corpus_dir, helpers, run_pre, out, mon
     lines = [f"__label__{'pos' if i % 3 else 'neg'} {ZH[i % len(ZH)]}第{i}条" if i % 2 else
              f"__label__{'pos' if i % 3 else 'neg'} review {i}: works as described" for i in range(700)]
     path = helpers.write_lines(corpus_dir / "big.txt", lines)
-    names = ["train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt"]
+    names = ["train.parquet", "dev.parquet", "test.parquet", "vocab.txt"]
     one = run_pre([path], workers=1).report
     expected = {n: (out.dir / n).read_bytes() for n in names}
     ships, ship_counts = [], OrderedWorkers.ship_counts
@@ -635,7 +635,7 @@ def test_two_workers_match_one_with_bad_records_drops_and_duplicates(corpus_dir,
     else:
         path = helpers.write_lines(corpus_dir / name, [f"__label__{lab} {t}" for t, lab in zip(texts, labels)], encoding="gbk")
     options = {"min_chars": 2, "text_field": "text", "label_field": "label"} if not name.endswith(".txt") else {"min_chars": 2}
-    names = ["train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "rejects.jsonl"]
+    names = ["train.parquet", "dev.parquet", "test.parquet", "vocab.txt", "rejects.jsonl"]
     one = run_pre([path], lang="zh", workers=1, **options).report
     expected = {n: (out.dir / n).read_bytes() for n in names}
     calls = _record_calls(monkeypatch, preprocess.DocProcessor, "clean_doc", tmp_path / "calls.txt")
@@ -672,7 +672,7 @@ def test_a_helper_cleans_the_first_documents_while_the_dictionary_loads(corpus_d
 
     path = helpers.write_lines(corpus_dir / "zh.txt", [f"{ZH[i % len(ZH)]}第{i}条 <b>粗体</b>" for i in range(1500)])
     run_pre([path], lang="zh", workers=1)
-    expected = {n: (out.dir / n).read_bytes() for n in ("train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt")}
+    expected = {n: (out.dir / n).read_bytes() for n in ("train.parquet", "dev.parquet", "test.parquet", "vocab.txt")}
     calls = _record_calls(monkeypatch, preprocess.DocProcessor, "clean_doc", tmp_path / "calls.txt")
     report = run_pre([path], lang="zh", workers=2).report
     assert report["documents"]["kept"] == 1500

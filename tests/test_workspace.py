@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import invoke, lock_held_elsewhere, snapshot
+from conftest import invoke, lock_held_elsewhere, read_split, snapshot
 
 from bigmodel_cli import __version__
 from bigmodel_cli.cli import _util
@@ -89,8 +89,8 @@ def vocab_words(ws: Workspace) -> set[str]:
 
 def train_counts(ws: Workspace) -> Counter:
     counts: Counter = Counter()
-    for line in (ws.processed / "train.jsonl").read_text(encoding="utf-8").splitlines():
-        counts.update(json.loads(line)["tokens"])
+    for record in read_split(ws.processed, "train"):
+        counts.update(record["tokens"])
     return counts
 
 
@@ -175,7 +175,7 @@ def test_workspace_option(ws, tmp_path, monkeypatch):
         assert str(ws.root) in result.stdout
     result = invoke("preprocess", "--workspace", ws.root)  # reads data/raw/
     assert result.exit_code == 0, result.output
-    assert (ws.processed / "train.jsonl").is_file()
+    assert (ws.processed / "train.parquet").is_file()
 
 
 @pytest.mark.parametrize("command", [["status"], ["preprocess", "corpus.txt"]])
@@ -281,7 +281,7 @@ def test_run_record(ws):
     assert params["sources"] == [{"split": None, "path": "data/raw/corpus.txt", "format": "txt", "encoding": "utf-8"}]
 
     outputs = {Path(o["path"]).name: o["sha256"] for o in record["outputs"]}
-    assert {"train.jsonl", "dev.jsonl", "test.jsonl", "vocab.txt", "report.json"} <= set(outputs)
+    assert {"train.parquet", "dev.parquet", "test.parquet", "vocab.txt", "report.json"} <= set(outputs)
     assert all(o["path"].startswith("data/processed/") for o in record["outputs"])
     for name, digest in outputs.items():
         assert hashlib.sha256((ws.processed / name).read_bytes()).hexdigest() == digest, name
@@ -375,10 +375,10 @@ def test_status_up_to_date_then_stale_after_input_change(ws):
 
 def test_status_stale_after_output_edit(ws):
     assert invoke("preprocess", "-w", ws.root).exit_code == 0
-    with open(ws.processed / "train.jsonl", "a", encoding="utf-8") as handle:
-        handle.write("{}\n")
+    with open(ws.processed / "train.parquet", "ab") as handle:
+        handle.write(b"{}\n")
     line = status_line(ws)
-    assert "stale" in line and "output data/processed/train.jsonl was changed or rewritten" in line
+    assert "stale" in line and "output data/processed/train.parquet was changed or rewritten" in line
 
     (ws.processed / "vocab.txt").unlink()
     assert "output data/processed/vocab.txt is missing" in status_line(ws)
@@ -449,11 +449,11 @@ def test_lock_held_by_another_process(ws):
         assert "busy" in result.stderr
         assert f"pid {holder.pid} is running `bigmodel preprocess`" in result.stderr
         assert not record_files(ws)
-        assert not (ws.processed / "train.jsonl").exists()
+        assert not (ws.processed / "train.parquet").exists()
     assert holder.returncode == 0
     result = invoke("preprocess", "-w", ws.root)
     assert result.exit_code == 0, result.output
-    assert (ws.processed / "train.jsonl").is_file()
+    assert (ws.processed / "train.parquet").is_file()
 
 
 def test_lock_in_process(ws):
@@ -507,7 +507,7 @@ def test_interrupted_preprocess_keeps_previous_output(ws, monkeypatch, where):
 
     assert invoke("preprocess", "-w", ws.root).exit_code == 0
     before = snapshot(ws.processed)
-    assert {"train.jsonl", "vocab.txt", "report.json"} <= set(before)
+    assert {"train.parquet", "vocab.txt", "report.json"} <= set(before)
     records = record_files(ws)
 
     if where == "vocab":
