@@ -18,6 +18,7 @@ import torch
 from conftest import assert_fails, metrics, snapshot
 from safetensors.torch import load_file
 
+from bigmodel_cli.data.store import read_records
 from bigmodel_cli.fileio import sha256_file
 from bigmodel_cli.model.runs import model_checkpoint
 from bigmodel_cli.training.pretrain import pretrain
@@ -126,7 +127,7 @@ def test_an_hf_folder_continues_with_its_own_vocabulary_and_exports_with_identic
     ids_file = next(p for p in cache.glob("processed-train-*.ids.bin")
                     if json.loads(p.with_name(p.name.replace(".ids.bin", ".json")).read_text())["encoder"] == hf[0]["encoder"])
     stream = np.fromfile(ids_file, dtype=hf[0]["dtype"])
-    first = json.loads((lm_ws.processed / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    first = next(read_records(lm_ws.processed / "train.parquet"))
     theirs = transformers.AutoTokenizer.from_pretrained(folder)(first["text"])["input_ids"]
     assert stream[: len(theirs) - 1].tolist() == theirs[1:]  # the document's ids and its [SEP]
     assert int(stream.max()) < len(review_vocab())
@@ -284,7 +285,7 @@ def test_the_token_cache_keys_on_the_tokenizer(lm_ws, tmp_path):
 
     base = prepare_base(make_hf_folder(tmp_path / "bert", review_vocab()), lm_ws.meta / "hf")
     cache = tmp_path / "cache"
-    train = lm_ws.processed / "train.jsonl"
+    train = lm_ws.processed / "train.parquet"
     words = cached_blocks(train, Encoder.from_folder(lm_ws.processed), 32, cache, True)
     pieces = cached_blocks(train, Encoder.from_folder(base), 32, cache, True)
     assert len(list(cache.glob("processed-train-*.ids.bin"))) == 2
