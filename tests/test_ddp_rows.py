@@ -9,7 +9,9 @@ The slicing is checked in-process on pretrain's real task; the consequences with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -196,6 +198,36 @@ def test_a_run_resumed_under_two_ranks_ends_like_the_uninterrupted_one(ddp_ws, o
     assert resumed.keys() == two.weights.keys()
     assert all(torch.equal(resumed[k], two.weights[k]) for k in resumed)
     assert _train_lines(two.folder) == two.lines
+
+
+def _constant_learning_rate(ws: Workspace) -> None:
+    """min_lr 1 in bigmodel.toml (it has no option): with --warmup 0 the rate is --lr at every
+    step, so a run stopped by --max-steps 2 and resumed to 4 follows the 4-step run's schedule."""
+    path = ws.config_path
+    head, mark, rest = path.read_text(encoding="utf-8").partition("\n[pretrain]\n")
+    end = rest.find("\n[") if "\n[" in rest else len(rest)
+    section = re.sub(r"^min_lr = .*$", "min_lr = 1.0", rest[:end], flags=re.MULTILINE)
+    path.write_text(head + mark + section + rest[end:], encoding="utf-8")
+    assert ws.config()["pretrain"]["min_lr"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_max_steps_and_resumed_auto_equals_the_whole_run(reviews_ws, copy_ws):
+    """Two ranks with dropout (each rank's generators must come back too) and the options a
+    stopped run is resumed with: --max-steps 2, then --resume auto --max-steps 4."""
+    ws = copy_ws(reviews_ws)
+    _constant_learning_rate(ws)
+    args = [*PRETRAIN_ARGS, "--dropout", "0.1", "--nproc", "2"]
+    _bigmodel(ws, "pretrain", *args, "--name", "whole")
+    _bigmodel(ws, "pretrain", *args, "--name", "stopped", "--max-steps", "2")
+    stopped = ws.root / "runs" / "stopped"
+    assert os.readlink(stopped / "checkpoints" / "last") == "step-00000002"
+    _bigmodel(ws, "pretrain", *args, "--name", "stopped", "--max-steps", "4", "--resume", "auto")
+    report = json.loads((stopped / "report.json").read_text(encoding="utf-8"))
+    assert report["steps"] == 4 and report["resumed_from"].endswith("step-00000002") and report["world_size"] == 2
+    whole, resumed = _weights(ws.root / "runs" / "whole", 4), _weights(stopped, 4)
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert _train_lines(stopped) == _train_lines(ws.root / "runs" / "whole")
 
 
 @pytest.mark.slow
