@@ -58,11 +58,11 @@ def test_pretrain_on_the_corpus_finetune_on_the_task_with_the_pretrained_vocabul
     assert (clf / "vocab.txt").read_bytes() == (mlm / "vocab.txt").read_bytes()
     assert (clf / "vocab.txt").read_bytes() != (ws.dataset("reviews") / "vocab.txt").read_bytes()
     record = ws.last_record("finetune:classifier")
-    assert {i["path"] for i in record["inputs"]} >= {"data/reviews/train.jsonl", "runs/mlm/vocab.txt"}
+    assert {i["path"] for i in record["inputs"]} >= {"data/reviews/train.parquet", "runs/mlm/vocab.txt"}
     # evaluate scores the split of the dataset the classifier was trained on, beside a baseline trained on it too
     result = run_cli(["evaluate"], ws.root)
     assert result.exit_code == 0, result.output
-    assert "data/reviews/test.jsonl" in {i["path"] for i in ws.last_record("evaluate:classifier")["inputs"]}
+    assert "data/reviews/test.parquet" in {i["path"] for i in ws.last_record("evaluate:classifier")["inputs"]}
     status = run_cli(["status"], ws.root)
     assert status.exit_code == 0 and "data / base" in status.output
     lineage = {row["stage"]: row["lineage"] for row in stage_status(ws)}
@@ -86,7 +86,7 @@ def test_a_dataset_that_does_not_exist_is_one_line_listing_those_that_do(two_dat
 def test_finetuning_on_an_unlabelled_dataset_is_one_line_and_writes_nothing(two_datasets, run_cli):
     ws = two_datasets
     assert_fails(run_cli(["finetune", "--data", "corpus", "--from", "scratch", *FINETUNE_ARGS], ws.root),
-                 "data/corpus/train.jsonl has no labels")
+                 "data/corpus/train.parquet has no labels")
     assert not (ws.root / "runs" / "classifier-scratch").exists()
 
 
@@ -102,7 +102,7 @@ def test_a_killed_preprocess_into_a_dataset_leaves_nothing_after_the_next_run(tw
     ws = two_datasets
     leftover = ws.root / "data" / f".corpus.staging-{dead_pid()}"
     leftover.mkdir()
-    (leftover / "train.jsonl").write_text("half\n")
+    (leftover / "train.parquet").write_text("half\n")
     result = run_cli(["preprocess", "task.jsonl", "--as", "reviews", "--min-count", "1", "--workers", "1", "--force"], ws.root)
     assert result.exit_code == 0, result.output
     assert not leftover.exists()

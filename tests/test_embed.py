@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import STOPWORDS, assert_fails, invoke, lee_docs, write_processed
+from conftest import STOPWORDS, assert_fails, invoke, lee_docs, write_processed, write_split
 
 from bigmodel_cli.embeddings.embed import (
     MAX_SENTENCE,
     LossProbe,
     chunked,
     embed,
+    processed_train,
     read_corpus,
     resolve_config,
 )
@@ -34,7 +35,7 @@ from bigmodel_cli.embeddings.vectors import (
     read_analogies,
     read_pairs,
 )
-from bigmodel_cli.errors import UserError
+from bigmodel_cli.errors import InputError, UserError
 from bigmodel_cli.workspace.config import EmbedConfig
 from bigmodel_cli.workspace.layout import Workspace
 from bigmodel_cli.workspace.records import stale_reasons
@@ -111,7 +112,7 @@ def test_cli_run_writes_folder_record_and_losses(lee_ws, run_cli):
     (record,) = records(lee_ws, "word2vec")
     assert record["status"] == "ok" and record["stage"] == "embed:word2vec"
     assert record["params"]["dim"] == 16 and record["params"]["window"] == 5 and record["params"]["sg"] is True
-    assert {i["path"] for i in record["inputs"]} == {"data/processed/train.jsonl", "data/processed/stopwords.txt"}
+    assert {i["path"] for i in record["inputs"]} == {"data/processed/train.parquet", "data/processed/stopwords.txt"}
     assert {o["path"] for o in record["outputs"]} >= {"embeddings/word2vec/vectors.kv", "embeddings/word2vec/vectors.txt"}
     losses = json.loads((folder / "losses.json").read_text(encoding="utf-8"))
     values = [e["loss"] for e in losses["epochs"]]
@@ -264,7 +265,7 @@ def test_long_documents_are_split_into_chunks_not_truncated(ws, lee):
     assert kv.get_vecattr("zzztail", "count") == 2_500
     # The token file gensim reads: no line over 10,000 tokens, no token lost.
     out = ws.root / "tokens.txt"
-    seen = read_corpus(ws.processed / "train.jsonl", set(), out, seed=1)
+    seen = read_corpus(ws.processed / "train.parquet", set(), out, seed=1)
     lines = out.read_text(encoding="utf-8").splitlines()
     assert max(len(line.split()) for line in lines) == MAX_SENTENCE
     assert sum(len(line.split()) for line in lines) == seen.tokens == len(long_doc) + sum(map(len, lee[:20]))
@@ -276,9 +277,23 @@ def test_tokens_with_whitespace_are_mended_not_split(ws):
     (or an empty one) would change the words; it is joined with '_' (or dropped) instead."""
     write_processed(ws, [["new york", "", "a\tb", "ok", "\u3000"], ["plain", "words"]], stopwords=[])
     out = ws.root / "tokens.txt"
-    corpus = read_corpus(ws.processed / "train.jsonl", set(), out, seed=1)
+    corpus = read_corpus(ws.processed / "train.parquet", set(), out, seed=1)
     assert out.read_text(encoding="utf-8").splitlines() == ["new_york a_b ok", "plain words"]
     assert corpus.tokens == 5 and corpus.counts["new_york"] == 1 and "" not in corpus.counts
+
+
+def test_a_train_jsonl_of_an_older_version_is_still_read(ws):
+    """Workspaces preprocessed before the Parquet store hold train.jsonl: embed reads it."""
+    write_processed(ws, [["alpha", "beta"], ["gamma"]], stopwords=[])
+    (ws.processed / "train.parquet").unlink()
+    (ws.processed / "train.jsonl").write_text('{"id": 0, "tokens": ["alpha", "beta"]}\n\n{"id": 1, "tokens": ["gamma"]}\n',
+                                              encoding="utf-8")
+    assert processed_train(ws) == ws.processed / "train.jsonl"
+    corpus = read_corpus(processed_train(ws), set(), ws.root / "tokens.txt", seed=1)
+    assert corpus.documents == 2 and corpus.tokens == 3
+    (ws.processed / "train.jsonl").write_text('{"id": 0, "tokens": "alpha"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"train.jsonl:1: 'tokens' is not a list"):
+        read_corpus(processed_train(ws), set(), None, seed=1)
 
 
 def test_loss_probe_is_the_negative_sampling_loss_in_float64(lee):
@@ -440,8 +455,8 @@ def test_no_processed_data(ws, run_cli):
 
 def test_empty_training_split(done, run_cli, helpers):
     ws, before = done
-    (ws.processed / "train.jsonl").write_text("", encoding="utf-8")
-    assert_fails(run_cli(["embed", *SMALL], ws.root), "train.jsonl", "empty")
+    write_split(ws.processed, "train", [])
+    assert_fails(run_cli(["embed", *SMALL], ws.root), "train.parquet", "empty")
     assert_untouched(ws, helpers, before)
     assert records(ws, "word2vec")[-1]["status"] == "failed"
     assert ws.last_record("embed:word2vec")["status"] == "ok"  # the earlier run stays the last good one

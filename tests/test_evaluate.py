@@ -16,6 +16,7 @@ from classify_fixtures import (
     reviews,
     write_jsonl,
 )
+from conftest import write_split
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from bigmodel_cli.evaluation import baseline as bl
@@ -97,7 +98,7 @@ def test_baseline_is_cached_as_plain_data_and_reloads_identically(cws):
     meta = json.loads((folder / "baseline.json").read_text())
     assert meta["C"] in cfg.baseline_c and set(meta["dev_macro_f1_by_C"]) == {repr(float(c)) for c in cfg.baseline_c}
     assert meta["features"]["chars"] > 0  # Chinese: character n-grams too
-    docs = bl.docs(read_split(cws.processed / "test.jsonl"))
+    docs = bl.docs(read_split(cws.processed / "test.parquet"))
     assert np.allclose(bl.Baseline.load(folder).predict_proba(docs), first.predict_proba(docs))
     other, cached = bl.load_or_train(cws, EvaluateConfig(baseline_char_ngrams=0))
     assert not cached and other.info["features"]["chars"] == 0  # new options, new key: retrained
@@ -155,9 +156,9 @@ def test_no_run_and_unknown_run(tmp_path, run_cli):
 
 
 def test_missing_test_split(cws, run_cli):
-    test = cws.processed / "test.jsonl"
+    test = cws.processed / "test.parquet"
     saved = test.read_bytes()
-    test.write_bytes(b"")
+    write_split(cws.processed, "test", [])  # a split with no records
     try:
         result = run_cli(["evaluate", "--force"], cws.root)
     finally:

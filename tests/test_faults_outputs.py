@@ -175,9 +175,9 @@ def test_split_limit_draws_a_seeded_sample_not_the_first_lines(cls_ws, helpers, 
     from bigmodel_cli.explain.explain import read_split_texts
 
     # a split sorted by label: the first 50 lines are all 'neg'
-    records = [{"text": f"w{i % 40} bad {i}", "label": "neg"} for i in range(50)] + \
-              [{"text": f"w{i % 40} good {i}", "label": "pos"} for i in range(50, 100)]
-    helpers.write_jsonl(cls_ws.processed / "test.jsonl", records)
+    records = [{"id": i, "text": f"w{i % 40} bad {i}", "tokens": [f"w{i % 40}", "bad", str(i)], "label": "neg"} for i in range(50)] + \
+              [{"id": i, "text": f"w{i % 40} good {i}", "tokens": [f"w{i % 40}", "good", str(i)], "label": "pos"} for i in range(50, 100)]
+    helpers.write_split(cls_ws.processed, "test", records)
     texts = read_split_texts(cls_ws, "test", 10, seed=1)
     assert len(texts) == 10 and texts == read_split_texts(cls_ws, "test", 10, seed=1)
     assert any("good" in t for t in texts) and any("bad" in t for t in texts)

@@ -200,7 +200,7 @@ def test_stale_staging_and_temporary_files_of_dead_processes_are_removed(ws):
     mine = ws.processed.with_name("processed.staging-keep")  # not a name bigmodel gives
     for folder in (stale, live, mine):
         folder.mkdir()
-        (folder / "train.jsonl").write_text("{}\n", encoding="utf-8")
+        (folder / "train.parquet").write_text("{}\n", encoding="utf-8")
     with ws.lock("preprocess"):
         pass
     assert not stale.exists() and live.exists() and mine.exists()

@@ -43,7 +43,7 @@ def test_texts_to_jsonl_with_probabilities(cws, run_cli):
 
 def test_raw_text_gets_the_training_normalisation(cws):
     """Predicting a test document's raw text gives what the model gives on its processed tokens."""
-    records = read_split(cws.processed / "test.jsonl")[:8]
+    records = read_split(cws.processed / "test.parquet")[:8]
     folder = cws.root / "runs" / "classifier"
     model, _ = load_model(folder)
     encoder = Predictor(folder).encoder

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import metrics
+from conftest import metrics, read_split, write_split
 from safetensors.torch import load_file
 
 from bigmodel_cli.data.tokenizer import WordEncoder
@@ -60,7 +60,7 @@ def test_tiny_run_writes_checkpoints_metrics_plot_and_record(lm_ws):
     for name in ("vocab.txt", "meta.json", "config.json", "report.json"):
         assert (folder / name).is_file()
     record = lm_ws.last_record("pretrain:mlm")
-    assert record["params"]["dim"] == 32 and {i["path"] for i in record["inputs"]} >= {"data/processed/train.jsonl", "data/processed/vocab.txt"}
+    assert record["params"]["dim"] == 32 and {i["path"] for i in record["inputs"]} >= {"data/processed/train.parquet", "data/processed/vocab.txt"}
     assert record["metrics"]["steps"] == 12 and "dev_loss" in record["metrics"]
     assert any(o["path"].endswith("model.safetensors") for o in record["outputs"])
     # unchanged inputs and options: skipped; other options on the same run: refused
@@ -71,8 +71,7 @@ def test_tiny_run_writes_checkpoints_metrics_plot_and_record(lm_ws):
 
 def test_packing_blocks_start_with_cls_and_separate_documents(tmp_path):
     vocab = Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"], [0] * 8)
-    path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(json.dumps({"tokens": t}) for t in (["a", "b"], ["c", "x", "a"], ["b"], ["c"])) + "\n")
+    path = write_split(tmp_path, "train", [{"id": i, "text": "", "tokens": t} for i, t in enumerate((["a", "b"], ["c", "x", "a"], ["b"], ["c"]))])
     blocks = encode_blocks(path, WordEncoder(vocab=vocab), 4)
     # stream: a b SEP c UNK a SEP b SEP c SEP -> bodies of 3 after [CLS], the last one padded
     assert len(blocks) == 4 and blocks.tokens == 11 and blocks.ids.dtype == np.uint16
@@ -310,8 +309,8 @@ def test_encoded_corpus_is_shared_by_runs_and_rebuilt_when_the_split_changes(lm_
     meta = json.loads(next(p for p in files if p.name.startswith("processed-train") and p.suffix == ".json").read_text())
     assert meta["dtype"] == "uint16" and meta["tokens"] > 0
     # a changed split is encoded afresh, and its old encoding goes
-    train = lm_ws.processed / "train.jsonl"
-    train.write_text(train.read_text(encoding="utf-8") + train.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    records = read_split(lm_ws.processed, "train")
+    write_split(lm_ws.processed, "train", records + records[:1])
     pretrain(lm_ws, tiny(max_steps=2), name="third", seed=1)
     trains = [p for p in cache.iterdir() if p.name.startswith("processed-train") and p.suffix == ".json"]
     assert len(trains) == 1 and json.loads(trains[0].read_text())["tokens"] > meta["tokens"]

