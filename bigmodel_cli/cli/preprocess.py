@@ -45,7 +45,7 @@ def preprocess_cli(
     """Read, clean, de-duplicate, segment and split a corpus; build the vocabulary.
 
     Writes data/processed/ in the workspace (data/NAME/ with --as NAME):
-    train/dev/test.jsonl (text, tokens, label), vocab.txt, stopwords.txt, report.json, and
+    train/dev/test.parquet (text, tokens, label), vocab.txt, stopwords.txt, report.json, and
     rejects.jsonl for bad records.
 
     [b]Examples[/b]:
