@@ -65,6 +65,20 @@ def test_fixed_row_groups_give_the_same_bytes_whatever_the_chunking(tmp_path, mo
     assert meta.row_group(0).column(1).compression == "ZSTD"
 
 
+def test_a_blob_the_writer_thread_cannot_parse_fails_the_caller_and_never_hangs(tmp_path):
+    # The parsing runs on the writer's own thread: its error must come back to the caller
+    # (at a later write or at close), even with more writes queued than the queue holds.
+    writer = store.StoreWriter(tmp_path / "train.parquet")
+    writer.write(b"this is not JSON\n")
+    with pytest.raises(Exception, match="JSON parse error"):
+        for i in range(store.QUEUED_BLOBS * 3):  # the queue fills, so the thread has met the bad blob
+            writer.write(lines([record(i, f"doc {i}")]))
+    with pytest.raises(Exception, match="JSON parse error"):
+        writer.close()
+    writer.close()  # closed once: a second close does nothing
+    assert not writer.thread.is_alive()
+
+
 def test_an_empty_split_is_a_valid_file_with_the_schema(tmp_path):
     path = write(tmp_path / "test.parquet", [])
     assert list(store.read_records(path)) == []
