@@ -44,3 +44,19 @@ def save(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def run_bigmodel(ws: Path, args: list[str], env: dict[str, str], log: Path) -> float:
+    """`bigmodel ARGS --workspace WS` with its output appended to `log`; the wall seconds.
+    A failure stops the benchmark with the command and the log named."""
+    import shlex
+
+    started = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"\n$ bigmodel {shlex.join(args)}\n")
+        out.flush()
+        done = subprocess.run([sys.executable, "-m", "bigmodel_cli", *args, "--workspace", str(ws)],
+                              stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"bigmodel {shlex.join(args)} failed (exit {done.returncode}); see {log}")
+    return round(time.perf_counter() - started, 1)

@@ -27,26 +27,15 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, save  # noqa: E402
+from _common import machine, run_bigmodel as bigmodel, save  # noqa: E402
 
 PRETRAIN = "--size tiny --dropout 0.1 --precision 32 --budget none --epochs 0 --eval-every 500 --checkpoint-every 0"
 KINDS = ("word", "char", "wordpiece", "bpe", "unigram")
 
 
-def bigmodel(ws: Path, args: list[str], env: dict[str, str], log: Path) -> float:
-    started = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as out:
-        out.write(f"\n$ bigmodel {shlex.join(args)}\n")
-        out.flush()
-        done = subprocess.run([sys.executable, "-m", "bigmodel_cli", *args, "--workspace", str(ws)],
-                              stdout=out, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"bigmodel {shlex.join(args)} failed (exit {done.returncode}); see {log}")
-    return round(time.perf_counter() - started, 1)
 
 
 def load(path: Path) -> dict:
