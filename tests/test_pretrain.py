@@ -325,3 +325,16 @@ def test_a_damaged_encoding_in_the_cache_is_encoded_again(lm_ws):
     again = pretrain(lm_ws, tiny(max_steps=2), name="again", seed=1)
     assert ids.read_bytes() == whole
     assert again.report["train_loss"] == first.report["train_loss"]
+
+
+def test_prune_removes_only_the_step_folders_it_names(tmp_path):
+    from bigmodel_cli.model import checkpoint
+
+    for step in (1, 2, 3):
+        (tmp_path / checkpoint.step_name(step)).mkdir()
+    mine = tmp_path / "step-mine"  # a user's folder that merely starts like one
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    checkpoint.prune(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-mine"]
+    assert (mine / "notes.txt").read_text() == "keep me"

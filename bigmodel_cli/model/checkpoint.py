@@ -38,6 +38,7 @@ FILES = (MODEL, "optimizer.safetensors", "rng.safetensors", "state.json", "confi
 TENSOR_FILES = tuple(name for name in FILES if name.endswith(".safetensors"))
 # What `save` and `point` leave behind when killed mid-write: only these names are removed.
 PARTIAL = re.compile(r"\.(step-\d{8}|last|best)\.tmp")
+STEP = re.compile(r"step-\d{8}")  # the names step_name makes; prune removes nothing else
 RESUME_HINT = "resume from another checkpoint (--resume checkpoints/step-...) or start over with --force"
 
 
@@ -95,7 +96,7 @@ def resolve_link(root: Path, link: str) -> Path | None:
 
 def prune(root: Path, keep: int) -> None:
     """Keep the newest `keep` step checkpoints, and always the ones `last` and `best` name."""
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    steps = sorted(p for p in root.glob("step-*") if STEP.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
     protected = {resolve_link(root, "last"), resolve_link(root, "best")}
     for path in steps[: max(0, len(steps) - keep)]:
         if path not in protected:
