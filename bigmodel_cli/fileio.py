@@ -148,12 +148,14 @@ def _aside(target: Path) -> Path:
     return target.with_name(f".{target.name}.replaced-{os.getpid()}")
 
 
-def replace_dir(staging: Path, target: Path) -> None:
+def replace_dir(staging: Path, target: Path, keep: Callable[[str], bool] | None = None) -> None:
     """Move a fully written `staging` folder to `target`, replacing what was there.
 
     Two renames: the old folder is moved aside first, so a crash in between leaves it
     parked under a hidden name, which `recover_dir` puts back. Only that parked folder is
-    ever removed, never a sibling the user made.
+    ever removed, never a sibling the user made. `keep(name)`: the old folder's entries
+    that are not the tool's own (a user's file dropped in beside the outputs) move into the
+    new folder, unless it has one of that name, instead of being removed with the rest.
     """
     old = _aside(target)
     if old.exists():
@@ -162,11 +164,15 @@ def replace_dir(staging: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(staging, target)
     if old.exists():
+        if keep is not None:
+            for entry in old.iterdir():
+                if keep(entry.name) and not (target / entry.name).exists():
+                    os.replace(entry, target / entry.name)
         shutil.rmtree(old)
 
 
 @contextlib.contextmanager
-def staged_dir(staging: Path, target: Path) -> Iterator[Path]:
+def staged_dir(staging: Path, target: Path, keep: Callable[[str], bool] | None = None) -> Iterator[Path]:
     """A folder written at `staging` (a name this process alone uses) that replaces `target`
     when the block ends without error; on any error, Ctrl-C included, it is removed and
     `target` stays as it was."""
@@ -175,7 +181,7 @@ def staged_dir(staging: Path, target: Path) -> Iterator[Path]:
     staging.mkdir(parents=True)
     try:
         yield staging
-        replace_dir(staging, target)
+        replace_dir(staging, target, keep)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -74,6 +74,11 @@ from bigmodel_cli.fileio import (
 from bigmodel_cli.workspace.config import LANGS, PreprocessConfig, resolve_checked
 
 SPLITS = ("train", "dev", "test")
+# Every file preprocess writes into a dataset folder, in this version and earlier ones (the
+# splits were .jsonl): a new run replaces these, and carries over anything else found there.
+OWN_OUTPUTS = frozenset({f"{split}{ext}" for split in SPLITS for ext in (".parquet", ".jsonl")}
+                        | {"vocab.txt", "meta.json", "report.json", "rejects.jsonl", "stopwords.txt", "user_dict.txt",
+                           "tokenizer.json"})
 CHUNK_DOCS = 256
 SHIP_COUNTS_AT = 0.85  # of the input read, workers send their counts so far (OrderedWorkers.ship_counts)
 DEDUPE_FLUSH = 1 << 16  # kept documents held in a dict before they move to the compact arrays
@@ -450,10 +455,11 @@ def run_prepared(ws, job: Job, *, force: bool = False, show_progress: bool = Fal
     target = job.target
 
     def work() -> Done:
-        with staged_dir(target.with_name(f".{target.name}.staging-{os.getpid()}"), target) as staging:
+        with staged_dir(target.with_name(f".{target.name}.staging-{os.getpid()}"), target,
+                        keep=lambda name: name not in OWN_OUTPUTS) as staging:
             report, output_hashes = _run(ws, job.cfg, job.lang, job.seed, job.plan, job.backend, job.label_required,
                                          staging, show_progress, console, job.lines_at_most, merge)
-        outputs = sorted(p for p in target.iterdir() if p.is_file())
+        outputs = sorted(p for p in target.iterdir() if p.is_file() and p.name in OWN_OUTPUTS)
         known = {target / path.name: sha for path, sha in output_hashes().items()}
         return Done(report, outputs, _headline(report), known_hashes=known)
 
