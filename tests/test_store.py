@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bigmodel_cli.data import store
+from bigmodel_cli.data.store_process import QUEUED_BLOBS, SplitWriters
 from bigmodel_cli.errors import InputError
 
 
@@ -65,18 +66,57 @@ def test_fixed_row_groups_give_the_same_bytes_whatever_the_chunking(tmp_path, mo
     assert meta.row_group(0).column(1).compression == "ZSTD"
 
 
-def test_a_blob_the_writer_thread_cannot_parse_fails_the_caller_and_never_hangs(tmp_path):
-    # The parsing runs on the writer's own thread: its error must come back to the caller
-    # (at a later write or at close), even with more writes queued than the queue holds.
-    writer = store.StoreWriter(tmp_path / "train.parquet")
-    writer.write(b"this is not JSON\n")
-    with pytest.raises(Exception, match="JSON parse error"):
-        for i in range(store.QUEUED_BLOBS * 3):  # the queue fills, so the thread has met the bad blob
-            writer.write(lines([record(i, f"doc {i}")]))
-    with pytest.raises(Exception, match="JSON parse error"):
-        writer.close()
-    writer.close()  # closed once: a second close does nothing
-    assert not writer.thread.is_alive()
+def test_the_writer_process_writes_the_same_bytes_as_the_writer_in_process(tmp_path):
+    records = [record(i, text) for i, text in enumerate(ODD * 30)]
+    blobs = [lines(records[i:i + 17]) for i in range(0, len(records), 17)]
+    here = write(tmp_path / "here.parquet", blobs)
+    (tmp_path / "process").mkdir()
+    writers = SplitWriters(tmp_path / "process", ["train", "dev"])
+    for blob in blobs:
+        writers.files["train"].write(blob)
+    writers.files["dev"].write(lines(records[:3]))
+    writers.close()
+    assert (tmp_path / "process" / "train.parquet").read_bytes() == here.read_bytes()
+    assert [r["text"] for r in store.read_records(tmp_path / "process" / "dev.parquet")] == ODD[:3]
+    assert writers.process.returncode == 0
+
+
+def test_splits_never_written_are_empty_files_and_start_no_process(tmp_path):
+    writers = SplitWriters(tmp_path, ["train", "dev", "test"])
+    writers.close()
+    assert writers.process is None
+    assert [store.count_records(tmp_path / f"{s}.parquet") for s in ("train", "dev", "test")] == [0, 0, 0]
+
+
+def test_a_blob_the_writer_process_cannot_parse_fails_the_caller_and_never_hangs(tmp_path):
+    # The error must come back to the caller (at a later write or at close), even with more
+    # writes than the queue and the pipe hold.
+    writers = SplitWriters(tmp_path, ["train"])
+    writers.files["train"].write(b"this is not JSON\n")
+    with pytest.raises(RuntimeError, match="JSON parse error"):
+        for i in range(QUEUED_BLOBS * 20):
+            writers.files["train"].write(lines([record(i, "doc " * 2000)]))
+        writers.close()
+    writers.close()  # closed once: a second close does nothing
+    assert writers.process.returncode == 1 and not writers.feeder.is_alive()
+
+
+def test_an_os_error_in_the_writer_process_is_raised_as_that_os_error(tmp_path):
+    writers = SplitWriters(tmp_path / "no such folder", ["train"])
+    writers.files["train"].write(lines([record(0, "a b")]))
+    with pytest.raises(FileNotFoundError):
+        writers.close()
+
+
+def test_abort_ends_the_writer_process_at_once(tmp_path):
+    writers = SplitWriters(tmp_path, ["train"])
+    for i in range(50):
+        writers.files["train"].write(lines([record(i, "a b")]))
+    writers.abort()
+    assert writers.process.poll() is not None and not writers.feeder.is_alive()
+    writers.close()  # nothing more to do
+    with pytest.raises(ValueError):
+        writers.files["train"].write(lines([record(0, "a b")]))
 
 
 def test_an_empty_split_is_a_valid_file_with_the_schema(tmp_path):

@@ -60,7 +60,8 @@ from bigmodel_cli.data.segment import (
     resolve_backend,
 )
 from bigmodel_cli.data.stopwords import load_stopwords
-from bigmodel_cli.data.store import StoreWriter, read_records
+from bigmodel_cli.data.store import read_records
+from bigmodel_cli.data.store_process import SplitWriters
 from bigmodel_cli.data.subword import KINDS as TOKENIZER_KINDS
 from bigmodel_cli.data.vocab import CONTINUATION, SPECIAL_TOKENS, UNK, Vocab
 from bigmodel_cli.errors import InputError, UserError
@@ -571,9 +572,10 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
     total_bytes = sum(p.stat().st_size for _, p, _, _ in plan)
     bar = _Bar(_show_bar(show_progress, console), console, total_bytes)
 
-    # The splits' writers parse in this process (pyarrow, never in a forked worker) the JSON
-    # lines the workers send, into the Parquet store (data/store.py).
-    files = {s: StoreWriter(staging / f"{s}.parquet") for s in SPLITS}
+    # The splits' writer turns the JSON lines the workers send into the Parquet store, in a
+    # process of its own (data/store_process.py).
+    writers = SplitWriters(staging, list(SPLITS))
+    files = writers.files
     # backslashreplace: a reject's raw text or reason may hold what UTF-8 cannot encode
     # (a lone surrogate from a JSON escape); the reject is still written, never a crash.
     rejects = open(staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace")
@@ -588,12 +590,15 @@ def _run(ws, cfg, lang, seed, plan, backend, label_required, staging: Path, show
                 docs.on_bytes(None)
     except BaseException:
         runner.close(abort=True)
+        writers.abort()
         raise
     finally:
-        for handle in (*files.values(), rejects):
-            handle.close()
-        if ahead is not None:
-            ahead.close()
+        rejects.close()
+        try:
+            writers.close()
+        finally:
+            if ahead is not None:
+                ahead.close()
     output_hashes = sha256_in_background([staging / f"{s}.parquet" for s in SPLITS] + [staging / "rejects.jsonl"])
     stats = _finish_workers(runner, docs.stats, staging)
     elapsed = time.perf_counter() - started

@@ -10,14 +10,13 @@ byte-identical to an unsharded run).
 
 Folders written by older versions hold `{split}.jsonl` (one JSON record per line); they are
 still read. pyarrow is imported only when a store is written or read: preprocess's forked
-workers never touch it.
+workers never touch it, and its main process leaves the writing to a process of its own
+(data/store_process.py).
 """
 
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from bigmodel_cli.errors import InputError
 
 ROW_GROUP = 4096  # rows per row group, whatever the chunking of the writes
 BATCH_ROWS = 1024  # rows per batch a reader decodes at a time
-QUEUED_BLOBS = 8  # chunks waiting for the writer's thread at most (each a few hundred documents)
 LEGACY = ".jsonl"
 REBUILD = "run `bigmodel preprocess --force` to rebuild it"
 
@@ -47,21 +45,16 @@ def __getattr__(name: str):  # SCHEMA without importing pyarrow at import time
 class StoreWriter:
     """A split's Parquet file, written from the JSON-lines bytes that preprocess's workers
     make (DocProcessor.make_lines): `.write(blob)` takes whole lines, `.close()` finishes the
-    file (a 0-row file with the schema when nothing was written)."""
+    file (a 0-row file with the schema when nothing was written). It works in the caller's
+    thread; preprocess runs it in a process of its own (data/store_process.py)."""
 
     def __init__(self, path: Path):
-        # The file opens, and pyarrow loads, at the first write: preprocess makes its writers
-        # before it forks its workers, which must not inherit pyarrow's state.
+        # The file opens, and pyarrow loads, at the first write.
         self.path = Path(path)
         self.writer = None
         self.closed = False
         self.pending: list = []  # tables not yet written, fewer than ROW_GROUP rows in all
         self.pending_rows = 0
-        # Parsing and compressing run on a thread of their own: pyarrow releases the GIL
-        # there, so they take a core that the segmentation is not using.
-        self.queue: queue.Queue | None = None
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
 
     def _open(self) -> None:
         import pyarrow.parquet as pq
@@ -72,24 +65,6 @@ class StoreWriter:
     def write(self, blob: bytes) -> None:
         if not blob:
             return
-        if self.error is not None:
-            raise self.error
-        if self.thread is None:
-            self.queue = queue.Queue(maxsize=QUEUED_BLOBS)
-            self.thread = threading.Thread(target=self._drain, name=f"store-{self.path.stem}", daemon=True)
-            self.thread.start()
-        self.queue.put(blob)
-
-    def _drain(self) -> None:
-        try:
-            while (blob := self.queue.get()) is not None:
-                self._parse(blob)
-        except BaseException as error:  # raised in the caller's thread at its next write or close
-            self.error = error
-            while self.queue.get() is not None:  # let the caller's puts through until close
-                pass
-
-    def _parse(self, blob: bytes) -> None:
         if self.writer is None:
             self._open()
         import pyarrow as pa
@@ -130,13 +105,6 @@ class StoreWriter:
         if self.closed:
             return
         self.closed = True
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join()
-        if self.error is not None:
-            if self.writer is not None:
-                self.writer.close()
-            raise self.error
         if self.writer is None:
             self._open()
         try:
