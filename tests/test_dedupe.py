@@ -7,6 +7,7 @@ import random
 import pytest
 
 import bigmodel_cli.data.preprocess as preprocess_module
+import bigmodel_cli.data.dedupe as dedupe_module
 from bigmodel_cli.data.dedupe import SeenIndex, kept_sources
 
 
@@ -16,11 +17,12 @@ def test_pack_round_trip():
     assert SeenIndex.pack(2**36, 2**24 - 1, None) < 2**63  # fits the int64 arrays
 
 
-def test_index_finds_every_key_across_flushes():
+@pytest.mark.parametrize("segment", [1 << 20, 200])
+def test_index_finds_every_key_across_flushes(segment):
     rng = random.Random(0)
     keys = list({rng.getrandbits(64) - 2**63 for _ in range(5000)})
     assert len(keys) == 5000
-    index = SeenIndex(flush_at=300)
+    index = SeenIndex(flush_at=300, segment=segment)
     for start in range(0, len(keys), 256):  # batches, as preprocess adds them
         batch = keys[start:start + 256]
         assert index.find_flushed(batch) == [None] * len(batch)  # none seen yet
@@ -32,8 +34,14 @@ def test_index_finds_every_key_across_flushes():
     for i, (key, value) in enumerate(zip(keys, found)):
         value = value if value is not None else index.recent[key]
         assert SeenIndex.unpack(value) == (i, i % 7, "train")
-    absent = [k + 1 for k in keys[:50] if k + 1 not in set(keys)]
+    absent = [k + 1 for k in keys[:50] if k + 1 not in set(keys)] + [-2**63, 2**63 - 1]
     assert index.find_flushed(absent) == [None] * len(absent)
+    sizes = [len(k) for k, _ in index._segments]
+    if segment == 200:  # split into segments of bounded size, each a sorted range above the last
+        assert len(sizes) > 10 and max(sizes) <= 2 * segment
+        assert all(a[-1] < b[0] for (a, _), (b, _) in zip(index._segments, index._segments[1:]))
+    else:
+        assert len(sizes) == 1
 
 
 def test_kept_sources_reads_back_only_the_wanted_ids(tmp_path, helpers):
@@ -71,6 +79,7 @@ def test_preprocess_results_do_not_depend_on_the_flush(corpus_dir, helpers, run_
     unflushed = run().report
     expected = {n: (out.dir / n).read_bytes() for n in names}
     monkeypatch.setattr(preprocess_module, "DEDUPE_FLUSH", 64)
+    monkeypatch.setattr(dedupe_module, "SEGMENT", 50)  # many segments too
     flushed = run().report
     assert {n: (out.dir / n).read_bytes() for n in names} == expected
     drop = ("seconds", "throughput")
