@@ -74,6 +74,16 @@ def interrupts_kept() -> Iterator[None]:
 forking = interrupts_kept  # around the start of child processes
 
 
+def python_module(module: str) -> list[str]:
+    """The command that runs `python -m MODULE` (append its arguments), except that the
+    current folder is not put first on the child's sys.path: `-m` would, and a user's
+    `json.py` or `datasets.py` there would then shadow the module of that name."""
+    code = ("import runpy, sys\n"
+            "if sys.path and sys.path[0] == '': sys.path.pop(0)\n"
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code]
+
+
 def _kernel_death_signal() -> bool:
     """Ask Linux for SIGKILL when the parent dies; False where that cannot be had."""
     if not sys.platform.startswith("linux"):

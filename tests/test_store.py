@@ -179,3 +179,15 @@ def test_the_readers_of_the_stages_turn_a_damaged_split_into_a_one_line_error(tm
                  lambda: read_corpus(path, set(), None, seed=1)):
         with pytest.raises(InputError, match=r"train.parquet: not a processed split .*preprocess --force"):
             read()
+
+
+def test_the_writer_process_ignores_modules_in_the_current_folder(tmp_path, monkeypatch):
+    here = tmp_path / "cwd"
+    here.mkdir()
+    for name in ("json", "pyarrow", "bigmodel_cli"):
+        (here / f"{name}.py").write_text(f'raise SystemExit("imported {name}.py from the current folder")\n')
+    monkeypatch.chdir(here)
+    writers = SplitWriters(tmp_path, ["train"])
+    writers.files["train"].write(lines([record(0, "a b")]))
+    writers.close()
+    assert [r["text"] for r in store.read_records(tmp_path / "train.parquet")] == ["a b"]

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 import bigmodel_cli
+from bigmodel_cli.lifecycle import python_module
 
 END = 255  # the split index that ends the stream: finish the files and exit
 HEADER = 9
@@ -90,7 +91,7 @@ class SplitWriters:
         package_root = str(Path(bigmodel_cli.__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bigmodel_cli.data.store_process", str(os.getpid()), str(self.folder),
+            [*python_module("bigmodel_cli.data.store_process"), str(os.getpid()), str(self.folder),
              ",".join(self.splits)], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.feeder = threading.Thread(target=self._feed, name="store-feeder", daemon=True)
         self.feeder.start()

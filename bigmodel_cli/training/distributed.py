@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from bigmodel_cli.errors import UserError
-from bigmodel_cli.lifecycle import die_with_parent
+from bigmodel_cli.lifecycle import die_with_parent, python_module
 
 # Options that configure the launch itself and are not passed on to the processes.
 LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
@@ -184,7 +184,7 @@ class _Rank:
         handle = open(log, "wb") if log else None
         # A session of its own: the terminal's Ctrl-C goes to the launcher only, which
         # passes it on once (two would interrupt a rank's own handling of the first).
-        process = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *argv], env=env, stderr=handle,
+        process = subprocess.Popen([*python_module("bigmodel_cli"), *argv], env=env, stderr=handle,
                                    start_new_session=True)
         return cls(number, local, process, log, handle)
 
