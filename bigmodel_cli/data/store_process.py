@@ -21,7 +21,6 @@ import sys
 import threading
 from pathlib import Path
 
-import bigmodel_cli
 from bigmodel_cli.lifecycle import python_module
 
 END = 255  # the split index that ends the stream: finish the files and exit
@@ -88,11 +87,9 @@ class SplitWriters:
         self.process.stderr.close()
 
     def _start(self) -> None:
-        package_root = str(Path(bigmodel_cli.__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
             [*python_module("bigmodel_cli.data.store_process"), str(os.getpid()), str(self.folder),
-             ",".join(self.splits)], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             ",".join(self.splits)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self.feeder = threading.Thread(target=self._feed, name="store-feeder", daemon=True)
         self.feeder.start()
 
