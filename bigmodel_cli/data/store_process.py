@@ -40,6 +40,7 @@ class SplitWriters:
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUED_BLOBS)
         self.feeder: threading.Thread | None = None
         self.broken = False  # the pipe closed under the feeder: the child has failed
+        self.stderr: str | None = None  # what the child wrote there, once it has ended
         self.closed = False
 
     def send(self, index: int, blob: bytes) -> None:
@@ -67,7 +68,7 @@ class SplitWriters:
             return
         self.queue.put((END, b""))
         self.feeder.join()
-        self.process.wait()
+        self._wait()
         if self.process.returncode != 0:
             self._fail()
 
@@ -107,13 +108,20 @@ class SplitWriters:
             self.broken = True
             _drain(self.queue)  # let a caller's pending put through; it fails at its next send
 
+    def _wait(self) -> None:
+        """Wait for the child, reading its stderr first: a child blocked on a full stderr
+        pipe would never exit."""
+        if self.stderr is None:
+            self.stderr = self.process.stderr.read().decode("utf-8", "replace").strip()
+            self.process.stderr.close()
+        self.process.wait()
+
     def _fail(self) -> None:
         """Raise what the child reported (its one JSON line on stderr), as the in-process
         writer would have raised it."""
-        self.process.wait()
+        self._wait()
         self.closed = True
-        text = self.process.stderr.read().decode("utf-8", "replace").strip()
-        self.process.stderr.close()
+        text = self.stderr
         try:
             report = json.loads(text.splitlines()[-1])
         except (ValueError, IndexError):
